@@ -1,0 +1,72 @@
+"""What a running sweep reports, and to whom.
+
+The sweep driver (a Ray job, see :mod:`workers.driver`) reports every trial's progress to a
+:class:`SweepSink` as it happens. The service implements the sink with its database, so the API
+can show progress without asking Ray or MLflow; the dependency still points service -> workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+TrialStatus = Literal[
+    "pending",  # created, not yet started
+    "running",
+    "completed",  # ran all its epochs
+    "stopped",  # stopped early by the scheduler (ASHA, median): a normal, final outcome
+    "diverged",  # NaN or infinite loss; never the best trial
+    "failed",  # raised, or its worker died more often than max_failures allows
+    "cancelled",  # the sweep was cancelled while the trial was pending or running
+]
+FINAL_TRIAL_STATUSES: frozenset[str] = frozenset(
+    {"completed", "stopped", "diverged", "failed", "cancelled"}
+)
+
+SweepStatus = Literal["pending", "running", "cancelling", "completed", "failed", "cancelled"]
+FINAL_SWEEP_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class TrialUpdate:
+    """A trial's new state.
+
+    Attributes:
+        key: Ray Tune's trial id, unique within the sweep.
+        status: the new status.
+        params: the trial's sampled parameters (dotted names), sent with the first update.
+        mlflow_run_id: the trial's MLflow child run.
+        message: why it ended (error text, divergence epoch), empty otherwise.
+        attempt: how many times the trial has been (re)started.
+    """
+
+    key: str
+    status: TrialStatus
+    params: dict[str, Any] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    message: str = ""
+    attempt: int = 0
+
+
+class SweepSink(Protocol):
+    """Receives a sweep's progress from its driver.
+
+    Contract: calls come from the driver's one thread, in order; every method is idempotent
+    (a resumed driver may repeat an epoch or a status it sent before the restart) and must
+    not raise for a repeated call. A final trial status is never replaced by a non-final one.
+    """
+
+    def sweep_started(self, mlflow_run_id: str | None, experiment_path: str) -> None:
+        """The driver is running (again, after a resume); the sweep's parent MLflow run."""
+
+    def trial_updated(self, update: TrialUpdate) -> None:
+        """A trial was created, started, restarted or ended."""
+
+    def epoch_reported(self, trial_key: str, epoch: int, metrics: dict[str, float]) -> None:
+        """A trial finished an epoch; ``metrics`` are finite floats keyed by metric name."""
+
+    def sweep_ended(self, status: SweepStatus, message: str, best_trial_key: str | None) -> None:
+        """The sweep reached a final status; ``best_trial_key`` is None when no trial counts."""
+
+    def cancel_requested(self) -> bool:
+        """Whether a user asked to cancel the sweep (polled by the driver)."""

@@ -1,0 +1,268 @@
+"""The sweep specification: what to train, the search space, the search and its budget.
+
+The request body of ``POST /sweeps`` and the YAML file of ``sweeps submit`` are both a
+:class:`SweepSpec`. It is validated once, here, with messages that name the field and the fix;
+every later layer (the API, the Ray driver, the trainable) trusts it.
+
+Parameters are named by the toolbox's dotted setting names (``optim.lr``, ``augment.hflip_p``;
+see :func:`toolbox.config.setting_names`) and written the W&B way::
+
+    optim.lr: {distribution: log_uniform_values, min: 0.001, max: 0.3}
+    optim.momentum: {values: [0.0, 0.9]}
+    model.norm: {value: batch}
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from toolbox.config import (
+    Arch,
+    DatasetName,
+    TrialConfig,
+    setting_names,
+)
+
+Scalar = bool | int | float | str
+METRIC_NAMES = (
+    "val_accuracy",
+    "val_loss",
+    "train_accuracy",
+    "train_loss",
+    "samples_per_second",
+    "epoch_seconds",
+)
+GRID_LIMIT = 1000
+"""A grid that expands past this many trials is refused."""
+_CORNER_LIMIT = 4096
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FixedParam(_Strict):
+    """One value for every trial."""
+
+    value: Scalar
+
+    def candidates(self) -> list[Scalar]:
+        return [self.value]
+
+
+class ChoiceParam(_Strict):
+    """A list of values: enumerated by grid, sampled by random and Bayesian search."""
+
+    values: list[Scalar] = Field(min_length=1, max_length=1000)
+
+    def candidates(self) -> list[Scalar]:
+        return list(self.values)
+
+
+class RangeParam(_Strict):
+    """A distribution: ``uniform`` and ``log_uniform_values`` over [min, max] (floats),
+    ``int_uniform`` over the integers min..max inclusive."""
+
+    distribution: Literal["uniform", "log_uniform_values", "int_uniform"]
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> RangeParam:
+        if not self.min < self.max:
+            raise ValueError(f"min ({self.min}) must be below max ({self.max})")
+        if self.distribution == "log_uniform_values" and self.min <= 0:
+            raise ValueError("log_uniform_values needs min > 0 (for example min: 0.0001)")
+        if self.distribution == "int_uniform" and not (
+            float(self.min).is_integer() and float(self.max).is_integer()
+        ):
+            raise ValueError("int_uniform needs integer min and max")
+        return self
+
+    def candidates(self) -> list[Scalar]:
+        """The values a grid enumerates (integers only) or the range's corners."""
+        if self.distribution == "int_uniform":
+            return list(range(int(self.min), int(self.max) + 1))
+        return [self.min, self.max]
+
+
+Parameter = Annotated[FixedParam | ChoiceParam | RangeParam, Field(union_mode="left_to_right")]
+
+
+class MetricSpec(_Strict):
+    """The metric that the search and early stopping optimise (per-epoch, last epoch counts)."""
+
+    name: Literal[METRIC_NAMES] = "val_accuracy"  # type: ignore[valid-type]
+    goal: Literal["maximize", "minimize"] = "maximize"
+
+    @property
+    def mode(self) -> Literal["max", "min"]:
+        return "max" if self.goal == "maximize" else "min"
+
+
+class EarlyStoppingSpec(_Strict):
+    """Early stopping of unpromising trials (Ray Tune's ASHA or median stopping rule).
+
+    ``grace_period`` epochs always run; ASHA keeps the top ``1/reduction_factor`` of trials at
+    each rung; the median rule stops a trial whose best result is worse than the median of the
+    other trials' running averages, once ``min_samples_required`` trials have reported.
+    """
+
+    type: Literal["none", "asha", "median"] = "none"
+    grace_period: int = Field(1, ge=1, le=1000)
+    reduction_factor: float = Field(3.0, gt=1.0, le=100.0)
+    brackets: int = Field(1, ge=1, le=10)
+    min_samples_required: int = Field(3, ge=1, le=1000)
+
+
+class ModelSpec(_Strict):
+    """The fixed part of the model; any of it can still be varied through ``parameters``."""
+
+    arch: Arch = "mlp"
+    width: int = Field(128, ge=1, le=4096)
+    depth: int = Field(2, ge=1, le=8)
+
+
+class ResourcesSpec(_Strict):
+    """Resources of one trial. ``gpu`` may be fractional so several trials share one GPU;
+    ``None`` lets the driver choose from the cluster (a GPU share when GPUs exist, else 0)."""
+
+    cpu: float = Field(1.0, gt=0.0, le=256.0)
+    gpu: float | None = Field(None, ge=0.0, le=16.0)
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_gpus_above_one(cls, v: float | None) -> float | None:
+        if v is not None and v > 1 and not float(v).is_integer():
+            raise ValueError("a trial needs a fraction of one GPU or whole GPUs (e.g. 0.25, 2)")
+        return v
+
+
+class SweepSpec(_Strict):
+    """A hyperparameter sweep over the toolbox's settings."""
+
+    name: str = Field("sweep", min_length=1, max_length=100, pattern=r"^[\w.\- ]+$")
+    dataset: DatasetName = "digits"
+    model: ModelSpec = ModelSpec()
+    epochs: int = Field(5, ge=1, le=1000)
+    parameters: dict[str, Parameter]
+    method: Literal["grid", "random", "bayes"] = "random"
+    max_trials: int | None = Field(None, ge=1, le=10000)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    metric: MetricSpec = MetricSpec()
+    early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
+    max_concurrent: int = Field(4, ge=1, le=1000)
+    resources_per_trial: ResourcesSpec = ResourcesSpec()
+    max_failures: int = Field(2, ge=0, le=20)
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        """Accept ``lr: 0.1`` for ``{value: 0.1}`` and ``lr: [..]`` for ``{values: [..]}``."""
+        if not isinstance(v, dict):
+            return v
+        out = {}
+        for key, p in v.items():
+            if isinstance(p, list):
+                out[key] = {"values": p}
+            elif not isinstance(p, dict):
+                out[key] = {"value": p}
+            else:
+                out[key] = p
+        return out
+
+    @field_validator("parameters")
+    @classmethod
+    def _known_names(cls, v: dict[str, Parameter]) -> dict[str, Parameter]:
+        if not v:
+            raise ValueError(
+                "the search space is empty; add at least one setting, e.g. optim.lr: [0.01, 0.1]"
+            )
+        known = setting_names()
+        for key in v:
+            if key not in known:
+                near = difflib.get_close_matches(key, known, n=3)
+                hint = f"did you mean {', '.join(near)}?" if near else "see GET /settings"
+                raise ValueError(f"unknown setting '{key}'; {hint}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_search(self) -> SweepSpec:
+        if self.method == "grid":
+            for key, p in self.parameters.items():
+                if isinstance(p, RangeParam) and p.distribution != "int_uniform":
+                    raise ValueError(
+                        f"parameters.{key}: method=grid cannot enumerate a {p.distribution} "
+                        "distribution; give a list of values or use method=random or bayes"
+                    )
+            size = self.grid_size()
+            if size > GRID_LIMIT:
+                raise ValueError(
+                    f"parameters: the grid expands to {size} trials, past the limit of "
+                    f"{GRID_LIMIT}; list fewer values or use method=random with max_trials"
+                )
+            if self.max_trials is not None and self.max_trials < size:
+                raise ValueError(
+                    f"max_trials={self.max_trials} is below the grid's {size} trials; "
+                    "raise max_trials or drop it (a grid runs every point once)"
+                )
+        self._check_configs()
+        return self
+
+    def grid_size(self) -> int:
+        """Number of points of the grid spanned by the parameters' candidate values."""
+        return math.prod(len(p.candidates()) for p in self.parameters.values())
+
+    @property
+    def num_trials(self) -> int:
+        """How many trials the sweep runs."""
+        if self.method == "grid":
+            return self.grid_size()
+        return self.max_trials or 10
+
+    def base_config(self) -> TrialConfig:
+        """The trial configuration before any parameter is applied."""
+        return TrialConfig.model_validate(
+            {
+                "data": {"dataset": self.dataset},
+                "model": self.model.model_dump(),
+                "epochs": self.epochs,
+                "seed": self.seed,
+            }
+        )
+
+    def trial_config(self, params: dict[str, Any]) -> TrialConfig:
+        """The configuration of one trial: the base with the sampled ``params`` applied."""
+        return TrialConfig.from_flat(params, base=self.base_config())
+
+    def _check_configs(self) -> None:
+        """Validate every parameter's values, and their combinations where few enough.
+
+        Candidate values (a range's corners) are combined, so combinations such as
+        Nesterov with zero momentum or groups that do not divide the width are caught here.
+        """
+        base = self.base_config()
+        for key, p in self.parameters.items():
+            for value in p.candidates():
+                _validate(base, {key: value}, prefix=f"parameters.{key}")
+        options = [[(k, v) for v in p.candidates()] for k, p in self.parameters.items()]
+        if self.grid_size() <= _CORNER_LIMIT:
+            for combo in itertools.product(*options):
+                _validate(base, dict(combo), prefix="parameters")
+
+
+def _validate(base: TrialConfig, flat: dict[str, Any], prefix: str) -> None:
+    try:
+        TrialConfig.from_flat(flat, base=base)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        combo = ", ".join(f"{k}={v!r}" for k, v in flat.items())
+        raise ValueError(f"{prefix}: {combo} is invalid: {where}: {first['msg']}") from None
+    except ValueError as err:
+        raise ValueError(f"{prefix}: {err}") from None
