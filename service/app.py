@@ -1,0 +1,69 @@
+"""The FastAPI app factory: settings in, app out; nothing is built at import time.
+
+The lifespan creates the engine, brings the schema up to date, builds the dispatcher and starts
+the monitor, whose first act is to reconcile the database with what Ray is really running.
+A global auth dependency goes on the ``FastAPI(dependencies=...)`` call here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.config import Settings, load_settings
+from service.db import init_db, make_engine, make_session_factory
+from service.dispatch import Dispatcher, JobClient
+from service.error_handlers import install_error_handlers
+from service.monitor import Monitor
+from service.routes import health, sweeps
+from service.views import Views
+
+
+def make_job_client(settings: Settings) -> JobClient:
+    """The Ray Jobs API client for the configured cluster."""
+    from workers.jobs import RayJobs
+
+    token = settings.ray_auth_token.get_secret_value() if settings.ray_auth_token else None
+    return RayJobs(settings.ray_dashboard_url, token=token)
+
+
+def create_app(settings: Settings | None = None, *, monitor: bool = True) -> FastAPI:
+    """Build the API for ``settings`` (from the environment when None).
+
+    Args:
+        settings: the configuration; tests pass their own.
+        monitor: run the background reconciliation and cancel-deadline loop.
+    """
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        init_db(engine)
+        factory = make_session_factory(engine)
+        dispatcher = Dispatcher(settings, factory, make_job_client(settings))
+        app.state.settings = settings
+        app.state.session_factory = factory
+        app.state.views = Views(settings)
+        app.state.dispatcher = dispatcher
+        loop = Monitor(dispatcher, settings.monitor_interval_seconds)
+        if monitor:
+            loop.start()
+        try:
+            yield
+        finally:
+            loop.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="toolbox-sweeps",
+        summary="Hyperparameter sweeps of PyTorch classifiers on Ray Tune, tracked in MLflow.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(sweeps.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,186 @@
+"""Running sweeps as Ray jobs: submit, cancel fallback and reconciliation.
+
+One Ray job per sweep runs ``<job_python> -m service.sweep_job <id>``; the driver lives there,
+never in the API process, and reports through the database. The API process only submits jobs,
+asks for their status and, when it must, stops them.
+
+Job ids are ``sweep-<id>-<n>``, ``n`` counting resubmissions, and are stored *before* the job is
+submitted, so a crash in between leaves a job that Ray reports missing; reconciliation then
+resubmits it. This assumes one API process per database (``uvicorn --workers 1``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import threading
+from datetime import timedelta
+from typing import Protocol
+
+import httpx
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import mlflow_http, store
+from service.config import Settings
+from service.db import session_scope
+from service.errors import DispatchError
+from service.models import Sweep, utcnow
+from workers.events import FINAL_SWEEP_STATUSES
+from workers.tracking import TRACKING_ENV, close_sweep_runs
+
+log = logging.getLogger(__name__)
+LIVE_JOB_STATES = frozenset({"pending", "running"})
+SUBMIT_GRACE = timedelta(seconds=30)
+"""A new sweep without a job is left to the request that is submitting it for this long."""
+
+
+class JobClient(Protocol):
+    """What the dispatcher needs from Ray's Jobs API (see :mod:`workers.jobs`)."""
+
+    def submit(self, entrypoint: str, submission_id: str, env_vars: dict[str, str]) -> str: ...
+
+    def status(self, job_id: str) -> str: ...
+
+    def stop(self, job_id: str) -> bool: ...
+
+
+def job_entrypoint(settings: Settings, sweep_id: int, resume: bool) -> str:
+    """The shell command a sweep's Ray job runs."""
+    args = [settings.job_python, "-m", "service.sweep_job", str(sweep_id)]
+    return shlex.join([*args, "--resume"] if resume else args)
+
+
+class Dispatcher:
+    """Submits, stops and reconciles the Ray jobs of sweeps (thread-safe)."""
+
+    def __init__(self, settings: Settings, factory: sessionmaker[Session], jobs: JobClient) -> None:
+        self.settings = settings
+        self.factory = factory
+        self.jobs = jobs
+        self._lock = threading.RLock()
+
+    def submit(self, sweep_id: int, *, resume: bool = False, reason: str = "") -> None:
+        """Start (or, with ``resume``, restart) the sweep's job; a failure is retried later."""
+        with self._lock:
+            with session_scope(self.factory) as session:
+                sweep = store.get_sweep(session, sweep_id)
+                if sweep.status in FINAL_SWEEP_STATUSES:
+                    return
+                if resume:
+                    sweep.resumes += 1
+                    sweep.message = reason
+                job_id = f"sweep-{sweep.id}-{sweep.resumes}"
+                store.record_job(session, sweep, job_id)
+                self._resolve_experiment(sweep)
+            env = self.settings.job_env() | TRACKING_ENV
+            entrypoint = job_entrypoint(self.settings, sweep_id, resume)
+            try:
+                self.jobs.submit(entrypoint, job_id, env)
+            except DispatchError as err:
+                log.warning("sweep %s: submitting %s failed: %s", sweep_id, job_id, err)
+                self._note(sweep_id, f"could not submit Ray job {job_id} ({err}); will retry")
+
+    def _resolve_experiment(self, sweep: Sweep) -> None:
+        if sweep.mlflow_experiment_id is None:
+            try:
+                sweep.mlflow_experiment_id = mlflow_http.ensure_experiment(
+                    self.settings.mlflow_tracking_uri, sweep.experiment_name
+                )
+            except DispatchError as err:  # the job creates it; only the link waits
+                log.warning("sweep %s: %s", sweep.id, err)
+
+    def _note(self, sweep_id: int, message: str) -> None:
+        with session_scope(self.factory) as session:
+            store.get_sweep(session, sweep_id).message = message
+
+    def reconcile(self) -> None:
+        """Match every open sweep with its Ray job: leave, resume, fail or finish cancelling."""
+        with session_scope(self.factory) as session:
+            ids = [s.id for s in store.open_sweeps(session)]
+        for sweep_id in ids:
+            try:
+                self._reconcile_one(sweep_id)
+            except DispatchError as err:  # Ray unreachable: nothing can be judged now
+                log.warning("sweep %s: cannot reconcile: %s", sweep_id, err)
+
+    def _reconcile_one(self, sweep_id: int) -> None:
+        with self._lock:
+            with session_scope(self.factory) as session:
+                sweep = store.get_sweep(session, sweep_id)
+                status, job_id = sweep.status, sweep.ray_job_id
+                young = sweep.created_at > utcnow() - SUBMIT_GRACE
+                resumes = sweep.resumes
+            if status in FINAL_SWEEP_STATUSES or (job_id is None and young):
+                return
+            state = self.jobs.status(job_id) if job_id else "missing"
+            if state in LIVE_JOB_STATES:
+                return
+            reason = f"Ray job {job_id} is {state}"
+            if status == "cancelling":
+                self.finish_cancel(sweep_id, f"{reason}; the sweep was cancelled")
+            elif resumes < self.settings.max_resumes:
+                log.info("sweep %s: %s; resuming", sweep_id, reason)
+                self.submit(sweep_id, resume=True, reason=f"{reason}; resumed")
+            else:
+                self.fail(sweep_id, f"{reason} after {resumes} resumes; giving up")
+
+    def enforce_cancel_deadlines(self) -> None:
+        """Stop the jobs of sweeps whose driver has not cancelled within the grace period."""
+        before = utcnow() - timedelta(seconds=self.settings.cancel_grace_seconds)
+        with session_scope(self.factory) as session:
+            late = [s.id for s in store.cancelling_since(session, before)]
+        for sweep_id in late:
+            self.finish_cancel(sweep_id, "cancelled: the driver did not stop in time, job stopped")
+
+    def finish_cancel(self, sweep_id: int, message: str) -> None:
+        """Stop the job, end open trials as cancelled, close MLflow runs as KILLED."""
+        self._end(sweep_id, "cancelled", "cancelled", "KILLED", message)
+
+    def fail(self, sweep_id: int, message: str) -> None:
+        """Give up on a sweep: stop its job, fail open trials, close MLflow runs as FAILED."""
+        self._end(sweep_id, "failed", "failed", "FAILED", message)
+
+    def _end(
+        self, sweep_id: int, status: str, trial_status: str, run_status: str, message: str
+    ) -> None:
+        with self._lock:
+            with session_scope(self.factory) as session:
+                sweep = store.get_sweep(session, sweep_id)
+                if sweep.status in FINAL_SWEEP_STATUSES:
+                    return  # the driver finished first
+                job_id = sweep.ray_job_id
+            if job_id is not None:
+                try:
+                    self.jobs.stop(job_id)
+                except DispatchError as err:
+                    log.warning("sweep %s: stopping %s failed: %s", sweep_id, job_id, err)
+            with session_scope(self.factory) as session:
+                sweep = store.get_sweep(session, sweep_id)
+                store.close_open_trials(session, sweep, trial_status, message)
+                store.finish_sweep(session, sweep, status, message)
+                experiments = [sweep.mlflow_experiment_id] if sweep.mlflow_experiment_id else None
+            self._close_runs(sweep_id, run_status, experiments)
+
+    def _close_runs(self, sweep_id: int, run_status: str, experiments: list[str] | None) -> None:
+        try:
+            closed = close_sweep_runs(
+                self.settings.mlflow_tracking_uri, str(sweep_id), run_status, experiments
+            )
+            log.info("sweep %s: closed %d MLflow runs as %s", sweep_id, closed, run_status)
+        except Exception as err:  # MLflow down: the runs stay open, the database is right
+            log.warning("sweep %s: closing MLflow runs failed: %s", sweep_id, err)
+
+    def check_dependencies(self) -> dict[str, str]:
+        """``{"ray": ..., "mlflow": ...}``, each ``ok`` or why not."""
+        mlflow = mlflow_http.check(self.settings.mlflow_tracking_uri)
+        return {"ray": self._check_ray(), "mlflow": mlflow}
+
+    def _check_ray(self) -> str:
+        url = f"{self.settings.ray_dashboard_url.rstrip('/')}/api/version"
+        token = self.settings.ray_auth_token
+        headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+        try:
+            r = httpx.get(url, headers=headers, timeout=mlflow_http.TIMEOUT_S)
+        except httpx.HTTPError as err:
+            return f"unreachable at {self.settings.ray_dashboard_url}: {err}"
+        return "ok" if r.status_code == 200 else f"unhealthy: HTTP {r.status_code} from {url}"
