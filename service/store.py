@@ -215,13 +215,18 @@ def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 def _trial_by_key(session: Session, sweep_id: int, key: str) -> Trial:
     trial = session.scalar(select(Trial).where(Trial.sweep_id == sweep_id, Trial.key == key))
     if trial is None:
-        number = session.scalar(
-            select(func.coalesce(func.max(Trial.number), 0)).where(Trial.sweep_id == sweep_id)
-        )
-        trial = Trial(sweep_id=sweep_id, key=key, number=int(number or 0) + 1, params={})
+        trial = Trial(sweep_id=sweep_id, key=key, number=_number(session, sweep_id, key))
         session.add(trial)
         session.flush()
     return trial
+
+
+def _number(session: Session, sweep_id: int, key: str) -> int:
+    """Tune's 1-based index (``3fa2b_00002`` -> 3, as in MLflow run names), else the next free."""
+    suffix = key.rsplit("_", 1)[-1]
+    taken = set(session.scalars(select(Trial.number).where(Trial.sweep_id == sweep_id)))
+    wanted = int(suffix) + 1 if suffix.isdigit() else 0
+    return wanted if wanted > 0 and wanted not in taken else max(taken, default=0) + 1
 
 
 def list_trials(
