@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck unit bench
+.PHONY: install tools run test lint typecheck unit bench
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,12 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# System tools the tests use: docker-compose validates docker/ (no engine needed) and the
+# PostgreSQL server on 127.0.0.1:5432 backs the storage tests (each run makes its own databases).
+tools:
+	command -v docker-compose >/dev/null || (apt-get update && apt-get install -y docker-compose)
+	pg_isready -q -h 127.0.0.1 -p 5432 || echo "warning: no PostgreSQL on 127.0.0.1:5432; the postgres tests will fail" >&2
 
 run: install
 	$(BIN)/toolbox-train examples/trial.yaml
@@ -25,7 +31,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-unit: install
+unit: install tools
 	$(BIN)/pytest
 
 test: lint typecheck unit
