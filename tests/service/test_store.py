@@ -1,8 +1,10 @@
-"""The storage layer and the database sink, on real SQLite files (no Ray, no MLflow)."""
+"""The storage layer and the database sink: one contract, run on a real SQLite file and on a
+real PostgreSQL database (no Ray, no MLflow)."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,11 +21,16 @@ from workers.spec import SweepSpec
 SPEC = SweepSpec.model_validate({"name": "store", "parameters": {"optim.lr": [0.01, 0.1]}})
 
 
-@pytest.fixture
-def factory(tmp_path: Path) -> sessionmaker[Session]:
-    engine = make_engine(f"sqlite:///{tmp_path}/state/sweeps.db")
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/state/sweeps.db"
+    else:
+        url = request.getfixturevalue("pg_database_url")
+    engine = make_engine(url)
     init_db(engine)
-    return make_session_factory(engine)
+    yield make_session_factory(engine)
+    engine.dispose()
 
 
 def new_sweep(factory: sessionmaker[Session], key: str | None = None) -> int:
@@ -33,7 +40,8 @@ def new_sweep(factory: sessionmaker[Session], key: str | None = None) -> int:
         return sweep.id
 
 
-def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(factory: sessionmaker[Session]) -> None:
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
+    factory = make_session_factory(make_engine(f"sqlite:///{tmp_path}/wal.db"))
     with session_scope(factory) as session:
         assert session.connection().exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert session.connection().exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
