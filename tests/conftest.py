@@ -1,0 +1,181 @@
+"""Shared session fixtures: a real local Ray cluster and a real MLflow server.
+
+Fixture names are stable; tests of every package use them.
+
+``ray_cluster`` -> :class:`RayCluster`
+    A Ray head started once per session with ``ray start --head --block`` from the venv, on free
+    ports (never 6379), 4 CPUs, its own ``--temp-dir`` and its own token (token authentication,
+    as ``ray start`` turns on in Ray 2.60). Attributes: ``address`` (GCS ``host:port``, for
+    ``ray.init(address=...)``), ``dashboard_url`` (Jobs API), ``token`` (send as
+    ``Authorization: Bearer <token>``), ``temp_dir``. The session's environment gets
+    ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH`` so an in-process ``ray.init`` connects.
+    Stopped at the end by killing its own process group (never ``ray stop``: other people's
+    clusters run on the same machine). Job processes run with the cluster's environment, so
+    entrypoints should call ``sys.executable``, not ``python``.
+
+``mlflow_server`` -> :class:`MlflowServer`
+    ``mlflow server`` on SQLite and a local artifact root on a free port, healthy before the
+    first test. Attribute: ``uri``. Its process group is killed at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    """A running local Ray head (see the module docstring)."""
+
+    address: str
+    dashboard_url: str
+    token: str
+    temp_dir: str
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    """A running MLflow tracking server."""
+
+    uri: str
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status < 500:
+                    return
+        except urllib.error.HTTPError as err:  # e.g. 401: up, and asking for the token
+            if err.code < 500:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} not healthy at {url} after {timeout} s")
+
+
+def _kill_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM the process group started by ``proc``, SIGKILL whatever is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:
+            time.sleep(1.0)  # let the children of the group exit too
+
+
+def _kill_processes_mentioning(marker: str) -> None:
+    """SIGKILL our own leftover processes whose command line contains ``marker``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            with contextlib.suppress(OSError):  # gone already
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
+def _refresh_ray_auth() -> None:
+    """Make this process re-read RAY_AUTH_* (Ray reads them once, when first imported)."""
+    if "ray" in sys.modules:
+        from ray._private.authentication_test_utils import reset_auth_token_state
+
+        reset_auth_token_state()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """A real local Ray head for the whole session (see the module docstring)."""
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths
+    token = secrets.token_hex(32)
+    token_file = Path(temp_dir, "auth_token")
+    token_file.write_text(token)
+    port, dash_port = free_port(), free_port()
+    auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+    env = {**os.environ, **auth_env, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    cmd = [
+        str(BIN / "ray"), "start", "--head", "--block", f"--port={port}",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", "--num-cpus=4",
+        "--disable-usage-stats", f"--temp-dir={temp_dir}", "--include-dashboard=true",
+    ]  # fmt: skip
+    log = open(Path(temp_dir, "ray-start.log"), "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    mp = pytest.MonkeyPatch()
+    try:
+        for key, value in auth_env.items():
+            mp.setenv(key, value)
+        _refresh_ray_auth()
+        dashboard_url = f"http://127.0.0.1:{dash_port}"
+        _wait_http(f"{dashboard_url}/api/version", proc, timeout=90, what="ray start")
+        yield RayCluster(f"127.0.0.1:{port}", dashboard_url, token, temp_dir)
+    finally:
+        mp.undo()
+        _refresh_ray_auth()
+        _kill_group(proc)
+        _kill_processes_mentioning(temp_dir)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real MLflow tracking server for the whole session."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    cmd = [
+        str(BIN / "mlflow"), "server",
+        "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+        "--default-artifact-root", str(root / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{uri}/health", proc, timeout=60, what="mlflow server")
+        yield MlflowServer(uri)
+    finally:
+        _kill_group(proc)
+        log.close()

@@ -1,0 +1,67 @@
+"""Helpers of the worker tests: a recording sink (the tests' observer) and sweep specs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.events import TrialUpdate
+from workers.spec import SweepSpec
+
+
+@dataclass
+class RecordingSink:
+    """Records everything the driver reports; ``on_epoch`` lets a test act on an epoch."""
+
+    on_epoch: Callable[[RecordingSink, str, int, dict[str, float]], None] | None = None
+    cancel_after_epochs: int | None = None
+    updates: list[TrialUpdate] = field(default_factory=list)
+    epochs: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+    started: list[tuple[str | None, str]] = field(default_factory=list)
+    ended: tuple[str, str, str | None] | None = None
+    cancel_at: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sweep_started(self, mlflow_run_id: str | None, experiment_path: str) -> None:
+        self.started.append((mlflow_run_id, experiment_path))
+
+    def trial_updated(self, update: TrialUpdate) -> None:
+        self.updates.append(update)
+
+    def epoch_reported(self, trial_key: str, epoch: int, metrics: dict[str, float]) -> None:
+        self.epochs.setdefault(trial_key, {})[epoch] = metrics
+        if self.on_epoch is not None:
+            self.on_epoch(self, trial_key, epoch, metrics)
+        n = sum(len(e) for e in self.epochs.values())
+        if self.cancel_after_epochs is not None and n >= self.cancel_after_epochs:
+            self.cancel_at = self.cancel_at or time.monotonic()
+
+    def sweep_ended(self, status: str, message: str, best_trial_key: str | None) -> None:
+        self.ended = (status, message, best_trial_key)
+
+    def cancel_requested(self) -> bool:
+        return self.cancel_at is not None
+
+    def final_status(self) -> dict[str, str]:
+        """Each trial's last reported status."""
+        return {u.key: u.status for u in self.updates}
+
+    def last_update(self, key: str) -> TrialUpdate:
+        return [u for u in self.updates if u.key == key][-1]
+
+
+def digits_spec(parameters: dict[str, Any], **kw: Any) -> SweepSpec:
+    """A small, fast sweep on digits with a tiny MLP."""
+    base: dict[str, Any] = {
+        "name": "digits-sweep",
+        "dataset": "digits",
+        "model": {"arch": "mlp", "width": 32, "depth": 1},
+        "epochs": 3,
+        "parameters": parameters,
+        "max_concurrent": 2,
+        "resources_per_trial": {"cpu": 1},
+    }
+    return SweepSpec.model_validate({**base, **kw})

@@ -1,0 +1,215 @@
+"""The sweep driver: one Ray Tune experiment per sweep, reported to a sink and to MLflow.
+
+:func:`run_sweep` is the one entry point. It runs in a Ray job (see :mod:`workers.jobs`), never
+in the API process, after ``ray.init()`` has connected to the cluster.
+
+Cancellation: a Tune :class:`~ray.tune.Stopper` asks ``sink.cancel_requested()`` at most once
+per :data:`CANCEL_POLL_S`. Tune's controller evaluates ``stop_all`` after every step, and a
+step waits at most 0.1 s for an event (``TuneController.step``: ``actor_manager.next(timeout=
+0.1)``), so a cancel takes effect within about a second even while no trial reports.
+
+Resume: Tune writes the experiment's state under ``storage_path``; ``resume=True`` restores it
+(``Tuner.restore``), finishing unfinished trials from their checkpoints and retrying errored
+ones. Tune pickles the run configuration, callbacks included, into the experiment directory,
+so the callbacks hold only the sweep id and find the live sink and tracker in :data:`_LIVE`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.experiment import Trial
+
+from workers.events import SweepSink, SweepStatus
+from workers.progress import SweepProgress
+from workers.resources import trial_resources
+from workers.search import build_plan
+from workers.spec import SweepSpec
+from workers.tracking import SweepTracker
+from workers.trainable import run_trial
+
+log = logging.getLogger(__name__)
+CANCEL_POLL_S = 1.0
+_LIVE: dict[str, SweepProgress] = {}
+"""Sweep id -> the progress of the sweep this process is driving."""
+
+
+def experiment_name(sweep_id: str) -> str:
+    """Name of the sweep's Tune experiment directory under the storage path."""
+    return f"sweep-{sweep_id}"
+
+
+def run_sweep(
+    spec: SweepSpec,
+    sink: SweepSink,
+    *,
+    sweep_id: str,
+    tracking_uri: str,
+    mlflow_experiment: str,
+    storage_path: str,
+    parent_run_id: str | None = None,
+    resume: bool = False,
+) -> SweepStatus:
+    """Run the sweep ``spec`` to its end and return its final status.
+
+    Args:
+        spec: the validated sweep.
+        sink: receives every trial's progress (the service's database).
+        sweep_id: the sweep's id; names the Tune experiment and tags the MLflow runs.
+        tracking_uri: the MLflow server.
+        mlflow_experiment: MLflow experiment that holds the sweep's parent run.
+        storage_path: absolute directory (or URI) of Tune's experiment state and checkpoints.
+        parent_run_id: an MLflow parent run opened beforehand; found by tag when None.
+        resume: continue the sweep's Tune experiment when its state exists under
+            ``storage_path`` (a restarted job); a fresh experiment otherwise.
+
+    Returns:
+        ``completed``, ``failed`` (no trial succeeded, or Tune itself failed) or ``cancelled``;
+        ``sink.sweep_ended`` has been told the same, with the best trial.
+    """
+    tracker = SweepTracker(tracking_uri, mlflow_experiment, sweep_id)
+    parent = tracker.start_sweep(spec, parent_run_id)
+    path = str(Path(storage_path, experiment_name(sweep_id)))
+    sink.sweep_started(parent, path)
+    progress = SweepProgress(spec, sink, tracker)
+    _LIVE[sweep_id] = progress
+    error = ""
+    try:
+        _tuner(spec, sweep_id, storage_path, path, resume).fit()
+    except Exception as err:  # Tune itself failed: the sweep fails, no run stays open
+        log.exception("sweep %s: Tune failed", sweep_id)
+        error = f"{type(err).__name__}: {err}"
+    finally:
+        _LIVE.pop(sweep_id, None)
+    return _finish(progress, error)
+
+
+def _finish(progress: SweepProgress, error: str) -> SweepStatus:
+    status: SweepStatus
+    if progress.cancelled:
+        status = "cancelled"
+        progress.end_all("cancelled", "the sweep was cancelled")
+    elif error:
+        status = "failed"
+        progress.end_all("failed", error)
+    else:
+        progress.end_all("failed", "Tune ended the sweep before this trial finished")
+        ok = any(r.status != "failed" for r in progress.trials.values())
+        status = "completed" if ok else "failed"
+    best = progress.best()
+    message = "; ".join(m for m in (error, progress.summary()) if m)
+    best_info: dict[str, Any] | None = None
+    if best is not None:
+        best_info = {
+            "trial_key": best.key,
+            "run_id": best.run_id,
+            "value": best.value,
+            "params": best.params,
+        }
+    progress.tracker.end_sweep(status, best_info, progress.spec.metric.name)
+    progress.sink.sweep_ended(status, message, best.key if best else None)
+    return status
+
+
+def _tuner(spec: SweepSpec, sweep_id: str, storage_path: str, path: str, resume: bool) -> Any:
+    resources = trial_resources(spec, ray.cluster_resources())
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial, spec_json=spec.model_dump_json(), cpus=resources.cpu, gpus=resources.gpu
+        ),
+        resources.as_tune(),
+    )
+    if resume and tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    plan = build_plan(spec)
+    tune_config = tune.TuneConfig(
+        metric=spec.metric.name,
+        mode=spec.metric.mode,
+        search_alg=plan.search_alg,
+        scheduler=plan.scheduler,
+        num_samples=plan.num_samples,
+        reuse_actors=True,  # the data set and torch stay loaded between trials of a worker
+    )
+    run_config = tune.RunConfig(
+        name=experiment_name(sweep_id),
+        storage_path=storage_path,
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        callbacks=[ProgressCallback(sweep_id)],
+        stop=CancelStopper(sweep_id),
+        verbose=0,
+    )
+    return tune.Tuner(
+        trainable, param_space=plan.param_space, tune_config=tune_config, run_config=run_config
+    )
+
+
+class ProgressCallback(tune.Callback):
+    """Forwards Tune's trial events to the sweep's :class:`SweepProgress`."""
+
+    def __init__(self, sweep_id: str) -> None:
+        self.sweep_id = sweep_id
+
+    @property
+    def progress(self) -> SweepProgress:
+        return _LIVE[self.sweep_id]
+
+    def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        for trial in trials:
+            self.progress.seen(trial.trial_id, trial.config)
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        self.progress.started(trial.trial_id, trial.config, attempt=trial.num_failures + 1)
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        why = _error_line(trial) or "the trial's worker failed"
+        message = f"{why}; retrying from the last checkpoint"
+        self.progress.restarting(trial.trial_id, trial.num_failures + 1, message)
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result, **info):
+        self.progress.result(trial.trial_id, result)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        self.progress.finished(trial.trial_id)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        attempts = trial.num_failures
+        message = f"{_error_line(trial) or 'the trial failed'} (after {attempts} attempts)"
+        self.progress.end(trial.trial_id, "failed", message)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        for trial in trials:  # stop_all ends trials without on_trial_complete
+            if trial.status == Trial.TERMINATED:
+                self.progress.finished(trial.trial_id)
+
+
+class CancelStopper(tune.Stopper):
+    """Stops the whole experiment once the sink reports a cancel request (polled ~1/s)."""
+
+    def __init__(self, sweep_id: str) -> None:
+        self.sweep_id = sweep_id
+        self._last_poll = 0.0
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        progress = _LIVE.get(self.sweep_id)
+        if progress is None or progress.cancelled:
+            return progress is not None
+        if time.monotonic() - self._last_poll >= CANCEL_POLL_S:
+            self._last_poll = time.monotonic()
+            progress.cancelled = bool(progress.sink.cancel_requested())
+        return progress.cancelled
+
+
+def _error_line(trial: Trial) -> str:
+    """The last line of the trial's error (the exception itself), or ''."""
+    text = trial.get_error()
+    lines = [ln.strip() for ln in str(text or "").splitlines() if ln.strip()]
+    return lines[-1][:2000] if lines else ""

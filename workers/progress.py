@@ -1,0 +1,176 @@
+"""A running sweep's bookkeeping: each trial's state, forwarded to the sink and to MLflow.
+
+:class:`SweepProgress` lives in the driver process and is fed by the Tune callback of
+:mod:`workers.driver`, so every call comes from Tune's controller thread, in order, as the
+:class:`~workers.events.SweepSink` contract requires.
+
+Final statuses: a trial that reported every epoch is ``completed``; one Tune ended sooner
+(ASHA, median rule) is ``stopped``; one that flagged divergence is ``diverged``; one that errored
+past ``max_failures`` is ``failed``; one still pending or running when the sweep was cancelled
+is ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.events import FINAL_TRIAL_STATUSES, SweepSink, TrialStatus, TrialUpdate
+from workers.search import varied_keys
+from workers.spec import METRIC_NAMES, SweepSpec
+from workers.tracking import SweepTracker
+from workers.trainable import DIVERGED, EPOCH
+
+
+@dataclass
+class TrialRecord:
+    """What the driver knows of one trial."""
+
+    key: str
+    number: int
+    params: dict[str, Any]
+    status: TrialStatus = "pending"
+    run_id: str | None = None
+    attempt: int = 0
+    last_epoch: int = 0
+    value: float | None = None  # the sweep metric at the last reported epoch
+    message: str = ""
+    history: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_TRIAL_STATUSES
+
+
+class SweepProgress:
+    """Trial records of one sweep, reported to ``sink`` and ``tracker`` as they change."""
+
+    def __init__(self, spec: SweepSpec, sink: SweepSink, tracker: SweepTracker) -> None:
+        self.spec = spec
+        self.sink = sink
+        self.tracker = tracker
+        self.trials: dict[str, TrialRecord] = {}
+        self.cancelled = False
+
+    def seen(self, key: str, params: dict[str, Any]) -> TrialRecord:
+        """The record of trial ``key``; a new trial is reported as pending."""
+        if key not in self.trials:
+            self.trials[key] = TrialRecord(key, trial_number(key), dict(params))
+            self._update(self.trials[key])
+        return self.trials[key]
+
+    def started(self, key: str, params: dict[str, Any], attempt: int) -> None:
+        """The trial (re)started; its child run opens on the first start."""
+        rec = self.seen(key, params)
+        if rec.final:
+            return
+        if rec.run_id is None:
+            config = self.spec.trial_config(rec.params).flatten()
+            rec.run_id = self.tracker.start_trial(key, self.run_name(rec), config)
+        rec.status, rec.attempt = "running", attempt
+        self._update(rec)
+
+    def restarting(self, key: str, attempt: int, message: str) -> None:
+        """The trial's worker failed and Tune retries it from its last checkpoint."""
+        rec = self.trials.get(key)
+        if rec is None or rec.final:
+            return
+        rec.attempt, rec.message = attempt, message
+        self._update(rec)
+
+    def result(self, key: str, result: dict[str, Any]) -> None:
+        """A result from the trial: an epoch's metrics, or its divergence."""
+        rec = self.trials.get(key)
+        if rec is None or rec.final:
+            return
+        if result.get(DIVERGED):
+            self.end(key, "diverged", str(result.get("message", "diverged")))
+            return
+        epoch = int(result[EPOCH])
+        metrics = finite_metrics(result)
+        rec.last_epoch, rec.history[epoch] = epoch, metrics
+        rec.value = metrics.get(self.spec.metric.name, rec.value)
+        self.sink.epoch_reported(key, epoch, metrics)
+        self.tracker.log_epoch(rec.run_id, epoch, metrics)
+
+    def finished(self, key: str) -> None:
+        """Tune ended the trial without error: all epochs run, or stopped early."""
+        rec = self.trials.get(key)
+        if rec is not None and not rec.final:
+            done = rec.last_epoch >= self.spec.epochs
+            self.end(key, "completed" if done else ("cancelled" if self.cancelled else "stopped"))
+
+    def end(self, key: str, status: TrialStatus, message: str = "") -> None:
+        """Give the trial its final ``status`` (once) and close its child run."""
+        rec = self.trials[key]
+        if rec.final:
+            return
+        rec.status, rec.message = status, message or rec.message
+        self._update(rec)
+        self.tracker.end_trial(rec.run_id, status, rec.message)
+
+    def end_all(self, status: TrialStatus, message: str = "") -> None:
+        """End every trial that has no final status yet (cancel, or a driver error)."""
+        for key, rec in self.trials.items():
+            if not rec.final:
+                self.end(key, status, message)
+
+    def best(self) -> TrialRecord | None:
+        """The trial with the best last value of the sweep's metric; diverged trials never."""
+        ranked = [r for r in self.trials.values() if r.value is not None and r.status != "diverged"]
+        if not ranked:
+            return None
+        sign = 1.0 if self.spec.metric.mode == "max" else -1.0
+        return max(ranked, key=lambda r: sign * (r.value or 0.0))
+
+    def run_name(self, rec: TrialRecord) -> str:
+        """``<sweep> #<n> lr=0.01 norm=batch``: the settings that set this trial apart."""
+        keys = varied_keys(self.spec)
+        leaves = [k.rsplit(".", 1)[-1] for k in keys]
+        parts = [
+            f"{leaf if leaves.count(leaf) == 1 else key}={_short(rec.params.get(key))}"
+            for key, leaf in zip(keys, leaves, strict=True)
+        ]
+        return " ".join([f"{self.spec.name} #{rec.number}", *parts])
+
+    def summary(self) -> str:
+        """``6 trials: 4 completed, 2 stopped``."""
+        counts: dict[str, int] = {}
+        for rec in self.trials.values():
+            counts[rec.status] = counts.get(rec.status, 0) + 1
+        detail = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        return f"{len(self.trials)} trials: {detail}" if detail else "no trials ran"
+
+    def _update(self, rec: TrialRecord) -> None:
+        update = TrialUpdate(
+            key=rec.key,
+            status=rec.status,
+            params=rec.params,
+            mlflow_run_id=rec.run_id,
+            message=rec.message,
+            attempt=rec.attempt,
+        )
+        self.sink.trial_updated(update)
+
+
+def trial_number(key: str) -> int:
+    """1-based trial number from Tune's trial id (``3fa2b_00002`` -> 3)."""
+    suffix = key.rsplit("_", 1)[-1]
+    return int(suffix) + 1 if suffix.isdigit() else 0
+
+
+def finite_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The sweep metrics of a Tune result that are finite numbers."""
+    out: dict[str, float] = {}
+    for name in METRIC_NAMES:
+        value = result.get(name)
+        if isinstance(value, int | float) and math.isfinite(value):
+            out[name] = float(value)
+    return out
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)

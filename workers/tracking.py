@@ -1,0 +1,270 @@
+"""MLflow tracking of sweeps: the only module of the project that imports mlflow.
+
+A sweep is a parent run in an experiment; each trial is a child run nested under it (tag
+``mlflow.parentRunId``). Every child logs the trial's whole configuration under the toolbox's
+dotted setting names and one batch of metrics per epoch (``step=epoch``).
+
+Run status mirrors the outcome (:data:`RUN_STATUS`): a completed, early-stopped or diverged
+trial ran to a conclusion and is FINISHED, its outcome in the tag ``sweeps.outcome``; a failed
+trial is FAILED; a cancelled one KILLED. No run is left RUNNING: a child whose end could not
+be recorded is retried at the end of the sweep, and :func:`close_sweep_runs` closes whatever a
+vanished driver left open.
+
+Tracking is best effort: a failed call is retried, then logged as a warning and dropped, so an
+MLflow outage never stops a sweep (the service's database still has every metric). Pass
+:data:`TRACKING_ENV` to the driver's process so MLflow's own HTTP retries stay short.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.tracking import MlflowClient
+
+from workers.spec import SweepSpec
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RUN_STATUS: dict[str, str] = {
+    "completed": "FINISHED",
+    "stopped": "FINISHED",
+    "diverged": "FINISHED",
+    "failed": "FAILED",
+    "cancelled": "KILLED",
+}
+"""Final trial or sweep status -> MLflow run status."""
+TRACKING_ENV: dict[str, str] = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+}
+"""Environment of the driver process: MLflow's retries last seconds, not minutes."""
+SWEEP_ID, TRIAL_KEY, ROLE, OUTCOME = (
+    "sweeps.sweep_id",
+    "sweeps.trial_key",
+    "sweeps.role",
+    ("sweeps.outcome"),
+)
+PARENT_TAG = "mlflow.parentRunId"
+SPEC_ARTIFACT = "sweep_spec.json"
+_ATTEMPTS = 3
+_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+
+
+def _retry(what: str, fn: Callable[[], T]) -> T | None:
+    """Call ``fn`` up to three times; on the last failure warn and return None."""
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            return fn()
+        except Exception as err:  # any tracking error; the sweep must go on
+            if attempt == _ATTEMPTS:
+                log.warning("MLflow: %s failed, skipped: %s", what, err)
+                return None
+            time.sleep(0.5 * attempt)
+    return None
+
+
+def _done(what: str, fn: Callable[[], object]) -> bool:
+    """Like :func:`_retry` for calls that return nothing: whether the call went through."""
+
+    def call() -> bool:
+        fn()
+        return True
+
+    return _retry(what, call) is True
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _tags_equal(tags: Mapping[str, str]) -> str:
+    """An MLflow filter string matching runs whose ``tags`` have these values."""
+    return " and ".join(f"tags.`{k}` = '{v.replace(chr(39), '')}'" for k, v in tags.items())
+
+
+class SweepTracker:
+    """The MLflow runs of one sweep, driven by the sweep driver's one thread."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str, sweep_id: str) -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_name = experiment_name
+        self.sweep_id = sweep_id
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self._unclosed: dict[str, str] = {}  # run id -> MLflow status still to record
+
+    def start_sweep(self, spec: SweepSpec, parent_run_id: str | None = None) -> str | None:
+        """Open (or, on resume, find) the sweep's parent run; returns its id, None if offline."""
+        self.experiment_id = _retry("experiment", self._experiment)
+        if self.experiment_id is None:
+            return None
+        found = parent_run_id or _retry("find sweep run", self._find_parent)
+        if found is None:
+            self.parent_run_id = _retry("create sweep run", lambda: self._create_parent(spec))
+        else:  # a resumed sweep (or one the service opened): the run may have been closed
+            self.parent_run_id = found
+            _done("reopen sweep run", lambda: self.client.update_run(found, "RUNNING"))
+        return self.parent_run_id
+
+    def _experiment(self) -> str:
+        found = self.client.get_experiment_by_name(self.experiment_name)
+        return found.experiment_id if found else self.client.create_experiment(self.experiment_name)
+
+    def _find_parent(self) -> str | None:
+        runs = self._search(_tags_equal({SWEEP_ID: self.sweep_id, ROLE: "sweep"}))
+        return runs[0].info.run_id if runs else None
+
+    def _create_parent(self, spec: SweepSpec) -> str:
+        assert self.experiment_id is not None
+        tags = {SWEEP_ID: self.sweep_id, ROLE: "sweep", "sweeps.method": spec.method}
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=spec.name)
+        run_id = run.info.run_id
+        self.client.log_text(run_id, spec.model_dump_json(indent=2), SPEC_ARTIFACT)
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in _headline(spec).items()])
+        return run_id
+
+    def start_trial(self, trial_key: str, run_name: str, config: Mapping[str, Any]) -> str | None:
+        """Open the trial's child run (or find it after a resume) and log its configuration."""
+        if self.parent_run_id is None:
+            return None
+        run_id = _retry("find trial run", lambda: self._find_trial(trial_key))
+        if run_id is None:
+            run_id = _retry("create trial run", lambda: self._create_trial(trial_key, run_name))
+        else:
+            _done("reopen trial run", lambda: self.client.update_run(run_id, "RUNNING"))
+        if run_id is not None:
+            self._unclosed.pop(run_id, None)
+            params = [Param(k, str(v)) for k, v in config.items()]
+            for i in range(0, len(params), _PARAMS_PER_BATCH):
+                chunk = params[i : i + _PARAMS_PER_BATCH]
+                _retry("log params", lambda c=chunk: self.client.log_batch(run_id, params=c))  # type: ignore[misc]
+        return run_id
+
+    def _find_trial(self, trial_key: str) -> str | None:
+        runs = self._search(_tags_equal({SWEEP_ID: self.sweep_id, TRIAL_KEY: trial_key}))
+        return runs[0].info.run_id if runs else None
+
+    def _create_trial(self, trial_key: str, run_name: str) -> str:
+        assert self.experiment_id is not None and self.parent_run_id is not None
+        tags = {PARENT_TAG: self.parent_run_id, SWEEP_ID: self.sweep_id, TRIAL_KEY: trial_key}
+        tags[ROLE] = "trial"
+        return self.client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id
+
+    def log_epoch(self, run_id: str | None, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Log one epoch's metrics in one request, at ``step=epoch``."""
+        if run_id is None or not metrics:
+            return
+        ts = _now_ms()
+        batch = [Metric(k, float(v), ts, epoch) for k, v in metrics.items()]
+        _done(f"log epoch {epoch}", lambda: self.client.log_batch(run_id, metrics=batch))
+
+    def end_trial(self, run_id: str | None, status: str, message: str = "") -> None:
+        """Close a child run with the MLflow status of the trial's final ``status``."""
+        if run_id is None:
+            return
+        self._unclosed[run_id] = RUN_STATUS[status]
+        tags = [RunTag(OUTCOME, status)] + (
+            [RunTag("sweeps.message", message[:5000])] if message else []
+        )
+        _retry("tag outcome", lambda: self.client.log_batch(run_id, tags=tags))
+        if _done("close trial run", lambda: self.client.set_terminated(run_id, RUN_STATUS[status])):
+            self._unclosed.pop(run_id, None)
+
+    def end_sweep(self, status: str, best: Mapping[str, Any] | None, metric: str) -> None:
+        """Record the best trial on the parent run and close every run of the sweep.
+
+        Args:
+            status: the sweep's final status (completed, failed, cancelled).
+            best: ``{"trial_key", "run_id", "value", "params"}`` of the best trial, or None.
+            metric: the sweep's metric name (the parent logs ``best_<metric>``).
+        """
+        for run_id, run_status in list(self._unclosed.items()):
+            if _done("close trial run", lambda r=run_id, s=run_status: self._terminate(r, s)):  # type: ignore[misc]
+                self._unclosed.pop(run_id)
+        if self.parent_run_id is None:
+            return
+        parent = self.parent_run_id
+        if best is not None:
+            tags = [
+                RunTag("sweeps.best_trial_key", str(best["trial_key"])),
+                RunTag("sweeps.best_params", json.dumps(best["params"])),
+            ]
+            tags += [RunTag(f"best.{k}", str(v)) for k, v in best["params"].items()]
+            if best.get("run_id"):
+                tags.append(RunTag("sweeps.best_run_id", str(best["run_id"])))
+            metrics = [Metric(f"best_{metric}", float(best["value"]), _now_ms(), 0)]
+            _retry(
+                "log best trial", lambda: self.client.log_batch(parent, metrics=metrics, tags=tags)
+            )
+        _done("tag sweep outcome", lambda: self.client.set_tag(parent, OUTCOME, status))
+        _done("close sweep run", lambda: self._terminate(parent, RUN_STATUS[status]))
+        # Whatever is still open (its end never reached MLflow) ends with the sweep.
+        experiments = [self.experiment_id] if self.experiment_id else None
+        _retry(
+            "close leftover runs",
+            lambda: close_sweep_runs(self.client, self.sweep_id, RUN_STATUS[status], experiments),
+        )
+
+    def _terminate(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status)
+
+    def _search(self, filter_string: str) -> list[Any]:
+        assert self.experiment_id is not None
+        return list(
+            self.client.search_runs(
+                [self.experiment_id], filter_string, ViewType.ACTIVE_ONLY, max_results=10
+            )
+        )
+
+
+def _headline(spec: SweepSpec) -> dict[str, Any]:
+    return {
+        "sweep.method": spec.method,
+        "sweep.metric": spec.metric.name,
+        "sweep.goal": spec.metric.goal,
+        "sweep.num_trials": spec.num_trials,
+        "sweep.epochs": spec.epochs,
+        "sweep.dataset": spec.dataset,
+        "sweep.early_stopping": spec.early_stopping.type,
+        "sweep.max_concurrent": spec.max_concurrent,
+        "sweep.seed": spec.seed,
+    }
+
+
+def close_sweep_runs(
+    client_or_uri: MlflowClient | str,
+    sweep_id: str,
+    status: str = "KILLED",
+    experiment_ids: list[str] | None = None,
+) -> int:
+    """Close every RUNNING run (parent and children) of a sweep with ``status``.
+
+    For the service: reconciliation after a driver vanished, or the fallback of a cancel whose
+    driver did not answer. Searches all experiments unless ``experiment_ids`` is given.
+
+    Returns:
+        How many runs were closed.
+    """
+    client = (
+        MlflowClient(tracking_uri=client_or_uri)
+        if isinstance(client_or_uri, str)
+        else client_or_uri
+    )
+    ids = experiment_ids or [e.experiment_id for e in client.search_experiments()]
+    query = _tags_equal({SWEEP_ID: sweep_id}) + " and attributes.status = 'RUNNING'"
+    runs = client.search_runs(ids, query, ViewType.ALL, max_results=10000)
+    for run in runs:
+        client.set_tag(
+            run.info.run_id,
+            OUTCOME,
+            {"KILLED": "cancelled", "FAILED": "failed"}.get(status, status.lower()),
+        )
+        client.set_terminated(run.info.run_id, status)
+    return len(runs)
