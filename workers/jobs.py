@@ -1,0 +1,106 @@
+"""A thin client of Ray's Jobs API: each sweep's driver runs as one Ray job.
+
+The driver must not live in the API process (restarting the API must not stop a sweep), so the
+service submits ``python -m service.sweep_job <id>`` as a Ray job and follows it here.
+
+Ray 2.60's ``ray start --head`` turns on token authentication: Jobs API clients send
+``Authorization: Bearer <token>``. The token is an argument (the service reads it from its
+settings); when None, ``~/.ray/auth_token`` (where ``ray start`` writes it) is used if present.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from workers.errors import RayJobsError
+
+JobState = Literal["pending", "running", "succeeded", "failed", "stopped", "missing"]
+DEFAULT_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+_STATES: dict[JobStatus, JobState] = {
+    JobStatus.PENDING: "pending",
+    JobStatus.RUNNING: "running",
+    JobStatus.SUCCEEDED: "succeeded",
+    JobStatus.FAILED: "failed",
+    JobStatus.STOPPED: "stopped",
+}
+
+
+def read_token(path: Path = DEFAULT_TOKEN_FILE) -> str | None:
+    """The cluster token that ``ray start`` wrote to ``path``, or None when there is none."""
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+class RayJobs:
+    """Submit, follow and stop Ray jobs on the cluster whose dashboard is ``dashboard_url``.
+
+    Every method raises :class:`~workers.errors.RayJobsError` when the cluster cannot be reached
+    or refuses the request. The connection is made on first use.
+    """
+
+    def __init__(self, dashboard_url: str, token: str | None = None) -> None:
+        self.dashboard_url = dashboard_url.rstrip("/")
+        self._token = token if token is not None else read_token()
+        self._client: JobSubmissionClient | None = None
+
+    def _jobs(self) -> JobSubmissionClient:
+        if self._client is None:
+            headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
+            try:
+                self._client = JobSubmissionClient(self.dashboard_url, headers=headers)
+            except Exception as err:  # ConnectionError, RuntimeError, requests errors
+                raise RayJobsError(f"Ray's Jobs API at {self.dashboard_url}: {err}") from err
+        return self._client
+
+    def submit(self, entrypoint: str, submission_id: str, env_vars: dict[str, str]) -> str:
+        """Start ``entrypoint`` (a shell command) as job ``submission_id``; returns the id.
+
+        ``env_vars`` is the job's environment on top of the cluster's. Use absolute paths
+        (``sys.executable``): the job's PATH is the cluster's, not the caller's.
+        """
+        try:
+            return self._jobs().submit_job(
+                entrypoint=entrypoint,
+                submission_id=submission_id,
+                runtime_env={"env_vars": dict(env_vars)},
+            )
+        except RayJobsError:
+            raise
+        except Exception as err:
+            raise RayJobsError(f"submitting job {submission_id} failed: {err}") from err
+
+    def status(self, job_id: str) -> JobState:
+        """The job's state; ``missing`` when the cluster does not know it (e.g. restarted)."""
+        try:
+            return _STATES[self._jobs().get_job_status(job_id)]
+        except RayJobsError:
+            raise
+        except RuntimeError as err:
+            if "404" in str(err) or "does not exist" in str(err):
+                return "missing"
+            raise RayJobsError(f"status of job {job_id}: {err}") from err
+        except Exception as err:
+            raise RayJobsError(f"status of job {job_id}: {err}") from err
+
+    def stop(self, job_id: str) -> bool:
+        """Ask the job to stop (SIGTERM, then SIGKILL); False when it had already ended."""
+        try:
+            return bool(self._jobs().stop_job(job_id))
+        except RayJobsError:
+            raise
+        except Exception as err:
+            raise RayJobsError(f"stopping job {job_id} failed: {err}") from err
+
+    def logs(self, job_id: str) -> str:
+        """The job's output so far (driver stdout and stderr)."""
+        try:
+            return str(self._jobs().get_job_logs(job_id))
+        except RayJobsError:
+            raise
+        except Exception as err:
+            raise RayJobsError(f"logs of job {job_id}: {err}") from err
