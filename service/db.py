@@ -11,14 +11,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.errors import StorageError
-from service.models import Base
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+MIGRATIONS = "service:migrations"
+MIGRATION_LOCK = 0x7377_6565_7073  # pg_advisory_xact_lock key: b"sweeps"
 
 
 def make_engine(url: str) -> Engine:
@@ -48,11 +51,40 @@ def _sqlite_engine(url: str) -> Engine:
 
 
 def init_db(engine: Engine) -> None:
-    """Bring the schema up to date (create missing tables; Alembic will plug in here)."""
+    """Bring the schema up to date by applying the Alembic migrations in ``service/migrations``.
+
+    On PostgreSQL concurrent callers (several API replicas starting) queue on an advisory lock,
+    and the whole upgrade is one transaction.
+
+    Raises:
+        StorageError: the database is unreachable, predates migrations, or a migration failed.
+    """
     try:
-        Base.metadata.create_all(engine)
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            _refuse_unversioned_schema(conn)
+            command.upgrade(alembic_config(conn), "head")
     except SQLAlchemyError as err:
-        raise StorageError(f"cannot create the schema: {err}") from err
+        raise StorageError(f"cannot migrate the database schema: {err}") from err
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic's configuration for the service's migrations, on ``connection`` when given."""
+    config = Config()
+    config.set_main_option("script_location", MIGRATIONS)
+    config.attributes["connection"] = connection
+    return config
+
+
+def _refuse_unversioned_schema(conn: Connection) -> None:
+    tables = set(inspect(conn).get_table_names())
+    if "sweeps" in tables and "alembic_version" not in tables:
+        raise StorageError(
+            f"the database {conn.engine.url.render_as_string()} has the service's tables but no "
+            "migration history (made before migrations existed); delete it, or mark it as the "
+            "initial revision with `alembic stamp 0001` if its schema matches"
+        )
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

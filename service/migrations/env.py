@@ -6,7 +6,7 @@ the settings' ``database_url`` (``SWEEPS_DATABASE_URL``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
@@ -20,7 +20,7 @@ from service.models import Base
 target_metadata = Base.metadata
 
 
-def _render_item(kind: str, obj: Any, autogen_context: AutogenContext) -> str | bool:
+def _render_item(kind: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
     """Write a model's TypeDecorator as the type it stores, so revisions never import models."""
     if kind == "type" and isinstance(obj, TypeDecorator):
         return f"sa.{obj.impl!r}"

@@ -88,3 +88,17 @@ def pg_database_factory(pg_server: PgServer) -> Iterator[Callable[[], str]]:
 def pg_database_url(pg_database_factory: Callable[[], str]) -> str:
     """The URL of a fresh, empty PostgreSQL database for one test."""
     return pg_database_factory()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+    ]
+)
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An empty database on each backend the service supports: a SQLite file, or PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'sweeps.db'}"
+    factory: Callable[[], str] = request.getfixturevalue("pg_database_factory")
+    return factory()
