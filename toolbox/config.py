@@ -94,6 +94,8 @@ class AugmentConfig(_Strict):
                 self.vflip_p,
                 self.affine_p,
                 self.color_p,
+                self.channel_shuffle_p,
+                self.invert_p,
                 self.noise_std,
             )
         )
