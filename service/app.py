@@ -2,7 +2,7 @@
 
 The lifespan creates the engine, brings the schema up to date, builds the dispatcher and starts
 the monitor, whose first act is to reconcile the database with what Ray is really running.
-A global auth dependency goes on the ``FastAPI(dependencies=...)`` call here.
+Access control is one middleware (:class:`service.auth.BearerAuthMiddleware`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.auth import BearerAuthMiddleware
 from service.config import Settings, load_settings
 from service.db import init_db, make_engine, make_session_factory
 from service.dispatch import Dispatcher, JobClient
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, *, monitor: bool = True) -> Fas
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.add_middleware(BearerAuthMiddleware, token=settings.api_token)
     install_error_handlers(app)
     app.include_router(sweeps.router)
     app.include_router(health.router)

@@ -6,6 +6,7 @@ Build them with :func:`load_settings`; nothing is read at import time, so tests 
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,33 @@ def _default_ray_token() -> SecretStr | None:
     return None
 
 
+PRODUCTION_SECRETS = ("api_token", "ray_auth_token")
+"""Settings that must hold a real secret when ``env`` is production."""
+PLACEHOLDERS = ("change-me", "changeme", "change_me")
+MIN_SECRET_LENGTH = 16
+
+
+def _secret_problem(secret: SecretStr | None) -> str | None:
+    """Why ``secret`` is not fit for production, or None when it is."""
+    value = secret.get_secret_value().strip() if secret is not None else ""
+    if not value:
+        return "is not set"
+    if any(p in value.lower() for p in PLACEHOLDERS):
+        return "is still the .env.example placeholder"
+    if len(value) < MIN_SECRET_LENGTH:
+        return f"is shorter than {MIN_SECRET_LENGTH} characters"
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Settings(BaseSettings):
     """Every setting of the API, the CLI and the sweep job (environment prefix ``SWEEPS_``).
 
@@ -47,8 +75,11 @@ class Settings(BaseSettings):
         mlflow_ui_url: the public base of MLflow links in responses (default: the tracking URI).
         storage_path: where Ray Tune keeps experiment state (a directory, or an ``s3://`` URI);
             a resumed sweep restores from here.
-        api_token: a bearer token the API will require once auth lands; never sent to jobs.
-        env: ``development`` or ``production``.
+        api_token: the bearer token every route but ``/healthz`` requires (see
+            :mod:`service.auth`); never sent to jobs. Without it the API must bind to loopback.
+        env: ``development`` or ``production``; production refuses to start unless
+            ``api_token`` and ``ray_auth_token`` are real secrets (set, no placeholder, at
+            least 16 characters).
         host, port: where ``sweeps up`` serves the API.
         public_url: the API's public base URL for self links (default ``http://host:port``).
         job_python: the interpreter a Ray job runs ``-m service.sweep_job`` with.
@@ -82,6 +113,26 @@ class Settings(BaseSettings):
             self.mlflow_ui_url = self.mlflow_tracking_uri
         if self.public_url is None:
             self.public_url = f"http://{self.host}:{self.port}"
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_secrets(self) -> Settings:
+        if self.env == "production":
+            problems = [
+                f"SWEEPS_{name.upper()} {problem}"
+                for name in PRODUCTION_SECRETS
+                if (problem := _secret_problem(getattr(self, name)))
+            ]
+            if problems:
+                raise ValueError(
+                    f"refusing to start in production: {'; '.join(problems)}. Generate each "
+                    "with `openssl rand -hex 32`, or set SWEEPS_ENV=development for a local run"
+                )
+        if self.api_token is None and not _is_loopback(self.host):
+            raise ValueError(
+                f"SWEEPS_HOST={self.host} would serve the API to the network without a token; "
+                "set SWEEPS_API_TOKEN, or bind to 127.0.0.1"
+            )
         return self
 
     @property
