@@ -137,6 +137,13 @@ def test_api_is_configured_only_by_settings_fields(files: tuple[Path, ...]) -> N
 
 
 @needs_compose
+def test_api_runs_the_app_factory_in_one_process() -> None:
+    command = _config(COMPOSE)["services"]["api"]["command"]
+    assert "service.app:create_app" in command and "--factory" in command
+    assert "--workers=1" in command  # the dispatcher assumes one API process per database
+
+
+@needs_compose
 def test_every_variable_set_for_app_services_is_read_by_what_runs_there() -> None:
     settings_names = _settings_env_names()
     for name, svc in _app_services(_config(COMPOSE)).items():
