@@ -20,12 +20,11 @@ from service.error_handlers import install_error_handlers
 from service.monitor import Monitor
 from service.routes import health, sweeps
 from service.views import Views
+from workers.jobs import RayJobs
 
 
 def make_job_client(settings: Settings) -> JobClient:
     """The Ray Jobs API client for the configured cluster."""
-    from workers.jobs import RayJobs
-
     token = settings.ray_auth_token.get_secret_value() if settings.ray_auth_token else None
     return RayJobs(settings.ray_dashboard_url, token=token)
 

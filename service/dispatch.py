@@ -25,6 +25,7 @@ from service.config import Settings
 from service.db import session_scope
 from service.errors import DispatchError
 from service.models import Sweep, utcnow
+from workers.errors import RayJobsError
 from workers.events import FINAL_SWEEP_STATUSES
 from workers.tracking import TRACKING_ENV, close_sweep_runs
 
@@ -69,14 +70,14 @@ class Dispatcher:
                 if resume:
                     sweep.resumes += 1
                     sweep.message = reason
-                job_id = f"sweep-{sweep.id}-{sweep.resumes}"
+                job_id = f"sweep-{sweep.id}-{sweep.uid[:8]}-{sweep.resumes}"
                 store.record_job(session, sweep, job_id)
                 self._resolve_experiment(sweep)
             env = self.settings.job_env() | TRACKING_ENV
             entrypoint = job_entrypoint(self.settings, sweep_id, resume)
             try:
                 self.jobs.submit(entrypoint, job_id, env)
-            except DispatchError as err:
+            except (DispatchError, RayJobsError) as err:
                 log.warning("sweep %s: submitting %s failed: %s", sweep_id, job_id, err)
                 self._note(sweep_id, f"could not submit Ray job {job_id} ({err}); will retry")
 
@@ -100,7 +101,10 @@ class Dispatcher:
         for sweep_id in ids:
             try:
                 self._reconcile_one(sweep_id)
-            except DispatchError as err:  # Ray unreachable: nothing can be judged now
+            except (
+                DispatchError,
+                RayJobsError,
+            ) as err:  # Ray unreachable: nothing can be judged now
                 log.warning("sweep %s: cannot reconcile: %s", sweep_id, err)
 
     def _reconcile_one(self, sweep_id: int) -> None:
@@ -152,23 +156,24 @@ class Dispatcher:
             if job_id is not None:
                 try:
                     self.jobs.stop(job_id)
-                except DispatchError as err:
+                except (DispatchError, RayJobsError) as err:
                     log.warning("sweep %s: stopping %s failed: %s", sweep_id, job_id, err)
             with session_scope(self.factory) as session:
                 sweep = store.get_sweep(session, sweep_id)
                 store.close_open_trials(session, sweep, trial_status, message)
                 store.finish_sweep(session, sweep, status, message)
                 experiments = [sweep.mlflow_experiment_id] if sweep.mlflow_experiment_id else None
-            self._close_runs(sweep_id, run_status, experiments)
+                uid = sweep.uid
+            self._close_runs(uid, run_status, experiments)
 
-    def _close_runs(self, sweep_id: int, run_status: str, experiments: list[str] | None) -> None:
+    def _close_runs(self, uid: str, run_status: str, experiments: list[str] | None) -> None:
         try:
             closed = close_sweep_runs(
-                self.settings.mlflow_tracking_uri, str(sweep_id), run_status, experiments
+                self.settings.mlflow_tracking_uri, uid, run_status, experiments
             )
-            log.info("sweep %s: closed %d MLflow runs as %s", sweep_id, closed, run_status)
+            log.info("sweep %s: closed %d MLflow runs as %s", uid, closed, run_status)
         except Exception as err:  # MLflow down: the runs stay open, the database is right
-            log.warning("sweep %s: closing MLflow runs failed: %s", sweep_id, err)
+            log.warning("sweep %s: closing MLflow runs failed: %s", uid, err)
 
     def check_dependencies(self) -> dict[str, str]:
         """``{"ray": ..., "mlflow": ...}``, each ``ok`` or why not."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any, ClassVar
+from uuid import uuid4
 
 from sqlalchemy import (
     JSON,
@@ -71,6 +72,9 @@ class Sweep(Base):
     __tablename__ = "sweeps"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    uid: Mapped[str] = mapped_column(String(32), unique=True, default=lambda: uuid4().hex)
+    """Globally unique: names the Tune experiment, Ray jobs and MLflow tags, so sweeps of a
+    reset database never meet an older sweep's state on a long-lived cluster or server."""
     name: Mapped[str] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(20), default="pending", index=True)
     spec: Mapped[dict[str, Any]]

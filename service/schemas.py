@@ -49,6 +49,7 @@ class SweepPublic(BaseModel):
     """A sweep as listed."""
 
     id: int
+    uid: str = Field(description="the sweep's MLflow tag sweeps.sweep_id and Tune experiment")
     name: str
     status: str
     message: str

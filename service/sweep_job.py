@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("sweep %s is already %s; nothing to run", sweep.id, sweep.status)
             return 0
         spec = SweepSpec.model_validate(sweep.spec)
-        experiment, parent_run_id = sweep.experiment_name, sweep.parent_run_id
+        experiment, parent_run_id, uid = sweep.experiment_name, sweep.parent_run_id, sweep.uid
 
     import ray  # the job's driver process joins the cluster it was submitted to
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         status = run_sweep(
             spec,
             sink,
-            sweep_id=str(args.sweep_id),
+            sweep_id=uid,
             tracking_uri=settings.mlflow_tracking_uri,
             mlflow_experiment=experiment,
             storage_path=settings.storage_path,

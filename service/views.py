@@ -63,6 +63,7 @@ class Views:
         """A sweep as listed."""
         return SweepPublic(
             id=sweep.id,
+            uid=sweep.uid,
             name=sweep.name,
             status=sweep.status,
             message=sweep.message,

@@ -1,0 +1,230 @@
+"""The HTTP API against a real Ray cluster and MLflow server, with a real SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service import store
+from service.app import create_app
+from service.config import Settings
+from service.db import session_scope
+from tests.service.helpers import FINAL, digits, make_settings, mlflow_runs, strict_json, wait_for
+from workers.spec import GRID_LIMIT
+
+
+@pytest.fixture
+def settings(tmp_path: Path, ray_cluster: Any, mlflow_server: Any) -> Settings:
+    return make_settings(tmp_path, ray_cluster, mlflow_server)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), headers=auth(settings)) as c:
+        yield c
+
+
+def auth(settings: Settings) -> dict[str, str]:
+    assert settings.api_token is not None
+    return {"Authorization": f"Bearer {settings.api_token.get_secret_value()}"}
+
+
+def sweep_of(client: TestClient, sweep_id: int) -> dict[str, Any]:
+    r = client.get(f"/sweeps/{sweep_id}")
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = strict_json(r.text)
+    return body
+
+
+def wait_final(client: TestClient, sweep_id: int, timeout: float) -> dict[str, Any]:
+    done = lambda s: s["status"] in FINAL  # noqa: E731
+    result: dict[str, Any] = wait_for(lambda: sweep_of(client, sweep_id), done, timeout, "the end")
+    return result
+
+
+def trials_of(client: TestClient, sweep_id: int) -> list[dict[str, Any]]:
+    page = strict_json(client.get(f"/sweeps/{sweep_id}/trials").text)
+    details = [client.get(f"/sweeps/{sweep_id}/trials/{t['number']}") for t in page["data"]]
+    return [strict_json(d.text) for d in details]
+
+
+NESTEROV = {"optim.nesterov": True, "optim.momentum": 0.0}
+BIG_GRID = {"optim.batch_size": list(range(1, 40)), "optim.lr": [0.01 * i for i in range(1, 40)]}
+INVALID = [
+    ("unknown-key", digits({"optim.lr": [0.1]}, epochz=3), "epochz", "did you mean epochs"),
+    ("unknown-setting", digits({"optim.lrr": [0.1]}), "parameters", "did you mean optim.lr"),
+    ("range", digits({"optim.lr": [0.1]}, epochs=0), "epochs", "greater than or equal to 1"),
+    (
+        "value-range",
+        digits({"optim.lr": [20.0]}),
+        "parameters.optim.lr",
+        "less than or equal to 10",
+    ),
+    ("empty-space", digits({}), "parameters", "search space is empty"),
+    ("nesterov", digits(NESTEROV), "parameters", "needs optim.momentum > 0"),
+    ("groups", digits({"model.norm": "group", "model.groups": 3}), "parameters", "divide"),
+    ("grid-limit", digits(BIG_GRID, method="grid"), "parameters", f"limit of {GRID_LIMIT}"),
+    ("param-form", digits({"optim.lr": {"valuez": 1}}), "parameters.optim.lr", "keys: valuez"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "field", "fix"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_sweeps_are_refused_with_the_field_and_the_fix(
+    client: TestClient, case: str, body: dict[str, Any], field: str, fix: str
+) -> None:
+    r = client.post("/sweeps", json=body)
+    assert r.status_code == 422, r.text
+    detail = strict_json(r.text)["detail"]
+    assert any(d["field"] == field and fix in d["message"] for d in detail), detail
+    assert all(d["loc"][0] == "body" for d in detail)
+    assert client.get("/sweeps").json()["count"] == 0  # nothing stored
+
+
+def test_nan_in_a_request_is_refused_and_never_echoed(client: TestClient) -> None:
+    raw = '{"parameters": {"optim.lr": {"distribution": "uniform", "min": NaN, "max": 1}}}'
+    r = client.post("/sweeps", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    detail = strict_json(r.text)["detail"]
+    assert detail[0]["field"] == "parameters.optim.lr.min"
+
+
+def test_unknown_sweep_and_trial_are_404(client: TestClient) -> None:
+    assert client.get("/sweeps/999").status_code == 404
+    assert client.get("/sweeps/999/trials/1").status_code == 404
+    assert "does not exist" in client.post("/sweeps/999/cancel").json()["detail"]
+
+
+def test_resubmission_with_an_idempotency_key_returns_the_same_sweep(client: TestClient) -> None:
+    body = digits({"optim.lr": [0.05]}, epochs=1)
+    first = client.post("/sweeps", json=body, headers={"Idempotency-Key": "abc"})
+    again = client.post("/sweeps", json=body, headers={"Idempotency-Key": "abc"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"]
+    assert first.headers["location"] == first.json()["links"]["self"]
+    other = client.post("/sweeps", json=body | {"epochs": 2}, headers={"Idempotency-Key": "abc"})
+    assert other.status_code == 409
+    assert "different request body" in other.json()["detail"]
+    assert client.get("/sweeps").json()["count"] == 1
+    wait_final(client, first.json()["id"], timeout=240)
+
+
+def test_list_is_paginated_and_filtered_by_status(client: TestClient) -> None:
+    factory = client.app.state.session_factory  # type: ignore[attr-defined]
+    from workers.spec import SweepSpec
+
+    spec = SweepSpec.model_validate(digits({"optim.lr": [0.1]}))
+    with session_scope(factory) as session:
+        made = [store.create_sweep(session, spec)[0] for _ in range(5)]
+        session.flush()
+        for sweep in made[:2]:
+            store.finish_sweep(session, sweep, "failed", "test")
+            sweep.ray_job_id = "none"
+        for sweep in made[2:]:
+            store.finish_sweep(session, sweep, "cancelled", "test")
+    page = client.get("/sweeps", params={"limit": 2, "offset": 1}).json()
+    assert page["count"] == 5 and [s["id"] for s in page["data"]] == [4, 3]
+    failed = client.get("/sweeps", params={"status": "failed"}).json()
+    assert failed["count"] == 2 and {s["id"] for s in failed["data"]} == {1, 2}
+    assert client.get("/sweeps", params={"status": "nope"}).status_code == 422
+
+
+def test_readiness_names_the_dependency_that_is_down(settings: Settings) -> None:
+    with TestClient(create_app(settings, monitor=False), headers=auth(settings)) as c:
+        ok = c.get("/readyz")
+        assert ok.status_code == 200, ok.text
+    broken = settings.model_copy(update={"mlflow_tracking_uri": "http://127.0.0.1:9"})
+    with TestClient(create_app(broken, monitor=False), headers=auth(settings)) as c:
+        r = c.get("/readyz")
+        assert c.get("/healthz").status_code == 200
+    assert r.status_code == 503
+    checks = r.json()["checks"]
+    assert checks["mlflow"].startswith("unreachable") and checks["ray"] == "ok"
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_to_the_end_with_every_trial_curve_and_mlflow_runs(
+    client: TestClient, mlflow_server: Any
+) -> None:
+    body = digits({"optim.lr": [0.02, 0.1], "model.norm": ["none", "batch"]}, method="grid")
+    created = client.post("/sweeps", json=body)
+    assert created.status_code == 201, created.text
+    sweep_id = created.json()["id"]
+    assert created.json()["links"]["mlflow_experiment"].startswith(mlflow_server.uri)
+
+    sweep = wait_final(client, sweep_id, timeout=420)
+    assert sweep["status"] == "completed", sweep
+    assert sweep["trial_counts"]["completed"] == 4 == sweep["trial_counts"]["total"]
+    trials = trials_of(client, sweep_id)
+    assert len(trials) == 4
+    for trial in trials:
+        assert trial["status"] == "completed"
+        assert [p["epoch"] for p in trial["curve"]] == [1, 2, 3]
+        assert set(trial["params"]) == {"optim.lr", "model.norm"}
+    best = sweep["best_trial"]
+    accs = {t["number"]: t["curve"][-1]["metrics"]["val_accuracy"] for t in trials}
+    assert best["value"] == max(accs.values()) and accs[best["number"]] == best["value"]
+    assert sweep["links"]["mlflow_run"].endswith(sweep_parent_id(sweep))
+
+    mlflow, parents, children = mlflow_runs(mlflow_server.uri, sweep["uid"])
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(c.info.run_id for c in children) == sorted(t["mlflow_run_id"] for t in trials)
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        history = mlflow.get_metric_history(child.info.run_id, "val_accuracy")
+        assert sorted(m.step for m in history) == [1, 2, 3]
+    done = client.get(f"/sweeps/{sweep_id}/trials", params={"status": "completed", "limit": 3})
+    assert done.json()["count"] == 4 and len(done.json()["data"]) == 3
+
+
+def sweep_parent_id(sweep: dict[str, Any]) -> str:
+    return str(sweep["links"]["mlflow_run"]).rsplit("/", 1)[-1]
+
+
+@pytest.mark.slow
+def test_cancel_marks_trials_cancelled_and_their_runs_killed(
+    client: TestClient, mlflow_server: Any
+) -> None:
+    body = digits({"optim.lr": [0.01, 0.02, 0.05, 0.1]}, method="grid", epochs=200)
+    sweep_id = client.post("/sweeps", json=body).json()["id"]
+    wait_for(
+        lambda: trials_of(client, sweep_id),
+        lambda ts: any(t["curve"] for t in ts),
+        240,
+        "a first epoch",
+    )
+    answer = client.post(f"/sweeps/{sweep_id}/cancel")
+    assert answer.status_code == 200 and answer.json()["status"] == "cancelling"
+    sweep = wait_final(client, sweep_id, timeout=30)
+    assert sweep["status"] == "cancelled"
+    trials = trials_of(client, sweep_id)
+    assert trials and {t["status"] for t in trials} == {"cancelled"}
+    assert client.post(f"/sweeps/{sweep_id}/cancel").status_code == 200  # idempotent
+
+    _, parents, children = mlflow_runs(mlflow_server.uri, sweep["uid"])
+    started = [t for t in trials if t["mlflow_run_id"]]
+    assert len(children) == len(started) > 0
+    assert {c.info.status for c in children} == {"KILLED"}
+    assert parents[0].info.status == "KILLED"
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_is_reported_diverged_and_never_best(client: TestClient) -> None:
+    body = digits(
+        {"optim.lr": [0.05, 10.0]},
+        method="grid",
+        epochs=2,
+        model={"arch": "mlp", "width": 256, "depth": 3},
+    )
+    body["parameters"] |= {"optim.momentum": 0.99, "optim.batch_size": 16}
+    sweep_id = client.post("/sweeps", json=body).json()["id"]
+    sweep = wait_final(client, sweep_id, timeout=300)
+    trials = {t["params"]["optim.lr"]: t for t in trials_of(client, sweep_id)}
+    assert trials[10.0]["status"] == "diverged", trials[10.0]
+    assert "non-finite" in trials[10.0]["message"] or "not finite" in trials[10.0]["message"]
+    assert trials[0.05]["status"] == "completed"
+    assert sweep["best_trial"]["params"]["optim.lr"] == 0.05
