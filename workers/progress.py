@@ -89,10 +89,12 @@ class SweepProgress:
             return
         epoch = int(result[EPOCH])
         metrics = finite_metrics(result)
+        repeated = epoch in rec.history  # a retry resumed from an earlier checkpoint
         rec.last_epoch, rec.history[epoch] = epoch, metrics
         rec.value = metrics.get(self.spec.metric.name, rec.value)
-        self.sink.epoch_reported(key, epoch, metrics)
-        self.tracker.log_epoch(rec.run_id, epoch, metrics)
+        self.sink.epoch_reported(key, epoch, metrics)  # idempotent by contract
+        if not repeated:  # MLflow would keep both points of the step
+            self.tracker.log_epoch(rec.run_id, epoch, metrics)
 
     def finished(self, key: str) -> None:
         """Tune ended the trial without error: all epochs run, or stopped early."""

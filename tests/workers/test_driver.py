@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,3 +72,137 @@ def test_grid_sweep_completes_every_trial_with_one_run_per_trial(
         assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         history = client.get_metric_history(child.info.run_id, "val_accuracy")
         assert sorted(m.step for m in history) == [1, 2, 3]
+
+
+def alive_trial_worker_pids(address: str) -> list[int]:
+    """Process ids of the live Tune trial actors (the workers running ``run_trial``)."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True)
+    return [
+        a.pid
+        for a in actors
+        if "run_trial" in (a.class_name or "") or "ImplicitFunc" in (a.class_name or "")
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["random", "bayes"])
+def test_random_and_bayes_sweeps_run_their_trials(method, ray_session, mlflow_server, tmp_path):
+    params = {
+        "optim.lr": {"distribution": "log_uniform_values", "min": 0.01, "max": 0.2},
+        "model.norm": ["none", "layer"],
+    }
+    spec = digits_spec(params, method=method, max_trials=3, epochs=2)
+    sink = RecordingSink()
+    sweep_id, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
+
+    assert status == "completed"
+    assert list(sink.final_status().values()) == ["completed"] * 3
+    assert all(sorted(e) == [1, 2] for e in sink.epochs.values())
+    assert sink.ended is not None and sink.ended[2] in sink.final_status()
+    _, parents, children = runs_of(mlflow_server.uri, sweep_id)
+    assert len(children) == 3
+    assert parents[0].data.tags["sweeps.best_trial_key"] == sink.ended[2]
+
+
+@pytest.mark.slow
+def test_asha_stops_trials_with_a_terrible_learning_rate(ray_session, mlflow_server, tmp_path):
+    # One trial at a time, good learning rates first: the bad ones meet full rungs and stop.
+    spec = digits_spec(
+        {"optim.lr": [0.1, 0.2, 1e-5, 2e-5]},
+        method="grid",
+        epochs=4,
+        max_concurrent=1,
+        early_stopping={"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    )
+    sink = RecordingSink()
+    sweep_id, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
+
+    assert status == "completed"
+    by_lr = {sink.last_update(k).params["optim.lr"]: k for k in sink.final_status()}
+    statuses = {lr: sink.final_status()[key] for lr, key in by_lr.items()}
+    assert statuses[0.1] == "completed"
+    assert "stopped" in {statuses[1e-5], statuses[2e-5]}
+    for lr in (1e-5, 2e-5):
+        if statuses[lr] == "stopped":
+            assert len(sink.epochs[by_lr[lr]]) < 4
+    _, _, children = runs_of(mlflow_server.uri, sweep_id)
+    outcomes = {c.data.tags["sweeps.trial_key"]: c.data.tags["sweeps.outcome"] for c in children}
+    assert outcomes == sink.final_status()
+    assert {c.info.status for c in children} == {"FINISHED"}
+
+
+@pytest.mark.slow
+def test_diverging_trial_is_flagged_and_never_best(ray_session, mlflow_server, tmp_path):
+    spec = digits_spec(
+        {"optim.lr": [10.0, 0.05]},
+        method="grid",
+        model={"arch": "mlp", "width": 256, "depth": 3},
+        epochs=2,
+    )
+    sink = RecordingSink()
+    sweep_id, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
+
+    assert status == "completed"
+    by_lr = {sink.last_update(k).params["optim.lr"]: k for k in sink.final_status()}
+    diverged = sink.last_update(by_lr[10.0])
+    assert diverged.status == "diverged"
+    assert "diverged" in diverged.message
+    assert sink.final_status()[by_lr[0.05]] == "completed"
+    assert sink.ended is not None and sink.ended[2] == by_lr[0.05]
+    _, parents, children = runs_of(mlflow_server.uri, sweep_id)
+    run = next(c for c in children if c.data.tags["sweeps.trial_key"] == by_lr[10.0])
+    assert run.info.status == "FINISHED" and run.data.tags["sweeps.outcome"] == "diverged"
+    assert parents[0].data.tags["sweeps.best_trial_key"] == by_lr[0.05]
+
+
+@pytest.mark.slow
+def test_killed_worker_is_retried_from_its_checkpoint(
+    ray_cluster, ray_session, mlflow_server, tmp_path
+):
+    killed: list[int] = []
+
+    def kill_on_epoch_2(sink: RecordingSink, key: str, epoch: int, metrics) -> None:
+        if epoch == 2 and not killed:
+            pids = alive_trial_worker_pids(ray_cluster.address)
+            assert len(pids) == 1, pids  # one trial at a time: this one's worker
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    spec = digits_spec({"optim.lr": [0.05]}, method="grid", epochs=4, max_concurrent=1)
+    sink = RecordingSink(on_epoch=kill_on_epoch_2)
+    sweep_id, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
+
+    assert killed, "the worker was never killed"
+    assert status == "completed"
+    (key,) = sink.final_status()
+    last = sink.last_update(key)
+    assert last.status == "completed" and last.attempt >= 2
+    assert sorted(sink.epochs[key]) == [1, 2, 3, 4]  # resumed after epoch 2, not from scratch
+    client, _, children = runs_of(mlflow_server.uri, sweep_id)
+    assert [c.info.status for c in children] == ["FINISHED"]
+    history = client.get_metric_history(children[0].info.run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_cancel_marks_running_trials_cancelled_and_runs_killed(
+    ray_session, mlflow_server, tmp_path
+):
+    spec = digits_spec(
+        {"optim.lr": [0.01, 0.02, 0.05, 0.1]}, method="grid", epochs=30, max_concurrent=2
+    )
+    sink = RecordingSink(cancel_after_epochs=2)
+    sweep_id, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
+    ended = time.monotonic()
+
+    assert status == "cancelled"
+    assert sink.cancel_at is not None and ended - sink.cancel_at < 30
+    assert sink.ended is not None and sink.ended[0] == "cancelled"
+    statuses = sink.final_status()
+    assert "cancelled" in statuses.values()
+    assert set(statuses.values()) <= {"cancelled", "completed"}
+    _, parents, children = runs_of(mlflow_server.uri, sweep_id)
+    assert parents[0].info.status == "KILLED"
+    assert children and {c.info.status for c in children} == {"KILLED"}
