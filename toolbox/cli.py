@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from toolbox.config import TrialConfig, flatten_dict
 from toolbox.errors import SweepsError
-from toolbox.train import EpochMetrics, TrainResult, train
+from toolbox.train import EpochMetrics, TrainResult, resolve_device, train
 
 COLUMNS = (
     ("epoch", "epoch", 0),
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(
         f"training {config.model.arch} on {config.data.dataset} for {config.epochs} epoch(s), "
-        f"device={config.device}, seed={config.seed}"
+        f"device={resolve_device(config.device)}, seed={config.seed}"
     )
     print_header(sys.stdout)
     try:

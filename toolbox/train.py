@@ -21,6 +21,7 @@ from torch import nn
 
 from toolbox.config import TrialConfig
 from toolbox.data import DataSplit, load_split
+from toolbox.errors import ConfigError
 from toolbox.models import build_model
 from toolbox.optim import build_optimizer
 from toolbox.preprocess import InputNormalizer
@@ -28,6 +29,7 @@ from toolbox.preprocess import InputNormalizer
 EVAL_BATCH_SIZE = 2048
 """Evaluation needs no gradients, so it can use batches much larger than training."""
 CHECKPOINT_VERSION = 1
+"""Format of the dicts that ``checkpoint()`` returns; ``resume=`` refuses other versions."""
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,11 @@ class EpochMetrics:
 
 
 Outcome = Literal["completed", "diverged"]
+"""How a trial ended; a crash is an exception, not an outcome."""
 Checkpoint = Callable[[], dict[str, Any]]
+"""Returns a torch-serializable snapshot that ``train(resume=...)`` accepts."""
 EpochCallback = Callable[[EpochMetrics, Checkpoint], None]
+"""``on_epoch(metrics, checkpoint)``, called after every completed epoch."""
 
 
 @dataclass
@@ -95,7 +100,11 @@ def resolve_device(name: str) -> torch.device:
     """Map a :data:`toolbox.config.DeviceName` to a device; ``auto`` prefers CUDA."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        # An explicit index, so a split already on "cuda:0" compares equal and is not copied.
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def _synchronize(device: torch.device) -> None:
@@ -221,7 +230,9 @@ class _State:
     def restore(self, ckpt: dict[str, Any]) -> None:
         """Load a snapshot taken by :meth:`checkpoint`."""
         if ckpt.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"unsupported checkpoint version {ckpt.get('version')!r}")
+            raise ConfigError(
+                f"resume: checkpoint version {ckpt.get('version')!r} is not {CHECKPOINT_VERSION}"
+            )
         device = self.generator.device
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -264,6 +275,7 @@ def train(
 
     Raises:
         toolbox.errors.DataUnavailableError: the data set cannot be loaded.
+        toolbox.errors.ConfigError: ``resume`` is not a checkpoint of this version.
     """
     device = resolve_device(config.device)
     split = _on_device(data, device) if data is not None else load_split(config.data, device)
