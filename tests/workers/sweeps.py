@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ class RecordingSink:
     started: list[tuple[str | None, str]] = field(default_factory=list)
     ended: tuple[str, str, str | None] | None = None
     cancel_at: float | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def sweep_started(self, mlflow_run_id: str | None, experiment_path: str) -> None:
         self.started.append((mlflow_run_id, experiment_path))

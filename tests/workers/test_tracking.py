@@ -1,0 +1,73 @@
+"""MLflow tracking of sweeps against a real MLflow server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import free_port
+from tests.workers.sweeps import digits_spec
+from workers.tracking import TRACKING_ENV, SweepTracker, close_sweep_runs
+
+SPEC = digits_spec({"optim.lr": [0.01, 0.1]}, method="grid")
+
+
+def test_resumed_tracker_reuses_parent_and_child_runs(mlflow_server) -> None:
+    sweep_id = uuid.uuid4().hex[:8]
+    first = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_id)
+    parent = first.start_sweep(SPEC)
+    child = first.start_trial("t_00000", "digits-sweep #1 lr=0.01", {"optim.lr": 0.01})
+    first.log_epoch(child, 1, {"val_accuracy": 0.5, "val_loss": 1.0})
+
+    again = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_id)
+    assert again.start_sweep(SPEC) == parent
+    assert again.start_trial("t_00000", "digits-sweep #1 lr=0.01", {"optim.lr": 0.01}) == child
+    again.end_trial(child, "diverged", "diverged at epoch 2")
+    again.end_sweep("completed", None, "val_accuracy")
+
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    run = client.get_run(child)  # type: ignore[arg-type]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["sweeps.outcome"] == "diverged"
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.params["optim.lr"] == "0.01"
+    assert client.get_run(parent).info.status == "FINISHED"  # type: ignore[arg-type]
+
+
+def test_close_sweep_runs_closes_every_open_run_of_the_sweep(mlflow_server) -> None:
+    sweep_id = uuid.uuid4().hex[:8]
+    tracker = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_id)
+    tracker.start_sweep(SPEC)
+    tracker.start_trial("t_00000", "a", {})
+    tracker.start_trial("t_00001", "b", {})  # the driver vanished: all three stay RUNNING
+
+    assert close_sweep_runs(mlflow_server.uri, sweep_id, "KILLED") == 3
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    runs = client.search_runs(
+        [tracker.experiment_id or ""], f"tags.`sweeps.sweep_id` = '{sweep_id}'", ViewType.ALL
+    )
+    assert {r.info.status for r in runs} == {"KILLED"}
+    assert close_sweep_runs(mlflow_server.uri, sweep_id, "KILLED") == 0
+
+
+def test_tracking_outage_is_a_warning_not_an_error(monkeypatch, caplog) -> None:
+    for key, value in TRACKING_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    start = time.monotonic()
+    tracker = SweepTracker(f"http://127.0.0.1:{free_port()}", "nowhere", "x")
+    assert tracker.start_sweep(SPEC) is None
+    assert tracker.start_trial("t_00000", "a", {"optim.lr": 0.1}) is None
+    tracker.log_epoch(None, 1, {"val_accuracy": 0.5})
+    tracker.end_sweep("completed", None, "val_accuracy")
+    assert time.monotonic() - start < 30
+    assert any("MLflow" in r.message for r in caplog.records)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_mlflow(monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
