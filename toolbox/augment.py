@@ -79,27 +79,56 @@ def affine_theta(
 
 def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Resample ``x`` (B, C, H, W) with per-sample ``theta`` (B, 2, 3); zeros outside."""
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)  # (B, H, W, 2)
+    grid = affine_grid(theta.to(x.dtype), x.shape[2], x.shape[3])  # (B, H, W, 2)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``F.affine_grid(theta, (B, C, h, w), align_corners=False)``, by broadcasting.
+
+    On the CPU, ``F.affine_grid`` multiplies a (B, H*W, 3) grid by (B, 3, 2) with a batched
+    matmul that costs more than the ``grid_sample`` it feeds; two broadcast planes do not.
+
+    Args:
+        theta: (B, 2, 3) matrices mapping output to input coordinates.
+        h: output height.
+        w: output width.
+
+    Returns:
+        (B, h, w, 2) sampling grid of (x, y) in [-1, 1] pixel-edge coordinates.
+    """
+    dev, dt = theta.device, theta.dtype
+    xs = ((torch.arange(w, device=dev, dtype=dt) * 2 + 1) / w - 1).view(1, 1, w)  # pixel centres
+    ys = ((torch.arange(h, device=dev, dtype=dt) * 2 + 1) / h - 1).view(1, h, 1)
+    t = theta.unsqueeze(-1).unsqueeze(-1)  # (B, 2, 3, 1, 1)
+    gx = t[:, 0, 0] * xs + t[:, 0, 1] * ys + t[:, 0, 2]  # (B, h, w)
+    gy = t[:, 1, 0] * xs + t[:, 1, 1] * ys + t[:, 1, 2]
+    return torch.stack((gx, gy), dim=-1)
 
 
 def hue_matrix(turns: torch.Tensor) -> torch.Tensor:
     """(B, 3, 3) rotations of RGB about the grey axis by ``turns`` (B,) of the colour wheel.
 
-    Rodrigues' formula about (1, 1, 1)/sqrt(3): keeps greys fixed and, at 1/3 turn, maps red to
-    green as an HSV hue shift of 120 degrees does. In between it differs slightly from HSV
-    (it rotates chroma in a plane rather than along the hexagon), which is immaterial for
-    augmentation and keeps the whole colour change one linear map.
+    Rodrigues' formula about n = (1, 1, 1)/sqrt(3), ``cos * I + (1 - cos) * n n^T + sin * [n]x``:
+    keeps greys fixed and, at 1/3 turn, maps red to green as an HSV hue shift of 120 degrees
+    does. In between it differs slightly from HSV (it rotates chroma in a plane rather than
+    along the hexagon), which is immaterial for augmentation and keeps the whole colour change
+    one linear map.
     """
     theta = 2.0 * math.pi * turns
-    cos, sin = torch.cos(theta), torch.sin(theta) / math.sqrt(3.0)
-    c3 = (1.0 - cos) / 3.0
-    rows = (
-        (cos + c3, c3 - sin, c3 + sin),
-        (c3 + sin, cos + c3, c3 - sin),
-        (c3 - sin, c3 + sin, cos + c3),
-    )
-    return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=1)
+    cos = torch.cos(theta)
+    coeffs = torch.stack((cos, 1.0 - cos, torch.sin(theta)), dim=1)  # (B, 3)
+    basis = _hue_basis(turns.device, turns.dtype)  # (3, 9)
+    return (coeffs @ basis).view(-1, 3, 3)  # one small matmul instead of nine stacks
+
+
+@functools.lru_cache(maxsize=8)
+def _hue_basis(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """I, n n^T and [n]x of Rodrigues' formula, flattened to the rows of a (3, 9) matrix."""
+    k = 1.0 / math.sqrt(3.0)
+    cross = [[0.0, -k, k], [k, 0.0, -k], [-k, k, 0.0]]
+    rows = [torch.eye(3), torch.full((3, 3), 1.0 / 3.0), torch.tensor(cross)]
+    return torch.stack(rows).view(3, 9).to(device=device, dtype=dtype)
 
 
 class Augmenter:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from toolbox.augment import Augmenter, _where, affine_theta, hue_matrix, warp
+from toolbox.augment import Augmenter, _where, affine_grid, affine_theta, hue_matrix, warp
 from toolbox.config import AugmentConfig
 
 ALL_ON = AugmentConfig(
@@ -107,6 +107,13 @@ def test_theta_rotates_counter_clockwise_and_translates_right_and_down() -> None
     shifted = warp(x, theta(0, tx=0.25, ty=-0.125))  # 2 px right, 1 px up
     assert torch.allclose(shifted[..., :-1, 2:], x[..., 1:, :-2], atol=1e-5)
     assert torch.equal(shifted[..., :2], torch.zeros_like(shifted[..., :2]))  # zeros flow in
+
+
+def test_affine_grid_matches_torch() -> None:
+    theta = torch.randn(4, 2, 3, generator=_gen())
+    for h, w in [(8, 8), (5, 12)]:
+        expected = torch.nn.functional.affine_grid(theta, [4, 1, h, w], align_corners=False)
+        assert torch.allclose(affine_grid(theta, h, w), expected, atol=1e-5)
 
 
 def test_sampled_rotation_keeps_distance_to_centre() -> None:
