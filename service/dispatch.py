@@ -60,15 +60,26 @@ class Dispatcher:
         self.jobs = jobs
         self._lock = threading.RLock()
 
-    def submit(self, sweep_id: int, *, resume: bool = False, reason: str = "") -> None:
-        """Start (or, with ``resume``, restart) the sweep's job; a failure is retried later."""
+    def submit(
+        self, sweep_id: int, *, resume: bool = False, new_attempt: bool = False, reason: str = ""
+    ) -> None:
+        """Submit the sweep's job; a failed submission is retried by the next reconciliation.
+
+        Args:
+            sweep_id: the sweep.
+            resume: the job restores Tune's experiment state when there is one.
+            new_attempt: the previous job ran and ended; count a resume and use a new job id
+                (a job Ray never knew keeps its id and costs no resume).
+            reason: why, kept as the sweep's message.
+        """
         with self._lock:
             with session_scope(self.factory) as session:
                 sweep = store.get_sweep(session, sweep_id)
                 if sweep.status in FINAL_SWEEP_STATUSES:
                     return
-                if resume:
+                if new_attempt:
                     sweep.resumes += 1
+                if reason:
                     sweep.message = reason
                 job_id = f"sweep-{sweep.id}-{sweep.uid[:8]}-{sweep.resumes}"
                 store.record_job(session, sweep, job_id)
@@ -101,10 +112,7 @@ class Dispatcher:
         for sweep_id in ids:
             try:
                 self._reconcile_one(sweep_id)
-            except (
-                DispatchError,
-                RayJobsError,
-            ) as err:  # Ray unreachable: nothing can be judged now
+            except (DispatchError, RayJobsError) as err:  # Ray unreachable: judge later
                 log.warning("sweep %s: cannot reconcile: %s", sweep_id, err)
 
     def _reconcile_one(self, sweep_id: int) -> None:
@@ -113,7 +121,7 @@ class Dispatcher:
                 sweep = store.get_sweep(session, sweep_id)
                 status, job_id = sweep.status, sweep.ray_job_id
                 young = sweep.created_at > utcnow() - SUBMIT_GRACE
-                resumes = sweep.resumes
+                resumes, started = sweep.resumes, sweep.started_at is not None
             if status in FINAL_SWEEP_STATUSES or (job_id is None and young):
                 return
             state = self.jobs.status(job_id) if job_id else "missing"
@@ -122,9 +130,11 @@ class Dispatcher:
             reason = f"Ray job {job_id} is {state}"
             if status == "cancelling":
                 self.finish_cancel(sweep_id, f"{reason}; the sweep was cancelled")
+            elif state == "missing":  # never submitted, or lost with a restarted cluster
+                self.submit(sweep_id, resume=started, reason=f"{reason}; resubmitted")
             elif resumes < self.settings.max_resumes:
                 log.info("sweep %s: %s; resuming", sweep_id, reason)
-                self.submit(sweep_id, resume=True, reason=f"{reason}; resumed")
+                self.submit(sweep_id, resume=True, new_attempt=True, reason=f"{reason}; resumed")
             else:
                 self.fail(sweep_id, f"{reason} after {resumes} resumes; giving up")
 
