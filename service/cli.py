@@ -126,23 +126,36 @@ def show(sweep: dict[str, Any], trials: list[dict[str, Any]]) -> None:
     if sweep["message"]:
         console.print(f"  {sweep['message']}")
     metric = sweep["spec"]["metric"]["name"]
-    table = Table("#", "status", "epochs", metric, "params")
+    keys = varied(sweep["spec"]["parameters"])
+    table = Table("#", "status", "epochs", metric, "varied settings")
     for t in trials:
         value = t["last_metrics"].get(metric)
-        params = " ".join(f"{k}={v}" for k, v in t["params"].items())
         shown = "" if value is None else f"{value:.4f}"
-        table.add_row(str(t["number"]), t["status"], str(t["epochs_done"]), shown, params)
+        row = [str(t["number"]), t["status"], str(t["epochs_done"]), shown]
+        table.add_row(*row, _params(t["params"], keys))
     console.print(table)
-    show_best(sweep)
+    show_best(sweep, keys)
 
 
-def show_best(sweep: dict[str, Any]) -> None:
+def varied(parameters: dict[str, Any]) -> list[str]:
+    """The settings a sweep varies (not those fixed with ``{value: ...}``)."""
+    return [k for k, p in parameters.items() if "value" not in p]
+
+
+def _params(params: dict[str, Any], keys: list[str]) -> str:
+    def short(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    return " ".join(f"{k}={short(params[k])}" for k in keys if k in params)
+
+
+def show_best(sweep: dict[str, Any], keys: list[str]) -> None:
     """Print the best trial and where to compare the sweep in MLflow."""
     best = sweep.get("best_trial")
     if best:
         console.print(
             f"best trial #{best['number']}: {best['metric']}={best['value']:.4f} "
-            f"at epoch {best['epoch']} with {best['params']}"
+            f"at epoch {best['epoch']} with {_params(best['params'], keys)}"
         )
     links = sweep["links"]
     if links.get("mlflow_experiment"):

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from service import cli
 from service.app import create_app
 from service.config import Settings
 from service.stack import settings_env
@@ -91,7 +92,9 @@ def any_epoch(get: Any, sweep_id: int) -> Any:
     return wait_for(lambda: curves(get, sweep_id), lambda c: any(c.values()), 240, "a first epoch")
 
 
-def test_restarting_the_api_mid_sweep_loses_nothing(api: Api) -> None:
+def test_restarting_the_api_mid_sweep_loses_nothing(
+    api: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
     body = digits({"optim.lr": [0.02, 0.05, 0.1, 0.2]}, method="grid", epochs=5)
     created = api.http.post("/sweeps", json=body)
     assert created.status_code == 201, created.text
@@ -106,6 +109,16 @@ def test_restarting_the_api_mid_sweep_loses_nothing(api: Api) -> None:
     assert sweep["status"] == "completed", sweep
     assert sweep["resumes"] == 0  # the job kept running while the API was down
     assert curves(api.get, sweep_id) == {n: [1, 2, 3, 4, 5] for n in (1, 2, 3, 4)}
+
+    token = api.http.headers["Authorization"].removeprefix("Bearer ")
+    flags = ["--url", api.settings.api_url, "--token", token]
+    capsys.readouterr()
+    assert cli.main([*flags, "status", str(sweep_id)]) == 0
+    out = capsys.readouterr().out
+    assert "completed" in out and "best trial #" in out and "optim.lr=" in out
+    assert cli.main([*flags, "list", "--status", "completed"]) == 0
+    assert "1 of 1" in capsys.readouterr().out
+    assert cli.main([*flags, "--token", "wrong", "list"]) == 1
 
 
 def test_a_sweep_whose_job_vanished_is_resumed_from_tune_state(
