@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools run test lint typecheck unit bench
+.PHONY: install tools run train test lint typecheck unit bench
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,13 @@ tools:
 	command -v docker-compose >/dev/null || (apt-get update && apt-get install -y docker-compose)
 	pg_isready -q -h 127.0.0.1 -p 5432 || echo "warning: no PostgreSQL on 127.0.0.1:5432; the postgres tests will fail" >&2
 
+# Starts MLflow, a local Ray head and the API on loopback, submits the toolbox tour, watches it to
+# the end, prints the best trial and the MLflow URL, then stops the stack.
 run: install
+	$(BIN)/sweeps demo examples/toolbox-tour.yaml
+
+# One trial with the toolbox alone, no service.
+train: install
 	$(BIN)/toolbox-train examples/trial.yaml
 
 lint: install

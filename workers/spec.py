@@ -243,24 +243,39 @@ class SweepSpec(_Strict):
     def _check_configs(self) -> None:
         """Validate every parameter's values, and their combinations where few enough.
 
-        Candidate values (a range's corners) are combined, so combinations such as
-        Nesterov with zero momentum or groups that do not divide the width are caught here.
+        A value that is invalid on its own (out of range, wrong type) is reported against its
+        parameter. Rules that tie settings together (Nesterov needs momentum, groups must
+        divide the width, DropConnect needs a drop rate) are checked on the combinations of
+        candidate values (a range's corners), so a parameter that is only valid together with
+        another one can still be swept.
         """
         base = self.base_config()
         for key, p in self.parameters.items():
             for value in p.candidates():
-                _validate(base, {key: value}, prefix=f"parameters.{key}")
+                _validate(base, {key: value}, prefix=f"parameters.{key}", only_field=key)
         options = [[(k, v) for v in p.candidates()] for k, p in self.parameters.items()]
         if self.grid_size() <= _CORNER_LIMIT:
             for combo in itertools.product(*options):
                 _validate(base, dict(combo), prefix="parameters")
 
 
-def _validate(base: TrialConfig, flat: dict[str, Any], prefix: str) -> None:
+def _validate(
+    base: TrialConfig, flat: dict[str, Any], prefix: str, only_field: str | None = None
+) -> None:
+    """Raise ValueError naming the settings if ``flat`` applied to ``base`` is invalid.
+
+    With ``only_field``, only errors located at that setting count (cross-setting rules are
+    checked on combinations instead).
+    """
     try:
         TrialConfig.from_flat(flat, base=base)
     except ValidationError as err:
-        first = err.errors()[0]
+        errors = err.errors()
+        if only_field is not None:
+            errors = [e for e in errors if ".".join(map(str, e["loc"])) == only_field]
+            if not errors:
+                return
+        first = errors[0]
         where = ".".join(str(p) for p in first["loc"])
         combo = ", ".join(f"{k}={v!r}" for k, v in flat.items())
         raise ValueError(f"{prefix}: {combo} is invalid: {where}: {first['msg']}") from None

@@ -1,0 +1,86 @@
+"""SweepSpec validation: every rejection names the field and the fix; valid sweeps pass."""
+
+import pytest
+from pydantic import ValidationError
+
+from workers.spec import GRID_LIMIT, SweepSpec
+
+
+def _error(body: dict) -> str:
+    with pytest.raises(ValidationError) as info:
+        SweepSpec.model_validate(body)
+    return " ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in info.value.errors())
+
+
+def test_shorthand_values_become_fixed_and_choice_params():
+    spec = SweepSpec.model_validate(
+        {"parameters": {"optim.lr": 0.1, "model.norm": ["batch", "layer"]}, "method": "grid"}
+    )
+    assert spec.num_trials == 2
+    assert spec.trial_config({"model.norm": "layer"}).model.norm == "layer"
+
+
+def test_empty_search_space_is_refused_with_an_example():
+    assert "search space is empty" in _error({"parameters": {}})
+
+
+def test_unknown_setting_suggests_the_nearest_name():
+    message = _error({"parameters": {"optim.lrr": 0.1}})
+    assert "unknown setting 'optim.lrr'" in message and "optim.lr" in message
+
+
+def test_out_of_range_value_names_the_parameter():
+    message = _error({"parameters": {"optim.lr": [0.1, 20]}})
+    assert "parameters.optim.lr" in message and "less than or equal to 10" in message
+
+
+def test_nesterov_with_zero_momentum_is_refused():
+    message = _error({"parameters": {"optim.nesterov": True, "optim.momentum": [0.0, 0.9]}})
+    assert "optim.nesterov=true needs optim.momentum > 0" in message
+
+
+def test_groups_must_divide_the_channels():
+    message = _error({"parameters": {"model.norm": "group", "model.groups": [3, 4]}})
+    assert "model.groups=3 does not divide" in message
+
+
+def test_dropconnect_can_be_swept_together_with_a_drop_rate():
+    spec = SweepSpec.model_validate(
+        {"parameters": {"model.dropconnect": [True, False], "model.dropout": [0.2, 0.5]}}
+    )
+    assert spec.trial_config({"model.dropconnect": True, "model.dropout": 0.2}).model.dropconnect
+    assert "needs model.dropout > 0" in _error(
+        {"parameters": {"model.dropconnect": [True, False], "model.dropout": [0.0, 0.5]}}
+    )
+
+
+def test_grid_refuses_continuous_distributions_and_oversized_grids():
+    message = _error(
+        {
+            "method": "grid",
+            "parameters": {"optim.lr": {"distribution": "uniform", "min": 0.01, "max": 0.1}},
+        }
+    )
+    assert "cannot enumerate" in message
+    values = [round(0.01 * i, 2) for i in range(1, 40)]
+    big = {
+        "optim.lr": values,
+        "optim.momentum": [0.0, 0.5, 0.9],
+        "optim.batch_size": list(range(1, 11)),
+    }
+    assert 39 * 3 * 10 > GRID_LIMIT
+    assert "past the limit" in _error({"method": "grid", "parameters": big})
+
+
+def test_int_uniform_grid_enumerates_integers():
+    spec = SweepSpec.model_validate(
+        {
+            "method": "grid",
+            "parameters": {"model.depth": {"distribution": "int_uniform", "min": 1, "max": 3}},
+        }
+    )
+    assert spec.num_trials == 3
+
+
+def test_unknown_top_level_key_is_refused():
+    assert "Extra inputs are not permitted" in _error({"parameters": {"optim.lr": 0.1}, "foo": 1})
