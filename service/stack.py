@@ -114,15 +114,17 @@ class Stack:
 
     def _wait_ready(self, timeout: float = 60) -> None:
         url = f"http://{self.settings.host}:{self.settings.port}/readyz"
+        token = self.settings.api_token
+        headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if httpx.get(url, timeout=5).status_code == 200:
+                if httpx.get(url, headers=headers, timeout=5).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        raise StackError(f"the API is not ready after {timeout:.0f} s: {httpx.get(url).text}")
+        raise StackError(f"the API is not ready after {timeout:.0f} s: {httpx.get(url, headers=headers).text}")
 
     def _spawn(self, name: str, cmd: list[str], extra_env: dict[str, str]) -> None:
         log = self.state / "logs" / f"{name}.log"
