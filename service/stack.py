@@ -124,7 +124,8 @@ class Stack:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        raise StackError(f"the API is not ready after {timeout:.0f} s: {httpx.get(url, headers=headers).text}")
+        answer = httpx.get(url, headers=headers).text
+        raise StackError(f"the API is not ready after {timeout:.0f} s: {answer}")
 
     def _spawn(self, name: str, cmd: list[str], extra_env: dict[str, str]) -> None:
         log = self.state / "logs" / f"{name}.log"
