@@ -12,12 +12,28 @@ Resume: Tune writes the experiment's state under ``storage_path``; ``resume=True
 (``Tuner.restore``), finishing unfinished trials from their checkpoints and retrying errored
 ones. Tune pickles the run configuration, callbacks included, into the experiment directory,
 so the callbacks hold only the sweep id and find the live sink and tracker in :data:`_LIVE`.
+
+The restored state must never name a checkpoint that is gone. Tune (2.60) deletes a trial's
+checkpoint beyond ``CheckpointConfig.num_to_keep`` the moment it registers a newer one
+(``_CheckpointManager.register_checkpoint``), and only afterwards, at the end of that step,
+writes and syncs the experiment state that names the newer one; with ``num_to_keep=N`` it forces
+that snapshot every N checkpoints of a trial (``_ExperimentCheckpointManager.
+on_trial_checkpoint``), exactly when the checkpoint the last snapshot names is deleted. A driver
+killed in between is restored onto a deleted checkpoint ("Could not recover from checkpoint as
+it does not exist on storage anymore"). So each trial keeps :data:`CHECKPOINTS_KEPT` (two)
+checkpoints and the experiment state is snapshotted on every controller step
+(:data:`TUNE_ENV`): checkpoint ``k`` is deleted only when ``k + 2`` is registered, steps after
+the snapshot naming ``k + 1`` was written and uploaded (an upload of a few small files; only
+one still running past those steps could leave the gap open).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +51,12 @@ from workers.trainable import run_trial
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_S = 1.0
+CHECKPOINTS_KEPT = 2
+"""Checkpoints kept per trial: the newest, and the one the experiment state may still name."""
+TUNE_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": "0"}
+"""Read by Tune's controller when ``fit()`` builds it: snapshot the experiment state on every
+step, not every 10 s or more. A snapshot rewrites only the trials that changed, and its upload
+is skipped while the previous one is still running."""
 _LIVE: dict[str, SweepProgress] = {}
 """Sweep id -> the progress of the sweep this process is driving."""
 
@@ -80,13 +102,29 @@ def run_sweep(
     _LIVE[sweep_id] = progress
     error = ""
     try:
-        _tuner(spec, sweep_id, storage_path, path, resume).fit()
+        with _environ(TUNE_ENV):
+            _tuner(spec, sweep_id, storage_path, path, resume).fit()
     except Exception as err:  # Tune itself failed: the sweep fails, no run stays open
         log.exception("sweep %s: Tune failed", sweep_id)
         error = f"{type(err).__name__}: {err}"
     finally:
         _LIVE.pop(sweep_id, None)
     return _finish(progress, error)
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block (Tune reads some settings only from there)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _finish(progress: SweepProgress, error: str) -> SweepStatus:
@@ -139,7 +177,7 @@ def _tuner(spec: SweepSpec, sweep_id: str, storage_path: str, path: str, resume:
         name=experiment_name(sweep_id),
         storage_path=storage_path,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
         callbacks=[ProgressCallback(sweep_id)],
         stop=CancelStopper(sweep_id),
         verbose=0,
@@ -160,8 +198,8 @@ class ProgressCallback(tune.Callback):
         return _LIVE[self.sweep_id]
 
     def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
-        for trial in trials:
-            self.progress.seen(trial.trial_id, trial.config)
+        for trial in trials:  # a restored trial brings the last result it reported
+            self.progress.seen(trial.trial_id, trial.config, trial.run_metadata.last_result)
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
         self.progress.started(trial.trial_id, trial.config, attempt=trial.num_failures + 1)

@@ -53,11 +53,20 @@ class SweepProgress:
         self.trials: dict[str, TrialRecord] = {}
         self.cancelled = False
 
-    def seen(self, key: str, params: dict[str, Any]) -> TrialRecord:
-        """The record of trial ``key``; a new trial is reported as pending."""
+    def seen(
+        self, key: str, params: dict[str, Any], last_result: dict[str, Any] | None = None
+    ) -> TrialRecord:
+        """The record of trial ``key``; a new trial is reported as pending.
+
+        ``last_result`` is what a trial restored from an earlier driver had reported: its last
+        epoch counts, so a trial that had finished is judged completed, not stopped.
+        """
         if key not in self.trials:
-            self.trials[key] = TrialRecord(key, trial_number(key), dict(params))
-            self._update(self.trials[key])
+            rec = self.trials[key] = TrialRecord(key, trial_number(key), dict(params))
+            if last_result and EPOCH in last_result and not last_result.get(DIVERGED):
+                rec.last_epoch = int(last_result[EPOCH])
+                rec.value = finite_metrics(last_result).get(self.spec.metric.name)
+            self._update(rec)
         return self.trials[key]
 
     def started(self, key: str, params: dict[str, Any], attempt: int) -> None:

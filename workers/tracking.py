@@ -99,9 +99,12 @@ class SweepTracker:
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self._unclosed: dict[str, str] = {}  # run id -> MLflow status still to record
+        self._metric: str | None = None  # the sweep's metric; every epoch logs it
+        self._logged: dict[str, int] = {}  # reopened run id -> last epoch it already holds
 
     def start_sweep(self, spec: SweepSpec, parent_run_id: str | None = None) -> str | None:
         """Open (or, on resume, find) the sweep's parent run; returns its id, None if offline."""
+        self._metric = spec.metric.name
         self.experiment_id = _retry("experiment", self._experiment)
         if self.experiment_id is None:
             return None
@@ -137,8 +140,9 @@ class SweepTracker:
         run_id = _retry("find trial run", lambda: self._find_trial(trial_key))
         if run_id is None:
             run_id = _retry("create trial run", lambda: self._create_trial(trial_key, run_name))
-        else:
+        else:  # a resumed driver: the run may hold epochs a checkpoint will bring again
             _done("reopen trial run", lambda: self.client.update_run(run_id, "RUNNING"))
+            self._logged[run_id] = _retry("read run history", lambda: self._last_step(run_id)) or 0
         if run_id is not None:
             self._unclosed.pop(run_id, None)
             params = [Param(k, str(v)) for k, v in config.items()]
@@ -146,6 +150,12 @@ class SweepTracker:
                 chunk = params[i : i + _PARAMS_PER_BATCH]
                 _retry("log params", lambda c=chunk: self.client.log_batch(run_id, params=c))  # type: ignore[misc]
         return run_id
+
+    def _last_step(self, run_id: str) -> int:
+        if self._metric is None:
+            return 0
+        history = self.client.get_metric_history(run_id, self._metric)
+        return max((m.step for m in history), default=0)
 
     def _find_trial(self, trial_key: str) -> str | None:
         runs = self._search(_tags_equal({SWEEP_ID: self.sweep_id, TRIAL_KEY: trial_key}))
@@ -158,8 +168,8 @@ class SweepTracker:
         return self.client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id
 
     def log_epoch(self, run_id: str | None, epoch: int, metrics: Mapping[str, float]) -> None:
-        """Log one epoch's metrics in one request, at ``step=epoch``."""
-        if run_id is None or not metrics:
+        """Log one epoch's metrics in one request, at ``step=epoch``, unless the run has it."""
+        if run_id is None or not metrics or epoch <= self._logged.get(run_id, 0):
             return
         ts = _now_ms()
         batch = [Metric(k, float(v), ts, epoch) for k, v in metrics.items()]

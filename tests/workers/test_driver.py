@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +20,8 @@ from mlflow.tracking import MlflowClient
 from tests.workers.sweeps import RecordingSink, digits_spec
 from workers.driver import run_sweep
 from workers.spec import SweepSpec
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +211,77 @@ def test_cancel_marks_running_trials_cancelled_and_runs_killed(
     _, parents, children = runs_of(mlflow_server.uri, sweep_id)
     assert parents[0].info.status == "KILLED"
     assert children and {c.info.status for c in children} == {"KILLED"}
+
+
+def reported_epochs(path: Path) -> dict[str, list[int]]:
+    """``trial key -> epochs`` in the order the driver process reported them."""
+    out: dict[str, list[int]] = {}
+    lines = path.read_text().splitlines() if path.exists() else []
+    for line in lines:
+        key, epoch = line.split()
+        out.setdefault(key, []).append(int(epoch))
+    return out
+
+
+def start_driver_process(address: str, request: dict, tmp: Path) -> subprocess.Popen[bytes]:
+    request_file = tmp / "request.json"
+    request_file.write_text(json.dumps(request))
+    cmd = [sys.executable, "-m", "tests.workers.driver_process", address, str(request_file)]
+    with open(tmp / "driver.log", "wb") as log:
+        return subprocess.Popen(
+            cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+@pytest.mark.slow
+def test_sweep_resumed_after_its_driver_was_killed_completes_every_trial(
+    ray_cluster, ray_session, mlflow_server, tmp_path
+):
+    spec = digits_spec({"optim.lr": [0.02, 0.05, 0.1]}, method="grid", epochs=5)
+    sweep_id, epochs_file = uuid.uuid4().hex[:8], tmp_path / "epochs.txt"
+    request = {
+        "spec": spec.model_dump(mode="json"),
+        "sweep_id": sweep_id,
+        "tracking_uri": mlflow_server.uri,
+        "mlflow_experiment": "worker-tests",
+        "storage_path": str(tmp_path / "storage"),
+        "epochs_file": str(epochs_file),
+    }
+    driver = start_driver_process(ray_cluster.address, request, tmp_path)
+    try:  # kill it once a trial has rotated its first checkpoint away (epoch 2)
+        deadline = time.monotonic() + 240
+        while not any(max(e) >= 2 for e in reported_epochs(epochs_file).values()):
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-5000:]
+            assert time.monotonic() < deadline, "no trial reached epoch 2"
+            time.sleep(0.05)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(30)
+    before = reported_epochs(epochs_file)
+
+    sink = RecordingSink()
+    status = run_sweep(
+        spec,
+        sink,
+        sweep_id=sweep_id,
+        tracking_uri=mlflow_server.uri,
+        mlflow_experiment="worker-tests",
+        storage_path=request["storage_path"],
+        resume=True,
+    )
+
+    assert status == "completed", sink.ended
+    statuses = sink.final_status()
+    assert len(statuses) == 3 and set(statuses.values()) == {"completed"}, sink.updates
+    for key in statuses:
+        after = sorted(sink.epochs.get(key, {}))
+        if after:  # the resumed driver went on from a checkpoint: repeats allowed, no gaps
+            assert after == list(range(after[0], 6)), (key, after)
+        assert sorted(set(before.get(key, [])) | set(after)) == [1, 2, 3, 4, 5], (key, before)
+    client, parents, children = runs_of(mlflow_server.uri, sweep_id)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(c.data.tags["sweeps.trial_key"] for c in children) == sorted(statuses)
+    for child in children:
+        assert child.info.status == "FINISHED"
+        history = client.get_metric_history(child.info.run_id, "val_accuracy")
+        assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]  # each epoch logged once

@@ -38,6 +38,25 @@ def test_resumed_tracker_reuses_parent_and_child_runs(mlflow_server) -> None:
     assert client.get_run(parent).info.status == "FINISHED"  # type: ignore[arg-type]
 
 
+def test_resumed_tracker_skips_epochs_the_reopened_run_already_holds(mlflow_server) -> None:
+    sweep_id = uuid.uuid4().hex[:8]
+    first = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_id)
+    first.start_sweep(SPEC)
+    child = first.start_trial("t_00000", "a", {})
+    for epoch in (1, 2):
+        first.log_epoch(child, epoch, {"val_accuracy": 0.5, "val_loss": 1.0})
+
+    again = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_id)
+    again.start_sweep(SPEC)
+    assert again.start_trial("t_00000", "a", {}) == child
+    for epoch in (2, 3):  # resumed from the checkpoint of epoch 1: epoch 2 comes again
+        again.log_epoch(child, epoch, {"val_accuracy": 0.6, "val_loss": 0.9})
+
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    history = client.get_metric_history(child, "val_accuracy")  # type: ignore[arg-type]
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.5), (2, 0.5), (3, 0.6)]
+
+
 def test_close_sweep_runs_closes_every_open_run_of_the_sweep(mlflow_server) -> None:
     sweep_id = uuid.uuid4().hex[:8]
     tracker = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_id)

@@ -1,0 +1,44 @@
+"""A sweep driver in a process of its own, for tests that kill it as a vanished Ray job would.
+
+``python -m tests.workers.driver_process <ray address> <request.json>`` runs ``run_sweep`` with
+the request's spec, sweep id, MLflow server and storage path, and appends ``<trial key>
+<epoch>`` to the request's ``epochs_file`` (flushed) for every epoch the driver reports, so the
+test knows when to kill it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import ray
+
+from tests.workers.sweeps import RecordingSink
+from workers.driver import run_sweep
+from workers.spec import SweepSpec
+
+
+def main(argv: list[str]) -> int:
+    address, request_file = argv
+    request = json.loads(Path(request_file).read_text())
+    epochs_file = Path(request["epochs_file"])
+
+    def note(sink: RecordingSink, key: str, epoch: int, metrics: dict[str, float]) -> None:
+        with epochs_file.open("a") as out:
+            out.write(f"{key} {epoch}\n")
+
+    ray.init(address=address, log_to_driver=False)
+    run_sweep(
+        SweepSpec.model_validate(request["spec"]),
+        RecordingSink(on_epoch=note),
+        sweep_id=request["sweep_id"],
+        tracking_uri=request["tracking_uri"],
+        mlflow_experiment=request["mlflow_experiment"],
+        storage_path=request["storage_path"],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
