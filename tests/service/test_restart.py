@@ -139,20 +139,14 @@ def test_a_sweep_whose_job_vanished_is_resumed_from_tune_state(
         sweep = wait_for(lambda: get(f"/sweeps/{sweep_id}"), final, 420, "the sweep's end")
         assert sweep["status"] == "completed", sweep
         assert sweep["resumes"] == 1 and sweep["ray_job_id"] != job_id
-        curve = curves(get, sweep_id)
+        assert curves(get, sweep_id) == {1: [1, 2, 3, 4, 5, 6], 2: [1, 2, 3, 4, 5, 6]}
         trials = get(f"/sweeps/{sweep_id}/trials")["data"]
-    # Each trial ends as the resumed driver saw it, with every epoch it reported kept. (A trial
-    # whose checkpoint Tune had rotated away ends failed: a workers issue, not asserted here.)
-    assert {t["status"] for t in trials} <= {"completed", "failed"}
-    assert any(t["status"] == "completed" for t in trials)
-    for t in trials:
-        full = t["status"] == "completed"
-        assert curve[t["number"]] == list(range(1, 7 if full else len(curve[t["number"]]) + 1))
+    # The resumed driver restores Tune's state: every trial finishes from its checkpoint.
+    assert [t["status"] for t in trials] == ["completed", "completed"]
     _, parents, children = mlflow_runs(mlflow_server.uri, sweep["uid"])
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     run_status = {c.info.run_id: c.info.status for c in children}
-    expected = {"completed": "FINISHED", "failed": "FAILED"}
-    assert run_status == {t["mlflow_run_id"]: expected[t["status"]] for t in trials}
+    assert run_status == {t["mlflow_run_id"]: "FINISHED" for t in trials}
 
 
 def test_a_cancel_the_driver_does_not_finish_in_time_is_completed_by_the_api(
