@@ -15,14 +15,19 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from ray import tune
 
 from toolbox.config import TrialConfig
-from toolbox.train import EpochMetrics, train
 from workers.spec import SweepSpec
+
+if TYPE_CHECKING:
+    from toolbox.train import EpochMetrics
+
+# torch (and toolbox.train, which needs it) is imported inside the functions that train: the
+# sweep's driver imports this module for run_trial and the result keys below, never trains, and
+# would otherwise pay torch's import (seconds) on every job's start-up.
 
 CHECKPOINT_FILE = "trial_state.pt"
 DIVERGED = "diverged"
@@ -45,6 +50,10 @@ def run_trial(params: dict[str, Any], *, spec_json: str, cpus: float, gpus: floa
     Ray Tune calls this with the trial's config; ``spec_json``, ``cpus`` and ``gpus`` are bound
     by ``tune.with_parameters`` in the driver.
     """
+    import torch
+
+    from toolbox.train import train
+
     spec = SweepSpec.model_validate_json(spec_json)
     cfg = _place(spec.trial_config(params), gpus)
     torch.set_num_threads(max(1, int(cpus)))  # the trial's CPU share, not the whole machine
@@ -96,11 +105,15 @@ def _report_diverged(spec: SweepSpec, epoch: int, message: str) -> None:
 
 def _place(cfg: TrialConfig, gpus: float) -> TrialConfig:
     """Pin the device to what Ray gave the trial: CUDA when it holds a GPU share."""
+    import torch
+
     device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
     return TrialConfig.from_flat({"device": device}, base=cfg)
 
 
 def _load_checkpoint() -> dict[str, Any] | None:
+    import torch
+
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
