@@ -99,6 +99,7 @@ class SweepTracker:
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self._unclosed: dict[str, str] = {}  # run id -> MLflow status still to record
+        self._fresh = False  # the parent run is new, so no trial run of the sweep exists yet
         self._metric: str | None = None  # the sweep's metric; every epoch logs it
         self._logged: dict[str, int] = {}  # reopened run id -> last epoch it already holds
 
@@ -111,6 +112,7 @@ class SweepTracker:
         found = parent_run_id or _retry("find sweep run", self._find_parent)
         if found is None:
             self.parent_run_id = _retry("create sweep run", lambda: self._create_parent(spec))
+            self._fresh = self.parent_run_id is not None
         else:  # a resumed sweep (or one the service opened): the run may have been closed
             self.parent_run_id = found
             _done("reopen sweep run", lambda: self.client.update_run(found, "RUNNING"))
@@ -137,7 +139,9 @@ class SweepTracker:
         """Open the trial's child run (or find it after a resume) and log its configuration."""
         if self.parent_run_id is None:
             return None
-        run_id = _retry("find trial run", lambda: self._find_trial(trial_key))
+        run_id = None
+        if not self._fresh:  # a resumed sweep: the trial may have a run from the last driver
+            run_id = _retry("find trial run", lambda: self._find_trial(trial_key))
         if run_id is None:
             run_id = _retry("create trial run", lambda: self._create_trial(trial_key, run_name))
         else:  # a resumed driver: the run may hold epochs a checkpoint will bring again
