@@ -90,7 +90,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SWEEPS_", extra="ignore")
 
-    database_url: str = Field(default_factory=_default_database_url)
+    # repr=False: a PostgreSQL URL carries its password, and settings get logged.
+    database_url: str = Field(default_factory=_default_database_url, repr=False)
     ray_address: str = "127.0.0.1:6380"
     ray_dashboard_url: str = "http://127.0.0.1:8265"
     ray_auth_token: SecretStr | None = Field(default_factory=_default_ray_token)
