@@ -44,3 +44,8 @@ test: lint typecheck unit
 
 bench: install
 	$(BIN)/python bench/bench_train_path.py
+
+# The service's overhead over Ray Tune and the toolbox alone (starts its own stack; minutes).
+.PHONY: bench-service
+bench-service: install
+	$(BIN)/python bench/bench_service_overhead.py

@@ -1,0 +1,326 @@
+"""Benchmark: what the service costs on top of Ray Tune, for the same trials.
+
+One fixed grid (8 trials by default: 4 learning rates x 2 momenta, a small MLP on digits, a few
+epochs; 1 CPU per trial, 2 trials at a time, actors reused) run three ways:
+
+- ``service``: ``POST /sweeps`` to a real API process (uvicorn) started by
+  :class:`service.stack.Stack` with a real Ray head and a real MLflow server, then
+  ``GET /sweeps/{id}`` every ``--poll`` seconds until the sweep is final. Wall time from the
+  POST to the final status: job submission, the job's driver start-up, Tune, the database sink
+  and MLflow tracking included.
+- ``ray tune``: a :class:`ray.tune.Tuner` in this process, connected to the same Ray cluster,
+  over the same trainable (:func:`workers.trainable.run_trial`), parameter space, resources,
+  ``max_concurrent_trials`` and ``reuse_actors``, without database or MLflow. Wall time of
+  ``Tuner.fit``, as a user of Ray Tune scripts would time it.
+- ``toolbox``: :func:`toolbox.train.train` for each configuration, one after another in this
+  process, with ``max_concurrent x cpu`` torch threads (the sweep's CPU budget).
+
+The modes alternate, round after round, after one warm-up round; medians are reported. The
+stack lives in a temporary directory on free loopback ports and is stopped at the end, even on
+error: its process groups are killed, then any process of ours still naming that directory.
+Run: ``python bench/bench_service_overhead.py [--rounds R] [--epochs E]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+FINAL = {"completed", "failed", "cancelled"}
+SERVICE, TUNE, TOOLBOX = (
+    "service (REST, end to end)",
+    "ray tune (Tuner.fit)",
+    "toolbox (sequential)",
+)
+PHASES = ("post", "job start-up", "driver", "seen final")
+A_B_TARGET, PER_TRIAL_TARGET_S = 1.10, 0.2
+TIMEOUT_S = 900
+
+
+def sweep_body(epochs: int, width: int, concurrency: int) -> dict[str, Any]:
+    """The request body of the benchmark's sweep: a fixed 4 x 2 grid on digits."""
+    return {
+        "name": "bench-overhead",
+        "dataset": "digits",
+        "model": {"arch": "mlp", "width": width, "depth": 2},
+        "epochs": epochs,
+        "method": "grid",
+        "parameters": {"optim.lr": [0.01, 0.03, 0.1, 0.3], "optim.momentum": [0.0, 0.9]},
+        "max_concurrent": concurrency,
+        "resources_per_trial": {"cpu": 1},
+    }
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _own_ray_ports_stack() -> type:
+    """:class:`Stack` whose Ray head also takes free ports for its agent and client server.
+
+    ``ray start`` binds the dashboard agent to 52365 and the client server to 10001 by default;
+    with another Ray cluster on the host the agent dies, and with it the raylet and every job
+    submission ("No available agent to submit job").
+    """
+    from service.stack import Stack
+
+    class OwnPortsStack(Stack):
+        def _spawn(self, name: str, cmd: list[str], extra_env: dict[str, str]) -> None:
+            if name == "ray":
+                cmd = [
+                    *cmd,
+                    f"--dashboard-agent-listen-port={free_port()}",
+                    f"--ray-client-server-port={free_port()}",
+                ]
+            super()._spawn(name, cmd, extra_env)
+
+    return OwnPortsStack
+
+
+@contextlib.contextmanager
+def embedded_stack(root: Path) -> Iterator[Any]:
+    """The project's own stack (MLflow, Ray head, API) under ``root``; yields its settings."""
+    from service.config import Settings
+
+    settings = Settings(
+        database_url=f"sqlite:///{root}/sweeps.db",
+        ray_address=f"127.0.0.1:{free_port()}",
+        ray_dashboard_url=f"http://127.0.0.1:{free_port()}",
+        mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",
+        storage_path=str(root / "tune"),
+        api_token=secrets.token_hex(16),
+        port=free_port(),
+        job_python=sys.executable,
+    )
+    stack = _own_ray_ports_stack()(settings, state_dir=root)
+    stack.ray_temp = root / "ray"  # not the shared /tmp/sweeps-ray-<uid> of `sweeps up`
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()
+        kill_leftovers(str(root))
+
+
+def kill_leftovers(marker: str) -> None:
+    """SIGKILL our processes whose command line or environment names ``marker``.
+
+    Ray's workers and a sweep's job driver leave the process groups the stack started; every
+    one of them names the stack's directory (session dir, database URL) and nothing else does.
+    """
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            seen = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+            if marker.encode() in seen:
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
+@dataclass
+class Runs:
+    """Wall seconds per mode, and the service's phases per run."""
+
+    wall: dict[str, list[float]] = field(default_factory=dict)
+    phases: list[dict[str, float]] = field(default_factory=list)
+
+    def add(self, mode: str, seconds: float) -> None:
+        self.wall.setdefault(mode, []).append(seconds)
+
+    def median(self, mode: str) -> float:
+        return statistics.median(self.wall[mode])
+
+
+def service_run(client: Any, body: dict[str, Any], poll: float, n: int) -> tuple[float, dict]:
+    """POST the sweep, poll until final; wall seconds and where they went."""
+    t0 = time.perf_counter()
+    sweep = client.submit(body)
+    t_post = time.perf_counter() - t0
+    while sweep["status"] not in FINAL:
+        if time.perf_counter() - t0 > TIMEOUT_S:
+            raise RuntimeError(f"sweep {sweep['id']} not final after {TIMEOUT_S} s: {sweep}")
+        time.sleep(poll)
+        sweep = client.get(sweep["id"])
+    wall = time.perf_counter() - t0
+    done = sweep["trial_counts"].get("completed", 0)
+    if sweep["status"] != "completed" or done != n:
+        raise RuntimeError(f"sweep {sweep['id']} ended {sweep['status']}: {sweep['message']}")
+    created, started, ended = (
+        datetime.fromisoformat(sweep[k]) for k in ("created_at", "started_at", "ended_at")
+    )
+    job = (started - created).total_seconds()
+    driver = (ended - started).total_seconds()
+    phases = dict(zip(PHASES, (t_post, job, driver, wall - t_post - job - driver), strict=True))
+    return wall, phases
+
+
+def tune_run(body: dict[str, Any], storage: Path, n: int) -> float:
+    """``Tuner.fit`` over the same trainable, space, resources and concurrency."""
+    import ray
+    from ray import tune
+
+    from workers.resources import trial_resources
+    from workers.search import param_space
+    from workers.spec import SweepSpec
+    from workers.trainable import run_trial
+
+    spec = SweepSpec.model_validate(body)
+    res = trial_resources(spec, ray.cluster_resources())
+    bound = tune.with_parameters(
+        run_trial, spec_json=spec.model_dump_json(), cpus=res.cpu, gpus=res.gpu
+    )
+    tuner = tune.Tuner(
+        tune.with_resources(bound, res.as_tune()),
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=spec.metric.name,
+            mode=spec.metric.mode,
+            max_concurrent_trials=spec.max_concurrent,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=f"direct-{secrets.token_hex(4)}",
+            storage_path=str(storage),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=0,
+        ),
+    )
+    t0 = time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - t0
+    epochs = [(grid[i].metrics or {}).get("training_iteration") for i in range(len(grid))]
+    if grid.num_errors or len(grid) != n or any(e != spec.epochs for e in epochs):
+        raise RuntimeError(f"Tune run incomplete: {grid.num_errors} errors, epochs {epochs}")
+    return wall
+
+
+def toolbox_run(body: dict[str, Any], n: int) -> float:
+    """Every configuration of the grid trained in turn by :func:`toolbox.train.train`."""
+    import itertools
+
+    import torch
+
+    from toolbox.train import train
+    from workers.spec import SweepSpec
+
+    spec = SweepSpec.model_validate(body)
+    keys = list(spec.parameters)
+    combos = list(itertools.product(*(spec.parameters[k].candidates() for k in keys)))
+    assert len(combos) == n, (len(combos), n)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(spec.max_concurrent * spec.resources_per_trial.cpu)))
+    try:
+        t0 = time.perf_counter()
+        for combo in combos:
+            result = train(spec.trial_config(dict(zip(keys, combo, strict=True))))
+            assert result.outcome == "completed", result.message
+        return time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def ray_connection(settings: Any, token_file: Path) -> Iterator[None]:
+    """This process joins the stack's Ray cluster, with its token, and leaves it after."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file)
+    import ray
+
+    ray.init(address=settings.ray_address, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def measure(args: argparse.Namespace, root: Path) -> Runs:
+    """Start the stack, then run the three modes round-robin."""
+    from service.client import SweepsClient
+
+    body, n = sweep_body(args.epochs, args.width, args.concurrency), 8
+    runs = Runs()
+    with embedded_stack(root) as settings, ray_connection(settings, root / "ray" / "auth_token"):
+        client = SweepsClient(settings.api_url, settings.api_token.get_secret_value())
+        modes: dict[str, Callable[[], Any]] = {
+            SERVICE: lambda: service_run(client, body, args.poll, n),
+            TUNE: lambda: tune_run(body, root / "direct", n),
+            TOOLBOX: lambda: toolbox_run(body, n),
+        }
+        for r in range(1 + args.rounds):
+            label = "warm-up" if r == 0 else "measured"
+            walls = {}
+            for mode, run in modes.items():
+                out = run()
+                walls[mode] = out[0] if isinstance(out, tuple) else out
+                if r > 0:
+                    runs.add(mode, walls[mode])
+                    if isinstance(out, tuple):
+                        runs.phases.append(out[1])
+            print(f"round {r} ({label}): " + ", ".join(f"{v:.2f} s" for v in walls.values()))
+    return runs
+
+
+def print_table(runs: Runs, n: int) -> None:
+    """Median wall seconds per mode, the ratios and the service's overhead per trial."""
+    a, b, c = (runs.median(m) for m in (SERVICE, TUNE, TOOLBOX))
+    print(f"{'mode':30s} {'wall s (median)':>15s}  {'runs':>s}")
+    for mode, values in runs.wall.items():
+        shown = " ".join(f"{v:.2f}" for v in values)
+        print(f"{mode:30s} {statistics.median(values):15.2f}  {shown}")
+    per_trial = (a - b) / n
+    ok_ab = "ok" if a / b <= A_B_TARGET else "MISSED"
+    ok_pt = "ok" if per_trial < PER_TRIAL_TARGET_S else "MISSED"
+    print(f"a/b (service / ray tune)       {a / b:15.3f}  target <= {A_B_TARGET} {ok_ab}")
+    print(f"a/c (service / toolbox)        {a / c:15.3f}")
+    print(
+        f"overhead per trial (a-b)/{n}    {per_trial:15.3f}  target < {PER_TRIAL_TARGET_S} {ok_pt}"
+    )
+    phases = {p: statistics.median(x[p] for x in runs.phases) for p in PHASES}
+    print("service phases (median s): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
+
+
+def main() -> None:
+    """Parse the options, run the benchmark, print the table; always stop the stack."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="measured rounds (after 1 warm-up)")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--width", type=int, default=64, help="hidden width of the MLP")
+    parser.add_argument("--concurrency", type=int, default=2, help="trials at a time")
+    parser.add_argument("--poll", type=float, default=0.2, help="GET /sweeps/{id} interval")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the stack is stopped
+    print(
+        f"cpus={os.cpu_count()} load_average_1min={os.getloadavg()[0]:.2f} "
+        f"trials=8 (grid 4 lr x 2 momentum) epochs={args.epochs} mlp width={args.width} depth=2 "
+        f"concurrency={args.concurrency} cpu/trial=1 reuse_actors=True poll={args.poll} s "
+        f"rounds=1 warm-up + {args.rounds}"
+    )
+    root = Path(tempfile.mkdtemp(prefix="bsvc-", dir="/tmp"))  # short: Ray's socket paths
+    start = time.perf_counter()
+    try:
+        runs = measure(args, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print_table(runs, 8)
+    print(f"total {time.perf_counter() - start:.0f} s, load_average_1min={os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
