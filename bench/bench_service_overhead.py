@@ -73,32 +73,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _own_ray_ports_stack() -> type:
-    """:class:`Stack` whose Ray head also takes free ports for its agent and client server.
-
-    ``ray start`` binds the dashboard agent to 52365 and the client server to 10001 by default;
-    with another Ray cluster on the host the agent dies, and with it the raylet and every job
-    submission ("No available agent to submit job").
-    """
-    from service.stack import Stack
-
-    class OwnPortsStack(Stack):
-        def _spawn(self, name: str, cmd: list[str], extra_env: dict[str, str]) -> None:
-            if name == "ray":
-                cmd = [
-                    *cmd,
-                    f"--dashboard-agent-listen-port={free_port()}",
-                    f"--ray-client-server-port={free_port()}",
-                ]
-            super()._spawn(name, cmd, extra_env)
-
-    return OwnPortsStack
-
-
 @contextlib.contextmanager
 def embedded_stack(root: Path) -> Iterator[Any]:
     """The project's own stack (MLflow, Ray head, API) under ``root``; yields its settings."""
     from service.config import Settings
+    from service.stack import Stack
 
     settings = Settings(
         database_url=f"sqlite:///{root}/sweeps.db",
@@ -110,7 +89,7 @@ def embedded_stack(root: Path) -> Iterator[Any]:
         port=free_port(),
         job_python=sys.executable,
     )
-    stack = _own_ray_ports_stack()(settings, state_dir=root)
+    stack = Stack(settings, state_dir=root)
     stack.ray_temp = root / "ray"  # not the shared /tmp/sweeps-ray-<uid> of `sweeps up`
     try:
         yield stack.start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,6 +38,13 @@ class Started:
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _port(url: str, default: int) -> int:
@@ -99,6 +107,11 @@ class Stack:
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={_port(self.settings.ray_dashboard_url, 8265)}",
             "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={self.ray_temp}",
+            # Ports nobody dials from outside, taken free so that another Ray on this host
+            # (default agent port 52365, client server 10001) cannot kill our dashboard agent
+            # and with it every job submission ("No available agent to submit job").
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
         ]  # fmt: skip
         self._spawn("ray", cmd, self._ray_env())
         self._wait_http("ray", f"{self.settings.ray_dashboard_url.rstrip('/')}/api/version", 120)

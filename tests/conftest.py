@@ -134,6 +134,7 @@ def ray_cluster() -> Iterator[RayCluster]:
         str(BIN / "ray"), "start", "--head", "--block", f"--port={port}",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", "--num-cpus=4",
         "--disable-usage-stats", f"--temp-dir={temp_dir}", "--include-dashboard=true",
+        f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
     ]  # fmt: skip
     log = open(Path(temp_dir, "ray-start.log"), "wb")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
