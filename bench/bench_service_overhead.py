@@ -30,7 +30,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -66,18 +65,11 @@ def sweep_body(epochs: int, width: int, concurrency: int) -> dict[str, Any]:
     }
 
 
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def embedded_stack(root: Path) -> Iterator[Any]:
     """The project's own stack (MLflow, Ray head, API) under ``root``; yields its settings."""
     from service.config import Settings
-    from service.stack import Stack
+    from service.stack import Stack, free_port
 
     settings = Settings(
         database_url=f"sqlite:///{root}/sweeps.db",

@@ -7,6 +7,7 @@ group, so stopping the stack stops exactly what it started.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -171,21 +172,25 @@ class Stack:
     def stop(self) -> None:
         """Stop what was started, the API first (SIGTERM, then SIGKILL after a grace period)."""
         for started in reversed(self.procs):
-            _kill_group(started.proc)
+            kill_group(started.proc)
         self.procs.clear()
 
 
-def _kill_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+def kill_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+    """SIGTERM the process group ``proc`` leads, then SIGKILL whatever is left of it.
+
+    The leader exiting is not enough: ``ray start --block`` leaves its GCS and raylet in the
+    group, so the group always gets the SIGKILL too.
+    """
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             return
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        if sig == signal.SIGTERM:
+            time.sleep(1.0)  # let the rest of the group exit on its own first
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

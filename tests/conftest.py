@@ -25,7 +25,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from service.stack import free_port, kill_group
 
 BIN = Path(sys.executable).parent
 
@@ -58,13 +59,6 @@ class MlflowServer:
     uri: str
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -81,21 +75,6 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, what: st
             pass
         time.sleep(0.5)
     raise RuntimeError(f"{what} not healthy at {url} after {timeout} s")
-
-
-def _kill_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """SIGTERM the process group started by ``proc``, SIGKILL whatever is left."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            continue
-        if sig == signal.SIGTERM:
-            time.sleep(1.0)  # let the children of the group exit too
 
 
 def _kill_processes_mentioning(marker: str) -> None:
@@ -151,7 +130,7 @@ def ray_cluster() -> Iterator[RayCluster]:
     finally:
         mp.undo()
         _refresh_ray_auth()
-        _kill_group(proc)
+        kill_group(proc)
         _kill_processes_mentioning(temp_dir)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -178,5 +157,5 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
         _wait_http(f"{uri}/health", proc, timeout=60, what="mlflow server")
         yield MlflowServer(uri)
     finally:
-        _kill_group(proc)
+        kill_group(proc)
         log.close()
