@@ -25,6 +25,10 @@ checkpoints and the experiment state is snapshotted on every controller step
 (:data:`TUNE_ENV`): checkpoint ``k`` is deleted only when ``k + 2`` is registered, steps after
 the snapshot naming ``k + 1`` was written and uploaded (an upload of a few small files; only
 one still running past those steps could leave the gap open).
+
+Tune copies the state file to the storage path in place, so a driver killed mid-copy would leave
+a truncated file that restore cannot read; the storage path is written through
+:func:`workers.storage.storage_filesystem`, which publishes every file by an atomic rename.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from workers.progress import SweepProgress
 from workers.resources import trial_resources
 from workers.search import build_plan
 from workers.spec import SweepSpec
+from workers.storage import local_path, storage_filesystem
 from workers.tracking import SweepTracker
 from workers.trainable import run_trial
 
@@ -96,6 +101,7 @@ def run_sweep(
     """
     tracker = SweepTracker(tracking_uri, mlflow_experiment, sweep_id)
     parent = tracker.start_sweep(spec, parent_run_id)
+    storage_path = local_path(storage_path)
     path = str(Path(storage_path, experiment_name(sweep_id)))
     sink.sweep_started(parent, path)
     progress = SweepProgress(spec, sink, tracker)
@@ -162,8 +168,11 @@ def _tuner(spec: SweepSpec, sweep_id: str, storage_path: str, path: str, resume:
         ),
         resources.as_tune(),
     )
-    if resume and tune.Tuner.can_restore(path):
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    fs = storage_filesystem(storage_path)
+    if resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
+        return tune.Tuner.restore(
+            path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+        )
     plan = build_plan(spec)
     tune_config = tune.TuneConfig(
         metric=spec.metric.name,
@@ -176,6 +185,7 @@ def _tuner(spec: SweepSpec, sweep_id: str, storage_path: str, path: str, resume:
     run_config = tune.RunConfig(
         name=experiment_name(sweep_id),
         storage_path=storage_path,
+        storage_filesystem=fs,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
         callbacks=[ProgressCallback(sweep_id)],

@@ -234,16 +234,6 @@ def start_driver_process(address: str, request: dict, tmp: Path) -> subprocess.P
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known bug, open in issue 3: Tune 2.60 writes experiment_state-*.json non-atomically "
-        "(open 'w' + json.dump, then a copy to storage), and the driver saves it every step "
-        "(TUNE_GLOBAL_CHECKPOINT_S=0), so a SIGKILL can land mid-write and leave an empty file; "
-        "Tuner.restore then logs 'Failed to restore the run state' and re-runs the grid. Seen "
-        "in 1 of 3 full runs. Fix: keep the last parseable state file aside and restore from it."
-    ),
-)
 def test_sweep_resumed_after_its_driver_was_killed_completes_every_trial(
     ray_cluster, ray_session, mlflow_server, tmp_path
 ):

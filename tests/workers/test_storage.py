@@ -1,0 +1,89 @@
+"""The storage filesystem Tune writes sweeps through: whole files or nothing."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+
+from workers.storage import TMP_MARK, local_path, storage_filesystem
+
+
+@pytest.fixture
+def fs(tmp_path: Path) -> pafs.FileSystem:
+    made = storage_filesystem(str(tmp_path))
+    assert made is not None
+    return made
+
+
+def write(fs: pafs.FileSystem, path: Path, data: bytes) -> None:
+    with fs.open_output_stream(str(path)) as out:
+        out.write(data)
+
+
+def test_a_file_appears_only_when_its_stream_is_closed(fs, tmp_path):
+    target = tmp_path / "experiment_state-x.json"
+    with fs.open_output_stream(str(target)) as out:
+        out.write(b'{"trials": ')
+        assert not target.exists()
+        assert [p.name for p in tmp_path.iterdir() if TMP_MARK in p.name]
+        out.write(b"[]}")
+    assert json.loads(target.read_text()) == {"trials": []}
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_torn_state_files_are_not_published_and_the_previous_version_stays(fs, tmp_path):
+    state, searcher = tmp_path / "experiment_state-x.json", tmp_path / "searcher-state.pkl"
+    write(fs, state, b'{"v": 1}')
+    whole = pickle.dumps({"points": [1.0, 2.0], "name": "tpe"})
+    write(fs, searcher, whole)
+
+    write(fs, state, b'{"v": 2, "trial_data": [')  # a copy that read a half-written source
+    write(fs, state, b"")
+    write(fs, searcher, whole[: len(whole) // 2])
+    write(fs, searcher, whole + b"trailing")
+
+    assert json.loads(state.read_text()) == {"v": 1}
+    assert pickle.loads(searcher.read_bytes()) == pickle.loads(whole)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([searcher.name, state.name])
+
+
+def test_other_files_are_published_as_written(fs, tmp_path):
+    write(fs, tmp_path / "model.pt", b"\x00\x01 not a pickle")
+    assert (tmp_path / "model.pt").read_bytes() == b"\x00\x01 not a pickle"
+
+
+def test_copy_files_publishes_a_directory_and_hides_interrupted_writes(fs, tmp_path):
+    src = tmp_path / "src"
+    (src / "checkpoint_000001").mkdir(parents=True)
+    (src / "experiment_state-x.json").write_text('{"ok": true}')
+    (src / "checkpoint_000001" / "state.bin").write_bytes(bytes(range(256)) * 4096)
+    dst = tmp_path / "dst"
+    fs.create_dir(str(dst), recursive=True)
+    (dst / f"old.json{TMP_MARK}dead").write_text("{")  # left by a killed writer
+
+    pafs.copy_files(str(src), str(dst), destination_filesystem=fs)
+
+    copied = dst / "checkpoint_000001" / "state.bin"
+    assert copied.read_bytes() == (src / "checkpoint_000001" / "state.bin").read_bytes()
+    listed = fs.get_file_info(pafs.FileSelector(str(dst), recursive=True))
+    assert sorted(i.base_name for i in listed) == [
+        "checkpoint_000001",
+        "experiment_state-x.json",
+        "state.bin",
+    ]
+
+
+def test_the_filesystem_travels_to_trial_workers_pickled(fs):
+    again = pickle.loads(pickle.dumps(fs))
+    assert again == fs and again.type_name == fs.type_name
+
+
+def test_object_stores_keep_tunes_own_filesystem(tmp_path):
+    assert storage_filesystem("s3://bucket/sweeps") is None
+    assert local_path("s3://bucket/sweeps") == "s3://bucket/sweeps"
+    assert local_path(f"file://{tmp_path}") == str(tmp_path)
+    assert local_path("relative/dir").startswith("/")

@@ -1,0 +1,195 @@
+"""Where Tune keeps a sweep's experiment state and checkpoints, written so a kill cannot tear them.
+
+Tune (2.60) writes the experiment state in the driver's staging directory and then copies it to
+the storage path with ``pyarrow.fs.copy_files``, which writes the destination file in place. A
+driver SIGKILLed during that copy leaves a truncated ``experiment_state-*.json``; ``Tuner.restore``
+then fails ("Failed to restore the run state") and the sweep cannot be resumed. Trial workers
+upload their checkpoints the same way.
+
+:func:`storage_filesystem` gives Tune a local filesystem whose output streams write to a
+temporary file beside the destination and rename it into place when closed (``os.replace`` is
+atomic on POSIX): a reader sees the previous complete file or the new complete file, never a
+part. Object stores (``s3://`` and the like) already publish whole objects; they are left alone.
+
+The copy can also read a torn *source*: Tune rewrites its staging files (``open(..., "w")``) at
+every snapshot, possibly while the previous snapshot's copy is still reading them. So a state
+file is published only when it is whole: a ``.json`` file must parse, a ``.pkl`` file must be a
+complete pickle opcode stream (checked with :mod:`pickletools`, which executes nothing).
+Otherwise the previous version stays, and the next snapshot, a fraction of a second later,
+brings the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import pickletools
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow
+import pyarrow.fs as pafs
+
+log = logging.getLogger(__name__)
+TMP_MARK = ".sweeps-tmp-"
+"""Infix of the temporary files; a file with it in its name is an interrupted write."""
+VALIDATED_MAX_BYTES = 64 << 20
+"""State files up to this size are checked before they are published."""
+
+
+def _json_whole(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:
+        return False
+    return True
+
+
+def _pickle_whole(data: bytes) -> bool:
+    """Whether ``data`` is one complete pickle, judged by its opcodes alone (nothing runs)."""
+    try:
+        end = 0
+        for opcode, _arg, pos in pickletools.genops(data):
+            end = pos if pos is not None else end
+            if opcode.name == "STOP":
+                return end == len(data) - 1
+    except ValueError:
+        return False
+    return False
+
+
+VALIDATORS: dict[str, Callable[[bytes], bool]] = {".json": _json_whole, ".pkl": _pickle_whole}
+"""Checks by file suffix: a file that fails its check is not published."""
+
+
+def is_local(storage_path: str) -> bool:
+    """Whether ``storage_path`` is a local directory rather than a URI (``s3://...``)."""
+    return "://" not in storage_path or storage_path.startswith("file://")
+
+
+def storage_filesystem(storage_path: str) -> pafs.FileSystem | None:
+    """The filesystem Tune should write ``storage_path`` through; None leaves Tune's default."""
+    return pafs.PyFileSystem(AtomicLocalHandler()) if is_local(storage_path) else None
+
+
+def local_path(storage_path: str) -> str:
+    """``storage_path`` as the plain absolute path :func:`storage_filesystem` expects."""
+    path = storage_path.removeprefix("file://") if is_local(storage_path) else storage_path
+    return os.path.abspath(path) if is_local(storage_path) else path
+
+
+class _RenameOnClose(io.FileIO):
+    """A file written under a temporary name and renamed to ``final`` once closed.
+
+    A write that fails part-way (an exception, not a kill), or a state file that is not whole
+    (:data:`VALIDATORS`), removes the temporary file; a kill leaves it behind under its
+    temporary name, where nothing reads it.
+    """
+
+    def __init__(self, final: str) -> None:
+        self.final = final
+        self.tmp = f"{final}{TMP_MARK}{secrets.token_hex(4)}"
+        super().__init__(self.tmp, "wb")
+        self.failed = False
+
+    def write(self, b: Any) -> int:
+        try:
+            return super().write(b)
+        except BaseException:
+            self.failed = True
+            raise
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self.flush()
+            os.fsync(self.fileno())
+        except BaseException:
+            self.failed = True
+            raise
+        finally:
+            super().close()
+            if not self.failed and not self._whole():
+                self.failed = True
+                log.warning("not publishing %s: the copied file is incomplete", self.final)
+            if self.failed:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.tmp)
+            else:
+                os.replace(self.tmp, self.final)
+
+    def _whole(self) -> bool:
+        check = VALIDATORS.get(os.path.splitext(self.final)[1])
+        if check is None or os.path.getsize(self.tmp) > VALIDATED_MAX_BYTES:
+            return True
+        with open(self.tmp, "rb") as f:
+            return check(f.read())
+
+
+class AtomicLocalHandler(pafs.FileSystemHandler):
+    """The local filesystem, except that every output stream is published atomically."""
+
+    def __init__(self) -> None:
+        self.fs = pafs.LocalFileSystem()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AtomicLocalHandler)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # trial workers receive it pickled
+        return (AtomicLocalHandler, ())
+
+    def get_type_name(self) -> str:
+        return "sweeps-atomic-local"
+
+    def normalize_path(self, path: str) -> str:
+        return str(self.fs.normalize_path(path))
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        return list(self.fs.get_file_info(paths))
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        infos = self.fs.get_file_info(selector)
+        return [i for i in infos if TMP_MARK not in i.base_name]
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path: str) -> None:
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        raise PermissionError("refusing to delete the contents of the root directory")
+
+    def delete_file(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self.fs.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        with self.fs.open_input_stream(src) as source, self.open_output_stream(dest, None) as out:
+            while chunk := source.read(1 << 20):
+                out.write(chunk)
+
+    def open_input_stream(self, path: str) -> pyarrow.NativeFile:
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path: str) -> pyarrow.NativeFile:
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata: Any) -> pyarrow.NativeFile:
+        return pyarrow.PythonFile(_RenameOnClose(path), mode="w")
+
+    def open_append_stream(self, path: str, metadata: Any) -> pyarrow.NativeFile:
+        return self.fs.open_append_stream(path)
