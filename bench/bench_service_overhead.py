@@ -6,8 +6,11 @@ epochs; 1 CPU per trial, 2 trials at a time, actors reused) run three ways:
 - ``service``: ``POST /sweeps`` to a real API process (uvicorn) started by
   :class:`service.stack.Stack` with a real Ray head and a real MLflow server, then
   ``GET /sweeps/{id}`` every ``--poll`` seconds until the sweep is final. Wall time from the
-  POST to the final status: job submission, the job's driver start-up, Tune, the database sink
-  and MLflow tracking included.
+  POST to the final status: handing the sweep to its job, the driver, Tune, the database sink
+  and MLflow tracking included. The API keeps ``--warm-drivers`` standby jobs (its default, 1;
+  ``--warm-drivers 0`` measures a job started per sweep); a standby warms up while no sweep
+  runs, so before every timed run of any mode the benchmark waits until ``/readyz`` reports
+  the standbys ready, and no mode is timed while one warms up.
 - ``ray tune``: a :class:`ray.tune.Tuner` in this process, connected to the same Ray cluster,
   over the same trainable (:func:`workers.trainable.run_trial`), parameter space, resources,
   ``max_concurrent_trials`` and ``reuse_actors``, without database or MLflow. Wall time of
@@ -66,7 +69,7 @@ def sweep_body(epochs: int, width: int, concurrency: int) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def embedded_stack(root: Path) -> Iterator[Any]:
+def embedded_stack(root: Path, warm_drivers: int) -> Iterator[Any]:
     """The project's own stack (MLflow, Ray head, API) under ``root``; yields its settings."""
     from service.config import Settings
     from service.stack import Stack, free_port
@@ -80,6 +83,7 @@ def embedded_stack(root: Path) -> Iterator[Any]:
         api_token=secrets.token_hex(16),
         port=free_port(),
         job_python=sys.executable,
+        warm_drivers=warm_drivers,
     )
     stack = Stack(settings, state_dir=root)
     stack.ray_temp = root / "ray"  # not the shared /tmp/sweeps-ray-<uid> of `sweeps up`
@@ -103,6 +107,18 @@ def kill_leftovers(marker: str) -> None:
             seen = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
             if marker.encode() in seen:
                 os.kill(int(entry.name), signal.SIGKILL)
+
+
+def settle(client: Any, timeout: float = 180.0) -> None:
+    """Wait until the API's standby drivers are ready (none warming up, none missing)."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        warm = client.ready().get("warm_drivers") or {}
+        if warm.get("starting") == 0 and warm.get("ready") == warm.get("wanted"):
+            return
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"standby drivers not ready after {timeout:.0f} s: {warm}")
+        time.sleep(0.5)
 
 
 @dataclass
@@ -227,7 +243,8 @@ def measure(args: argparse.Namespace, root: Path) -> Runs:
 
     body, n = sweep_body(args.epochs, args.width, args.concurrency), 8
     runs = Runs()
-    with embedded_stack(root) as settings, ray_connection(settings, root / "ray" / "auth_token"):
+    stack = embedded_stack(root, args.warm_drivers)
+    with stack as settings, ray_connection(settings, root / "ray" / "auth_token"):
         client = SweepsClient(settings.api_url, settings.api_token.get_secret_value())
         modes: dict[str, Callable[[], Any]] = {
             SERVICE: lambda: service_run(client, body, args.poll, n),
@@ -238,6 +255,7 @@ def measure(args: argparse.Namespace, root: Path) -> Runs:
             label = "warm-up" if r == 0 else "measured"
             walls = {}
             for mode, run in modes.items():
+                settle(client)
                 out = run()
                 walls[mode] = out[0] if isinstance(out, tuple) else out
                 if r > 0:
@@ -275,12 +293,16 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64, help="hidden width of the MLP")
     parser.add_argument("--concurrency", type=int, default=2, help="trials at a time")
     parser.add_argument("--poll", type=float, default=0.2, help="GET /sweeps/{id} interval")
+    parser.add_argument(
+        "--warm-drivers", type=int, default=1, help="standby sweep jobs the API keeps (0: none)"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the stack is stopped
     print(
         f"cpus={os.cpu_count()} load_average_1min={os.getloadavg()[0]:.2f} "
         f"trials=8 (grid 4 lr x 2 momentum) epochs={args.epochs} mlp width={args.width} depth=2 "
         f"concurrency={args.concurrency} cpu/trial=1 reuse_actors=True poll={args.poll} s "
+        f"warm_drivers={args.warm_drivers} "
         f"rounds=1 warm-up + {args.rounds}"
     )
     root = Path(tempfile.mkdtemp(prefix="bsvc-", dir="/tmp"))  # short: Ray's socket paths

@@ -1,12 +1,14 @@
 """The FastAPI app factory: settings in, app out; nothing is built at import time.
 
 The lifespan creates the engine, brings the schema up to date, builds the dispatcher and starts
-the monitor, whose first act is to reconcile the database with what Ray is really running.
+the monitor, whose first act is to reconcile the database with what Ray is really running; at
+shutdown it retires the warm standby drivers the monitor started.
 Access control is one middleware (:class:`service.auth.BearerAuthMiddleware`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,6 +23,8 @@ from service.monitor import Monitor
 from service.routes import health, sweeps
 from service.views import Views
 from workers.jobs import RayJobs
+
+log = logging.getLogger(__name__)
 
 
 def make_job_client(settings: Settings) -> JobClient:
@@ -55,6 +59,11 @@ def create_app(settings: Settings | None = None, *, monitor: bool = True) -> Fas
             yield
         finally:
             loop.stop()
+            if monitor:  # standbys belong to the loop that started them
+                try:
+                    dispatcher.retire_standbys()
+                except Exception:  # Ray or the database already gone: the standbys exit alone
+                    log.warning("could not retire the standby drivers", exc_info=True)
             engine.dispose()
 
     app = FastAPI(

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
         cancel_grace_seconds: how long the driver gets to cancel before the API stops its job.
         monitor_interval_seconds: how often the API checks cancellations and vanished jobs.
         max_resumes: how many times a sweep whose job vanished is resubmitted.
+        warm_drivers: standby sweep jobs kept started and waiting while no sweep runs, so a
+            submitted sweep skips the job's start-up (see :mod:`service.standby`); 0 starts
+            a job per sweep on demand.
     """
 
     model_config = SettingsConfigDict(env_prefix="SWEEPS_", extra="ignore")
@@ -107,6 +110,7 @@ class Settings(BaseSettings):
     cancel_grace_seconds: float = Field(20.0, gt=0)
     monitor_interval_seconds: float = Field(2.0, gt=0)
     max_resumes: int = Field(3, ge=0)
+    warm_drivers: int = Field(1, ge=0, le=16)
 
     @model_validator(mode="after")
     def _fill_links(self) -> Settings:

@@ -1,8 +1,10 @@
 """Running sweeps as Ray jobs: submit, cancel fallback and reconciliation.
 
-One Ray job per sweep runs ``<job_python> -m service.sweep_job <id>``; the driver lives there,
-never in the API process, and reports through the database. The API process only submits jobs,
-asks for their status and, when it must, stops them.
+One Ray job per sweep drives it: a warm standby claimed from :class:`service.standby.
+StandbyPool` when one is alive, otherwise a job of its own running ``<job_python> -m
+service.sweep_job <id>``. The driver never lives in the API process and reports through the
+database. The API process only submits jobs, asks for their status and, when it must, stops
+them.
 
 Job ids are ``sweep-<id>-<n>``, ``n`` counting resubmissions, and are stored *before* the job is
 submitted, so a crash in between leaves a job that Ray reports missing; reconciliation then
@@ -25,12 +27,12 @@ from service.config import Settings
 from service.db import session_scope
 from service.errors import DispatchError
 from service.models import Sweep, utcnow
+from service.standby import LIVE_JOB_STATES, StandbyPool, WarmCount
 from workers.errors import RayJobsError
 from workers.events import FINAL_SWEEP_STATUSES
 from workers.tracking import TRACKING_ENV, close_sweep_runs
 
 log = logging.getLogger(__name__)
-LIVE_JOB_STATES = frozenset({"pending", "running"})
 SUBMIT_GRACE = timedelta(seconds=30)
 """A new sweep without a job is left to the request that is submitting it for this long."""
 
@@ -58,6 +60,7 @@ class Dispatcher:
         self.settings = settings
         self.factory = factory
         self.jobs = jobs
+        self.standbys = StandbyPool(settings, factory, jobs)
         self._lock = threading.RLock()
 
     def submit(
@@ -73,6 +76,7 @@ class Dispatcher:
             reason: why, kept as the sweep's message.
         """
         with self._lock:
+            warm = self.standbys.live_standby() if self.settings.warm_drivers else None
             with session_scope(self.factory) as session:
                 sweep = store.get_sweep(session, sweep_id)
                 if sweep.status in FINAL_SWEEP_STATUSES:
@@ -81,9 +85,14 @@ class Dispatcher:
                     sweep.resumes += 1
                 if reason:
                     sweep.message = reason
-                job_id = f"sweep-{sweep.id}-{sweep.uid[:8]}-{sweep.resumes}"
-                store.record_job(session, sweep, job_id)
                 self._resolve_experiment(sweep)
+                claimed = warm is not None and store.claim_standby(session, sweep, warm)
+                job_id = f"sweep-{sweep.id}-{sweep.uid[:8]}-{sweep.resumes}"
+                if not claimed:
+                    store.record_job(session, sweep, job_id)
+            if claimed:
+                log.info("sweep %s: handed to standby driver %s", sweep_id, warm)
+                return
             env = self.settings.job_env() | TRACKING_ENV
             entrypoint = job_entrypoint(self.settings, sweep_id, resume)
             try:
@@ -91,6 +100,20 @@ class Dispatcher:
             except (DispatchError, RayJobsError) as err:
                 log.warning("sweep %s: submitting %s failed: %s", sweep_id, job_id, err)
                 self._note(sweep_id, f"could not submit Ray job {job_id} ({err}); will retry")
+
+    def keep_warm(self, *, check_jobs: bool = False) -> None:
+        """Keep the standby drivers topped up (see :class:`service.standby.StandbyPool`)."""
+        with self._lock:
+            self.standbys.keep_warm(check_jobs=check_jobs)
+
+    def retire_standbys(self) -> None:
+        """Retire every unclaimed standby driver (the API shuts down)."""
+        with self._lock:
+            self.standbys.retire_all()
+
+    def warm_count(self) -> WarmCount:
+        """Standby drivers ready, starting and wanted."""
+        return self.standbys.count()
 
     def _resolve_experiment(self, sweep: Sweep) -> None:
         if sweep.mlflow_experiment_id is None:

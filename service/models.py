@@ -1,4 +1,4 @@
-"""The tables: sweeps, their trials, and each trial's per-epoch metrics.
+"""The tables: sweeps, their trials, each trial's per-epoch metrics, and warm standby drivers.
 
 Statuses are the strings of :mod:`workers.events`; the spec is stored as the validated JSON of
 :class:`workers.spec.SweepSpec`, so a resumed job rebuilds exactly what was accepted.
@@ -143,3 +143,19 @@ class EpochMetric(Base):
     reported_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     trial: Mapped[Trial] = relationship(back_populates="epochs")
+
+
+class StandbyDriver(Base):
+    """A Ray job started ahead of demand that waits, warm, for a sweep to drive.
+
+    The row exists while the job is unclaimed: the dispatcher deletes it in the transaction
+    that sets a sweep's ``ray_job_id`` to the job, and the job retires when its row is gone
+    and no sweep names it (see :mod:`service.standby`).
+    """
+
+    __tablename__ = "standby_drivers"
+
+    job_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ready_at: Mapped[datetime | None]
+    """When the job had imported the driver and joined the cluster; None while it starts."""

@@ -1,13 +1,15 @@
 """The API's background loop: reconcile sweeps with Ray at start-up, then keep cancels on time.
 
 Runs in a daemon thread of the API process (the Jobs API client is synchronous). Every
-``monitor_interval_seconds`` it stops the jobs of cancellations past their grace period; every
-``RECONCILE_EVERY`` ticks it reconciles again, so a job that dies while the API runs is resumed
-without waiting for a restart.
+``monitor_interval_seconds`` it stops the jobs of cancellations past their grace period and tops
+up the warm standby drivers; every ``RECONCILE_EVERY`` ticks it reconciles again (and checks
+the standbys' jobs), so a job that dies while the API runs is resumed without waiting for a
+restart.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -40,9 +42,11 @@ class Monitor:
     def _run(self) -> None:
         tick = 0
         while not self._stop.is_set():
-            if tick % RECONCILE_EVERY == 0:
+            full = tick % RECONCILE_EVERY == 0
+            if full:
                 self._guard(self.dispatcher.reconcile)
             self._guard(self.dispatcher.enforce_cancel_deadlines)
+            self._guard(functools.partial(self.dispatcher.keep_warm, check_jobs=full))
             tick += 1
             self._stop.wait(self.interval)
 

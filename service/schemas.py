@@ -151,8 +151,17 @@ class ErrorResponse(BaseModel):
     detail: list[ErrorItem] | str
 
 
+class WarmDriversPublic(BaseModel):
+    """Standby sweep jobs: ready to take a sweep, still starting, and how many are kept."""
+
+    ready: int
+    starting: int
+    wanted: int
+
+
 class ReadyPublic(BaseModel):
-    """Readiness of the API's dependencies."""
+    """Readiness of the API's dependencies, and the warm standby drivers (informational)."""
 
     ready: bool
     checks: dict[str, str]
+    warm_drivers: WarmDriversPublic | None = None

@@ -30,6 +30,9 @@ def make_settings(tmp_path: Path, ray_cluster: Any, mlflow_server: Any, **kw: An
         "job_python": sys.executable,
         "monitor_interval_seconds": 0.5,
         "api_token": "never-sent-to-jobs",
+        # Most tests need no pre-started sweep job; those about them (test_standby, the
+        # end-to-end and restart tests) ask for one.
+        "warm_drivers": 0,
     }
     return Settings(**(values | kw))
 

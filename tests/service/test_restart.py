@@ -60,6 +60,15 @@ class Api:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(30)
 
+    def stop(self) -> None:
+        """SIGTERM: uvicorn's graceful shutdown, which retires the standby drivers."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
     def get(self, path: str) -> Any:
         r = self.http.get(path)
         assert r.status_code == 200, r.text
@@ -70,7 +79,12 @@ class Api:
 def settings(tmp_path: Path, ray_cluster: Any, mlflow_server: Any) -> Settings:
     port = free_port()
     return make_settings(
-        tmp_path, ray_cluster, mlflow_server, port=port, public_url=f"http://127.0.0.1:{port}"
+        tmp_path,
+        ray_cluster,
+        mlflow_server,
+        port=port,
+        public_url=f"http://127.0.0.1:{port}",
+        warm_drivers=1,  # the restarted API adopts the standby the killed one started
     )
 
 
@@ -79,7 +93,7 @@ def api(settings: Settings, tmp_path: Path) -> Iterator[Api]:
     server = Api(settings, tmp_path / "api.log")
     server.start()
     yield server
-    server.kill()
+    server.stop()
 
 
 def curves(get: Any, sweep_id: int) -> dict[int, list[int]]:

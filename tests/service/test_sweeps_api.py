@@ -147,8 +147,14 @@ def test_readiness_names_the_dependency_that_is_down(settings: Settings) -> None
 
 @pytest.mark.slow
 def test_a_sweep_runs_to_the_end_with_every_trial_curve_and_mlflow_runs(
-    client: TestClient, mlflow_server: Any
+    settings: Settings, mlflow_server: Any
 ) -> None:
+    warm = settings.model_copy(update={"warm_drivers": 1})  # the product's default
+    with TestClient(create_app(warm), headers=auth(settings)) as client:
+        run_a_sweep_to_the_end(client, mlflow_server)
+
+
+def run_a_sweep_to_the_end(client: TestClient, mlflow_server: Any) -> None:
     body = digits({"optim.lr": [0.02, 0.1], "model.norm": ["none", "batch"]}, method="grid")
     created = client.post("/sweeps", json=body)
     assert created.status_code == 201, created.text
