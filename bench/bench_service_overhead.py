@@ -228,6 +228,8 @@ def ray_connection(settings: Any, token_file: Path) -> Iterator[None]:
     """This process joins the stack's Ray cluster, with its token, and leaves it after."""
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file)
+    # num_to_keep=1 forces a state snapshot per checkpoint, and Tune warns about it each time.
+    os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
     import ray
 
     ray.init(address=settings.ray_address, log_to_driver=False, logging_level=logging.WARNING)
