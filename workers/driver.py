@@ -29,6 +29,20 @@ one still running past those steps could leave the gap open).
 Tune copies the state file to the storage path in place, so a driver killed mid-copy would leave
 a truncated file that restore cannot read; the storage path is written through
 :func:`workers.storage.storage_filesystem`, which publishes every file by an atomic rename.
+
+Progress writes (database and MLflow) leave Tune's controller thread through the sweep's outbox
+(:class:`~workers.progress.SweepProgress`), so neither the controller nor the trials waiting on it
+wait for them. Yet no snapshot of the experiment state may reach storage before the writes of
+the results it covers, or a driver killed in between would be resumed past epochs never written.
+Tune 2.60 ends every step (``TuneController.step``) with ``_stop_experiment_if_needed()``, which
+calls :meth:`CancelStopper.stop_all`, then ``checkpoint()``: ``save_to_dir`` writes the state
+file into the staging directory and asks every callback's ``get_state()``, and only then is the
+upload started. Both hooks flush the outbox, and the flush in ``stop_all`` is the one that
+matters: an upload started by an earlier step may still be copying the staging directory when
+``save_to_dir`` rewrites the state file, so the writes must be made before that file is written,
+not merely before the next upload starts (with ``get_state`` alone, a test watching the storage
+path saw snapshots ahead of the database in both runs tried). :meth:`ProgressCallback.get_state`
+flushes again for anything queued in between (nothing, in Tune 2.60) and for the final snapshot.
 """
 
 from __future__ import annotations
@@ -110,11 +124,14 @@ def run_sweep(
     try:
         with _environ(TUNE_ENV):
             _tuner(spec, sweep_id, storage_path, path, resume).fit()
-    except Exception as err:  # Tune itself failed: the sweep fails, no run stays open
+    except Exception as err:  # Tune itself, or a write, failed: the sweep fails
         log.exception("sweep %s: Tune failed", sweep_id)
         error = f"{type(err).__name__}: {err}"
     finally:
         _LIVE.pop(sweep_id, None)
+        failed_write = progress.close()  # every queued write is made, even on the way out
+    if failed_write is not None and not error:  # it failed after Tune's last look
+        error = f"{type(failed_write).__name__}: {failed_write}"
     return _finish(progress, error)
 
 
@@ -134,6 +151,7 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
 
 
 def _finish(progress: SweepProgress, error: str) -> SweepStatus:
+    """End the sweep: trials, MLflow runs, the sink. Writes are plain calls by now (closed)."""
     status: SweepStatus
     if progress.cancelled:
         status = "cancelled"
@@ -235,9 +253,21 @@ class ProgressCallback(tune.Callback):
             if trial.status == Trial.TERMINATED:
                 self.progress.finished(trial.trial_id)
 
+    def get_state(self) -> None:
+        """Called as Tune snapshots the experiment: make every queued write first.
+
+        No state of its own (the sink and MLflow hold it), so Tune saves no callback file.
+        """
+        self.progress.flush()
+        return None
+
 
 class CancelStopper(tune.Stopper):
-    """Stops the whole experiment once the sink reports a cancel request (polled ~1/s)."""
+    """Stops the whole experiment once the sink reports a cancel request (polled ~1/s).
+
+    Also the last hook Tune calls before it snapshots the experiment state: it flushes the
+    sweep's progress writes first (see the module docstring).
+    """
 
     def __init__(self, sweep_id: str) -> None:
         self.sweep_id = sweep_id
@@ -248,8 +278,11 @@ class CancelStopper(tune.Stopper):
 
     def stop_all(self) -> bool:
         progress = _LIVE.get(self.sweep_id)
-        if progress is None or progress.cancelled:
-            return progress is not None
+        if progress is None:
+            return False
+        progress.flush()  # Tune snapshots the experiment next (see the module docstring)
+        if progress.cancelled:
+            return True
         if time.monotonic() - self._last_poll >= CANCEL_POLL_S:
             self._last_poll = time.monotonic()
             progress.cancelled = bool(progress.sink.cancel_requested())

@@ -51,9 +51,13 @@ class TrialUpdate:
 class SweepSink(Protocol):
     """Receives a sweep's progress from its driver.
 
-    Contract: calls come from the driver's one thread, in order; every method is idempotent
-    (a resumed driver may repeat an epoch or a status it sent before the restart) and must
-    not raise for a repeated call. A final trial status is never replaced by a non-final one.
+    Contract: the reports (every method but :meth:`cancel_requested`) come in order, one at a
+    time, though not all from the same thread: while Tune runs, the driver makes them from its
+    outbox's thread (:mod:`workers.outbox`). :meth:`cancel_requested` comes from Tune's
+    controller thread and may overlap a report. Every method is idempotent (a resumed driver
+    may repeat an epoch or a status it sent before the restart) and must not raise for a
+    repeated call. A final trial status is never replaced by a non-final one. A report that
+    raises fails the sweep.
     """
 
     def sweep_started(self, mlflow_run_id: str | None, experiment_path: str) -> None:

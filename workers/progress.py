@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.events import FINAL_TRIAL_STATUSES, SweepSink, TrialStatus, TrialUpdate
+from workers.outbox import Outbox
 from workers.search import varied_keys
 from workers.spec import METRIC_NAMES, SweepSpec
 from workers.tracking import SweepTracker
@@ -31,7 +32,7 @@ class TrialRecord:
     number: int
     params: dict[str, Any]
     status: TrialStatus = "pending"
-    run_id: str | None = None
+    run_id: str | None = None  # written and read by the outbox's thread only, until it closes
     attempt: int = 0
     last_epoch: int = 0
     value: float | None = None  # the sweep metric at the last reported epoch
@@ -44,7 +45,13 @@ class TrialRecord:
 
 
 class SweepProgress:
-    """Trial records of one sweep, reported to ``sink`` and ``tracker`` as they change."""
+    """Trial records of one sweep, reported to ``sink`` and ``tracker`` as they change.
+
+    A write that raises fails the sweep, as it did when writes were plain calls: the next
+    event or :meth:`flush` raises :class:`~workers.outbox.OutboxError`, and the writes queued
+    after the failed one are dropped. MLflow errors never get this far: the tracker retries,
+    then logs and skips them.
+    """
 
     def __init__(self, spec: SweepSpec, sink: SweepSink, tracker: SweepTracker) -> None:
         self.spec = spec
@@ -52,6 +59,19 @@ class SweepProgress:
         self.tracker = tracker
         self.trials: dict[str, TrialRecord] = {}
         self.cancelled = False
+        self.outbox = Outbox(f"sweep {tracker.sweep_id}")
+
+    def flush(self) -> None:
+        """Wait until every write queued so far is made.
+
+        Raises:
+            OutboxError: a write failed.
+        """
+        self.outbox.drain()
+
+    def close(self) -> BaseException | None:
+        """Make the queued writes, then write synchronously; the first failed write, if any."""
+        return self.outbox.close()
 
     def seen(
         self, key: str, params: dict[str, Any], last_result: dict[str, Any] | None = None
@@ -74,9 +94,13 @@ class SweepProgress:
         rec = self.seen(key, params)
         if rec.final:
             return
-        if rec.run_id is None:
-            config = self.spec.trial_config(rec.params).flatten()
-            rec.run_id = self.tracker.start_trial(key, self.run_name(rec), config)
+
+        def open_run() -> None:  # on every start: a run MLflow could not open is tried again
+            if rec.run_id is None:
+                config = self.spec.trial_config(rec.params).flatten()
+                rec.run_id = self.tracker.start_trial(key, self.run_name(rec), config)
+
+        self.outbox.submit(open_run, f"open the MLflow run of {key}")
         rec.status, rec.attempt = "running", attempt
         self._update(rec)
 
@@ -101,9 +125,13 @@ class SweepProgress:
         repeated = epoch in rec.history  # a retry resumed from an earlier checkpoint
         rec.last_epoch, rec.history[epoch] = epoch, metrics
         rec.value = metrics.get(self.spec.metric.name, rec.value)
-        self.sink.epoch_reported(key, epoch, metrics)  # idempotent by contract
-        if not repeated:  # MLflow would keep both points of the step
-            self.tracker.log_epoch(rec.run_id, epoch, metrics)
+
+        def write() -> None:
+            self.sink.epoch_reported(key, epoch, metrics)  # idempotent by contract
+            if not repeated:  # MLflow would keep both points of the step
+                self.tracker.log_epoch(rec.run_id, epoch, metrics)
+
+        self.outbox.submit(write, f"epoch {epoch} of {key}")
 
     def finished(self, key: str) -> None:
         """Tune ended the trial without error: all epochs run, or stopped early."""
@@ -119,7 +147,11 @@ class SweepProgress:
             return
         rec.status, rec.message = status, message or rec.message
         self._update(rec)
-        self.tracker.end_trial(rec.run_id, status, rec.message)
+        message = rec.message
+        self.outbox.submit(
+            lambda: self.tracker.end_trial(rec.run_id, status, message),
+            f"close the MLflow run of {key}",
+        )
 
     def end_all(self, status: TrialStatus, message: str = "") -> None:
         """End every trial that has no final status yet (cancel, or a driver error)."""
@@ -154,15 +186,21 @@ class SweepProgress:
         return f"{len(self.trials)} trials: {detail}" if detail else "no trials ran"
 
     def _update(self, rec: TrialRecord) -> None:
-        update = TrialUpdate(
-            key=rec.key,
-            status=rec.status,
-            params=rec.params,
-            mlflow_run_id=rec.run_id,
-            message=rec.message,
-            attempt=rec.attempt,
-        )
-        self.sink.trial_updated(update)
+        """Queue the record's state as it is now; the run id is the one when the write runs."""
+        status, message, attempt = rec.status, rec.message, rec.attempt
+
+        def write() -> None:
+            update = TrialUpdate(
+                key=rec.key,
+                status=status,
+                params=rec.params,
+                mlflow_run_id=rec.run_id,
+                message=message,
+                attempt=attempt,
+            )
+            self.sink.trial_updated(update)
+
+        self.outbox.submit(write, f"{status} update of {rec.key}")
 
 
 def trial_number(key: str) -> int:

@@ -90,7 +90,10 @@ def _tags_equal(tags: Mapping[str, str]) -> str:
 
 
 class SweepTracker:
-    """The MLflow runs of one sweep, driven by the sweep driver's one thread."""
+    """The MLflow runs of one sweep; not thread safe: the driver calls it from one thread at a time.
+
+    While Tune runs, that is the sweep's outbox thread (see :mod:`workers.progress`).
+    """
 
     def __init__(self, tracking_uri: str, experiment_name: str, sweep_id: str) -> None:
         self.client = MlflowClient(tracking_uri=tracking_uri)

@@ -1,22 +1,33 @@
-"""Helpers of the worker tests: a recording sink (the tests' observer) and sweep specs."""
+"""Helpers of the worker tests: a recording sink (the tests' observer), sweep specs, and
+running a sweep into the tests' MLflow experiment."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+
+from workers.driver import run_sweep
 from workers.events import TrialUpdate
 from workers.spec import SweepSpec
 
 
 @dataclass
 class RecordingSink:
-    """Records everything the driver reports; ``on_epoch`` lets a test act on an epoch."""
+    """Records everything the driver reports; ``on_epoch`` lets a test act on an epoch.
+
+    ``epoch_write_s`` makes each epoch's write that slow (a busy database), recorded at its end.
+    """
 
     on_epoch: Callable[[RecordingSink, str, int, dict[str, float]], None] | None = None
     cancel_after_epochs: int | None = None
+    epoch_write_s: float = 0.0
     updates: list[TrialUpdate] = field(default_factory=list)
     epochs: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
     started: list[tuple[str | None, str]] = field(default_factory=list)
@@ -30,6 +41,7 @@ class RecordingSink:
         self.updates.append(update)
 
     def epoch_reported(self, trial_key: str, epoch: int, metrics: dict[str, float]) -> None:
+        time.sleep(self.epoch_write_s)
         self.epochs.setdefault(trial_key, {})[epoch] = metrics
         if self.on_epoch is not None:
             self.on_epoch(self, trial_key, epoch, metrics)
@@ -63,3 +75,29 @@ def digits_spec(parameters: dict[str, Any], **kw: Any) -> SweepSpec:
         "resources_per_trial": {"cpu": 1},
     }
     return SweepSpec.model_validate({**base, **kw})
+
+
+def sweep(spec: SweepSpec, sink: RecordingSink, mlflow_uri: str, tmp: Path) -> tuple[str, str]:
+    """Run ``spec`` to its end under a new sweep id; the id and the final status."""
+    sweep_id = uuid.uuid4().hex[:8]
+    status = run_sweep(
+        spec,
+        sink,
+        sweep_id=sweep_id,
+        tracking_uri=mlflow_uri,
+        mlflow_experiment="worker-tests",
+        storage_path=str(tmp),
+    )
+    return sweep_id, status
+
+
+def runs_of(uri: str, sweep_id: str):
+    """The MLflow client, the sweep's parent runs and its trial runs."""
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("worker-tests")
+    runs = client.search_runs(
+        [exp.experiment_id], f"tags.`sweeps.sweep_id` = '{sweep_id}'", ViewType.ALL
+    )
+    parents = [r for r in runs if r.data.tags.get("sweeps.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("sweeps.role") == "trial"]
+    return client, parents, children

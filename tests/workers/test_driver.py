@@ -9,50 +9,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
-from mlflow.entities import ViewType
-from mlflow.tracking import MlflowClient
 
-from tests.workers.sweeps import RecordingSink, digits_spec
+from tests.workers.sweeps import RecordingSink, digits_spec, runs_of, sweep
 from workers.driver import run_sweep
-from workers.spec import SweepSpec
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def ray_session(ray_cluster) -> Iterator[None]:
-    ray.init(address=ray_cluster.address, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def sweep(spec: SweepSpec, sink: RecordingSink, mlflow_uri: str, tmp: Path) -> tuple[str, str]:
-    sweep_id = uuid.uuid4().hex[:8]
-    status = run_sweep(
-        spec,
-        sink,
-        sweep_id=sweep_id,
-        tracking_uri=mlflow_uri,
-        mlflow_experiment="worker-tests",
-        storage_path=str(tmp),
-    )
-    return sweep_id, status
-
-
-def runs_of(uri: str, sweep_id: str):
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("worker-tests")
-    runs = client.search_runs(
-        [exp.experiment_id], f"tags.`sweeps.sweep_id` = '{sweep_id}'", ViewType.ALL
-    )
-    parents = [r for r in runs if r.data.tags.get("sweeps.role") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("sweeps.role") == "trial"]
-    return client, parents, children
 
 
 @pytest.mark.slow

@@ -1,0 +1,84 @@
+"""The driver's progress writes, made off Tune's controller thread, against a real Tune run."""
+
+from __future__ import annotations
+
+import glob
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.workers.sweeps import RecordingSink, digits_spec, runs_of, sweep
+
+
+def covered_epochs(experiment_dir: Path) -> dict[str, int]:
+    """``trial key -> last epoch`` in the experiment state on storage ({} while there is none)."""
+    covered: dict[str, int] = {}
+    for name in glob.glob(str(experiment_dir / "experiment_state-*.json")):
+        state = json.loads(Path(name).read_text())  # published whole (workers.storage)
+        for trial_json, metadata_json in state["trial_data"]:
+            epoch = (json.loads(metadata_json).get("last_result") or {}).get("epoch")
+            if epoch is not None:
+                covered[json.loads(trial_json)["trial_id"]] = int(epoch)
+    return covered
+
+
+@pytest.mark.slow
+def test_no_snapshot_reaches_storage_before_the_writes_of_its_results(
+    ray_session, mlflow_server, tmp_path
+):
+    # Writes of 0.3 s and a snapshot per controller step (~0.1 s): a snapshot made while an
+    # epoch's write is still queued would be seen on storage before the sink has the epoch.
+    spec = digits_spec({"optim.lr": [0.02, 0.1]}, method="grid", epochs=4)
+    sink = RecordingSink(epoch_write_s=0.3)
+    ahead: list[tuple[str, int]] = []
+    done = threading.Event()
+
+    def watch() -> None:  # the sink is read after the file: a write seen late is never missed
+        while not done.is_set():
+            for experiment_dir in tmp_path.glob("sweep-*"):
+                for key, epoch in covered_epochs(experiment_dir).items():
+                    if epoch not in sink.epochs.get(key, {}):
+                        ahead.append((key, epoch))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        _, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
+    finally:
+        done.set()
+        watcher.join(10)
+
+    assert status == "completed"
+    assert {key: sorted(e) for key, e in sink.epochs.items()} == {
+        key: [1, 2, 3, 4] for key in sink.final_status()
+    }
+    assert ahead == [], "snapshots on storage named epochs the sink did not have yet"
+
+
+@pytest.mark.slow
+def test_a_failed_database_write_fails_the_sweep_and_leaves_no_run_open(
+    ray_session, mlflow_server, tmp_path
+):
+    def database_down(sink: RecordingSink, key: str, epoch: int, metrics) -> None:
+        if epoch == 2:
+            raise RuntimeError("database is locked")
+
+    spec = digits_spec({"optim.lr": [0.05]}, method="grid", epochs=4, max_concurrent=1)
+    sink = RecordingSink(on_epoch=database_down)
+    sweep_id, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
+
+    assert status == "failed"
+    assert sink.ended is not None and sink.ended[0] == "failed"
+    assert "epoch 2 of" in sink.ended[1] and "RuntimeError: database is locked" in sink.ended[1]
+    (key,) = sink.final_status()
+    assert sorted(sink.epochs[key]) == [1, 2]  # nothing was written after the failed write
+    # As when writes were plain calls: the trial's status is whatever the sink last accepted
+    # (the database sink's sweep_ended then closes it as failed) or failed by the driver.
+    assert sink.final_status()[key] in {"running", "failed"}
+    _, parents, children = runs_of(mlflow_server.uri, sweep_id)
+    assert [p.info.status for p in parents] == ["FAILED"]
+    assert [c.info.status for c in children] == ["FAILED"]
