@@ -15,16 +15,14 @@ so the callbacks hold only the sweep id and find the live sink and tracker in :d
 
 The restored state must never name a checkpoint that is gone. Tune (2.60) deletes a trial's
 checkpoint beyond ``CheckpointConfig.num_to_keep`` the moment it registers a newer one
-(``_CheckpointManager.register_checkpoint``), and only afterwards, at the end of that step,
-writes and syncs the experiment state that names the newer one; with ``num_to_keep=N`` it forces
-that snapshot every N checkpoints of a trial (``_ExperimentCheckpointManager.
-on_trial_checkpoint``), exactly when the checkpoint the last snapshot names is deleted. A driver
-killed in between is restored onto a deleted checkpoint ("Could not recover from checkpoint as
-it does not exist on storage anymore"). So each trial keeps :data:`CHECKPOINTS_KEPT` (two)
-checkpoints and the experiment state is snapshotted on every controller step
-(:data:`TUNE_ENV`): checkpoint ``k`` is deleted only when ``k + 2`` is registered, steps after
-the snapshot naming ``k + 1`` was written and uploaded (an upload of a few small files; only
-one still running past those steps could leave the gap open).
+(``_CheckpointManager.register_checkpoint``), and only afterwards writes and uploads the
+experiment state that names the newer one, so a driver killed in between is restored onto a
+deleted checkpoint ("Could not recover from checkpoint as it does not exist on storage
+anymore"). So Tune deletes nothing here (``num_to_keep=None``), and the storage filesystem
+prunes instead: when a state file is published, each trial's checkpoints older than the one that
+state restores from go (:func:`workers.storage.prune_superseded_checkpoints`). Tune snapshots
+the state every :data:`SNAPSHOT_PERIOD_S` seconds (:data:`TUNE_ENV`); a killed driver's trials
+resume from their checkpoints as of the last snapshot, at most that much training lost.
 
 Tune copies the state file to the storage path in place, so a driver killed mid-copy would leave
 a truncated file that restore cannot read; the storage path is written through
@@ -35,14 +33,14 @@ Progress writes (database and MLflow) leave Tune's controller thread through the
 wait for them. Yet no snapshot of the experiment state may reach storage before the writes of
 the results it covers, or a driver killed in between would be resumed past epochs never written.
 Tune 2.60 ends every step (``TuneController.step``) with ``_stop_experiment_if_needed()``, which
-calls :meth:`CancelStopper.stop_all`, then ``checkpoint()``: ``save_to_dir`` writes the state
-file into the staging directory and asks every callback's ``get_state()``, and only then is the
-upload started. Both hooks flush the outbox, and the flush in ``stop_all`` is the one that
-matters: an upload started by an earlier step may still be copying the staging directory when
-``save_to_dir`` rewrites the state file, so the writes must be made before that file is written,
-not merely before the next upload starts (with ``get_state`` alone, a test watching the storage
-path saw snapshots ahead of the database in both runs tried). :meth:`ProgressCallback.get_state`
-flushes again for anything queued in between (nothing, in Tune 2.60) and for the final snapshot.
+calls :meth:`CancelStopper.stop_all`, then ``checkpoint()``, which snapshots when the period has
+passed: ``save_to_dir`` writes the state file into the staging directory and asks every
+callback's ``get_state()``, and only then is the upload started. An upload started earlier may
+still be copying the staging directory when ``save_to_dir`` rewrites the state file, so the
+writes must be made before that file is written: ``stop_all`` flushes the outbox whenever a
+snapshot may be due (:data:`SNAPSHOT_MARGIN_S` before the period ends, measured from the last
+``get_state()``), and ``get_state()`` flushes again for the snapshots Tune forces (the last one).
+Between snapshots the writes run behind the controller.
 """
 
 from __future__ import annotations
@@ -70,12 +68,14 @@ from workers.trainable import run_trial
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_S = 1.0
-CHECKPOINTS_KEPT = 2
-"""Checkpoints kept per trial: the newest, and the one the experiment state may still name."""
-TUNE_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": "0"}
-"""Read by Tune's controller when ``fit()`` builds it: snapshot the experiment state on every
-step, not every 10 s or more. A snapshot rewrites only the trials that changed, and its upload
-is skipped while the previous one is still running."""
+SNAPSHOT_PERIOD_S = 2.0
+"""How often Tune snapshots the experiment state (the most training a killed driver loses)."""
+SNAPSHOT_MARGIN_S = 0.5
+"""``stop_all`` flushes the writes this long before a snapshot is due, and from then on."""
+TUNE_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": str(SNAPSHOT_PERIOD_S)}
+"""Read by Tune's controller when ``fit()`` builds it: snapshot every :data:`SNAPSHOT_PERIOD_S`
+seconds (instead of the adaptive 10 s or more), so a snapshot's writes are few to flush and a
+resume repeats little."""
 _LIVE: dict[str, SweepProgress] = {}
 """Sweep id -> the progress of the sweep this process is driving."""
 
@@ -205,7 +205,7 @@ def _tuner(spec: SweepSpec, sweep_id: str, storage_path: str, path: str, resume:
         storage_path=storage_path,
         storage_filesystem=fs,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # pruned by the storage
         callbacks=[ProgressCallback(sweep_id)],
         stop=CancelStopper(sweep_id),
         verbose=0,
@@ -259,6 +259,7 @@ class ProgressCallback(tune.Callback):
         No state of its own (the sink and MLflow hold it), so Tune saves no callback file.
         """
         self.progress.flush()
+        self.progress.snapshot_at = time.monotonic()
         return None
 
 
@@ -280,7 +281,9 @@ class CancelStopper(tune.Stopper):
         progress = _LIVE.get(self.sweep_id)
         if progress is None:
             return False
-        progress.flush()  # Tune snapshots the experiment next (see the module docstring)
+        since = time.monotonic() - progress.snapshot_at
+        if since >= SNAPSHOT_PERIOD_S - SNAPSHOT_MARGIN_S:  # Tune may snapshot next (docstring)
+            progress.flush()
         if progress.cancelled:
             return True
         if time.monotonic() - self._last_poll >= CANCEL_POLL_S:

@@ -59,6 +59,8 @@ class SweepProgress:
         self.tracker = tracker
         self.trials: dict[str, TrialRecord] = {}
         self.cancelled = False
+        self.snapshot_at = float("-inf")
+        """``time.monotonic()`` of Tune's last experiment-state snapshot (the driver sets it)."""
         self.outbox = Outbox(f"sweep {tracker.sweep_id}")
 
     def flush(self) -> None:

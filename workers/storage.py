@@ -15,8 +15,17 @@ The copy can also read a torn *source*: Tune rewrites its staging files (``open(
 every snapshot, possibly while the previous snapshot's copy is still reading them. So a state
 file is published only when it is whole: a ``.json`` file must parse, a ``.pkl`` file must be a
 complete pickle opcode stream (checked with :mod:`pickletools`, which executes nothing).
-Otherwise the previous version stays, and the next snapshot, a fraction of a second later,
-brings the new one.
+Otherwise the previous version stays, and the next snapshot brings the new one.
+
+Checkpoints are pruned here too, because only here is it known what a restore could need. The
+driver keeps every checkpoint in Tune (``num_to_keep=None``: Tune 2.60 deletes a checkpoint
+beyond ``num_to_keep`` *before* the snapshot naming its successor is stored, so a driver killed
+in between is restored onto a deleted checkpoint). Once an ``experiment_state-*.json`` is
+published, storage holds a state at least that new from then on (uploads run one at a time,
+each copying the newest staging state), and a restore resumes each trial from the checkpoint of
+its last result in that state (``last_result.checkpoint_dir_name``). So every checkpoint of a
+trial older than that one is deleted (:func:`prune_superseded_checkpoints`); a trial keeps its
+newest checkpoints, the last one once it has ended.
 """
 
 from __future__ import annotations
@@ -27,7 +36,9 @@ import json
 import logging
 import os
 import pickletools
+import re
 import secrets
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -60,6 +71,54 @@ def _pickle_whole(data: bytes) -> bool:
     except ValueError:
         return False
     return False
+
+
+STATE_FILE = re.compile(r"experiment_state-.*\.json$")
+CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        value = json.loads(value)
+    return value if isinstance(value, dict) else {}
+
+
+def restore_points(state: bytes) -> dict[str, int]:
+    """Trial id -> index of the checkpoint a restore from this experiment state resumes from.
+
+    Read from each trial's last result (``checkpoint_dir_name``, which Ray adds to a result
+    reported with a checkpoint); a trial whose last result has none is left out.
+    """
+    points: dict[str, int] = {}
+    for entry in json.loads(state).get("trial_data", []):
+        last = _json_object(_json_object(entry[1]).get("last_result"))
+        match = CHECKPOINT_DIR.match(str(last.get("checkpoint_dir_name") or ""))
+        if match and last.get("trial_id"):
+            points[str(last["trial_id"])] = int(match.group(1))
+    return points
+
+
+def prune_superseded_checkpoints(experiment_dir: str, state: bytes) -> int:
+    """Delete each trial's checkpoints older than its restore point in ``state``; how many.
+
+    Trial directories are matched by the trial id in their name (``<trainable>_<id>_...``);
+    a directory matching no trial, or several, is left alone.
+    """
+    points = restore_points(state)
+    removed = 0
+    with os.scandir(experiment_dir) as entries:
+        trial_dirs = [e for e in entries if e.is_dir()]
+    for trial_dir in trial_dirs:
+        ids = [trial_id for trial_id in points if f"_{trial_id}_" in trial_dir.name]
+        if len(ids) != 1:
+            continue
+        with os.scandir(trial_dir.path) as entries:
+            for entry in entries:
+                match = CHECKPOINT_DIR.match(entry.name)
+                if match and int(match.group(1)) < points[ids[0]] and entry.is_dir():
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    removed += 1
+    return removed
 
 
 VALIDATORS: dict[str, Callable[[bytes], bool]] = {".json": _json_whole, ".pkl": _pickle_whole}
@@ -122,6 +181,18 @@ class _RenameOnClose(io.FileIO):
                     os.unlink(self.tmp)
             else:
                 os.replace(self.tmp, self.final)
+                if STATE_FILE.search(os.path.basename(self.final)):
+                    self._prune()
+
+    def _prune(self) -> None:
+        try:
+            with open(self.final, "rb") as f:
+                removed = prune_superseded_checkpoints(os.path.dirname(self.final), f.read())
+        except Exception:  # pruning only saves disk; a failure must not fail the upload
+            log.warning("pruning checkpoints beside %s failed", self.final, exc_info=True)
+            return
+        if removed:
+            log.debug("pruned %d superseded checkpoints beside %s", removed, self.final)
 
     def _whole(self) -> bool:
         check = VALIDATORS.get(os.path.splitext(self.final)[1])

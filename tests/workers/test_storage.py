@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
 import pytest
 
-from workers.storage import TMP_MARK, local_path, storage_filesystem
+from workers.storage import TMP_MARK, local_path, restore_points, storage_filesystem
 
 
 @pytest.fixture
@@ -87,3 +88,49 @@ def test_object_stores_keep_tunes_own_filesystem(tmp_path):
     assert local_path("s3://bucket/sweeps") == "s3://bucket/sweeps"
     assert local_path(f"file://{tmp_path}") == str(tmp_path)
     assert local_path("relative/dir").startswith("/")
+
+
+def tune_state(last_results: dict[str, dict[str, Any]]) -> bytes:
+    """An experiment state shaped like Tune 2.60's: trial_data of [trial json, metadata json]."""
+    trial_data = [
+        [json.dumps({"trial_id": tid}), json.dumps({"last_result": last})]
+        for tid, last in last_results.items()
+    ]
+    return json.dumps({"trial_data": trial_data, "runner_data": {}}).encode()
+
+
+def test_a_published_state_prunes_each_trials_checkpoints_older_than_its_restore_point(
+    fs, tmp_path
+):
+    experiment = tmp_path / "sweep-x"
+    a = experiment / "run_trial_ab12c_00000_0_lr=0.1_2026-11-25"
+    b = experiment / "run_trial_ab12c_00001_1_lr=0.2_2026-11-25"
+    c = experiment / "run_trial_ab12c_00002_2_lr=0.3_2026-11-25"
+    for trial, n in ((a, 4), (b, 2), (c, 3)):
+        for i in range(n):
+            (trial / f"checkpoint_{i:06d}").mkdir(parents=True)
+            (trial / f"checkpoint_{i:06d}" / "state.pt").write_bytes(b"w")
+    state = tune_state(
+        {
+            "ab12c_00000": {"trial_id": "ab12c_00000", "checkpoint_dir_name": "checkpoint_000002"},
+            "ab12c_00001": {"trial_id": "ab12c_00001", "checkpoint_dir_name": "checkpoint_000001"},
+            "ab12c_00002": {"trial_id": "ab12c_00002", "epoch": 3},  # no checkpoint: kept
+        }
+    )
+    write(fs, experiment / "experiment_state-2026-11-25_17-00-00.json", state)
+
+    def left(trial: Path) -> list[str]:
+        return sorted(p.name for p in trial.iterdir())
+
+    assert left(a) == ["checkpoint_000002", "checkpoint_000003"]  # the newer one is kept too
+    assert left(b) == ["checkpoint_000001"]
+    assert left(c) == ["checkpoint_000000", "checkpoint_000001", "checkpoint_000002"]
+
+
+def test_a_torn_state_prunes_nothing(fs, tmp_path):
+    trial = tmp_path / "run_trial_ab12c_00000_0_x"
+    (trial / "checkpoint_000000").mkdir(parents=True)
+    whole = tune_state({"ab12c_00000": {"trial_id": "ab12c_00000", "checkpoint_dir_name": "x"}})
+    write(fs, tmp_path / "experiment_state-t.json", whole[:-5])
+    assert (trial / "checkpoint_000000").is_dir()
+    assert restore_points(whole) == {}  # a name that is not a checkpoint directory
