@@ -113,6 +113,7 @@ def run_sweep(
         ``completed``, ``failed`` (no trial succeeded, or Tune itself failed) or ``cancelled``;
         ``sink.sweep_ended`` has been told the same, with the best trial.
     """
+    t_start = time.perf_counter()
     tracker = SweepTracker(tracking_uri, mlflow_experiment, sweep_id)
     parent = tracker.start_sweep(spec, parent_run_id)
     storage_path = local_path(storage_path)
@@ -121,18 +122,29 @@ def run_sweep(
     progress = SweepProgress(spec, sink, tracker)
     _LIVE[sweep_id] = progress
     error = ""
+    t_tune = t_fit = time.perf_counter()
     try:
         with _environ(TUNE_ENV):
-            _tuner(spec, sweep_id, storage_path, path, resume).fit()
+            tuner = _tuner(spec, sweep_id, storage_path, path, resume)
+            t_fit = time.perf_counter()
+            tuner.fit()
     except Exception as err:  # Tune itself, or a write, failed: the sweep fails
         log.exception("sweep %s: Tune failed", sweep_id)
         error = f"{type(err).__name__}: {err}"
     finally:
         _LIVE.pop(sweep_id, None)
+        t_done = time.perf_counter()
         failed_write = progress.close()  # every queued write is made, even on the way out
     if failed_write is not None and not error:  # it failed after Tune's last look
         error = f"{type(failed_write).__name__}: {failed_write}"
-    return _finish(progress, error)
+    t_close = time.perf_counter()
+    status = _finish(progress, error)
+    log.info(
+        "sweep %s %s: set-up %.2f s, Tuner %.2f s, fit %.2f s, flush %.2f s, wrap-up %.2f s",
+        sweep_id, status, t_tune - t_start, t_fit - t_tune, t_done - t_fit,
+        t_close - t_done, time.perf_counter() - t_close,
+    )  # fmt: skip
+    return status
 
 
 @contextlib.contextmanager

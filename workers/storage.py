@@ -3,19 +3,23 @@
 Tune (2.60) writes the experiment state in the driver's staging directory and then copies it to
 the storage path with ``pyarrow.fs.copy_files``, which writes the destination file in place. A
 driver SIGKILLed during that copy leaves a truncated ``experiment_state-*.json``; ``Tuner.restore``
-then fails ("Failed to restore the run state") and the sweep cannot be resumed. Trial workers
-upload their checkpoints the same way.
+then fails ("Failed to restore the run state") and the sweep cannot be resumed.
 
-:func:`storage_filesystem` gives Tune a local filesystem whose output streams write to a
-temporary file beside the destination and rename it into place when closed (``os.replace`` is
-atomic on POSIX): a reader sees the previous complete file or the new complete file, never a
-part. Object stores (``s3://`` and the like) already publish whole objects; they are left alone.
+:func:`storage_filesystem` gives Tune a local filesystem whose state files (``.json``,
+``.pkl``) are written to a temporary file beside the destination and renamed into place when
+closed (``os.replace`` is atomic on POSIX): a reader sees the previous complete file or the new
+complete file, never a part. Other files (trial checkpoints, CSV and TensorBoard logs) go
+straight through the native filesystem: a trial uploads a checkpoint before it reports it, so
+no state ever names a cut-short one. Object stores (``s3://`` and the like) already publish
+whole objects; they are left alone.
 
 The copy can also read a torn *source*: Tune rewrites its staging files (``open(..., "w")``) at
 every snapshot, possibly while the previous snapshot's copy is still reading them. So a state
-file is published only when it is whole: a ``.json`` file must parse, a ``.pkl`` file must be a
-complete pickle opcode stream (checked with :mod:`pickletools`, which executes nothing).
-Otherwise the previous version stays, and the next snapshot brings the new one.
+file is published only when it is whole (:func:`validator`): the experiment state must parse as
+one JSON document, other ``.json`` files as JSON lines, and pickles (``.pkl``, and the
+``basic-variant-state-*.json`` Tune pickles) must be a complete opcode stream (checked with
+:mod:`pickletools`, which executes nothing). Otherwise the previous version stays, and the next
+snapshot brings the new one.
 
 Checkpoints are pruned here too, because only here is it known what a restore could need. The
 driver keeps every checkpoint in Tune (``num_to_keep=None``: Tune 2.60 deletes a checkpoint
@@ -53,8 +57,20 @@ VALIDATED_MAX_BYTES = 64 << 20
 
 
 def _json_whole(data: bytes) -> bool:
+    """Whether ``data`` is one JSON document (Tune's state files) with nothing cut off."""
     try:
         json.loads(data)
+    except ValueError:
+        return False
+    return True
+
+
+def _json_lines_whole(data: bytes) -> bool:
+    """Whether ``data`` is whole JSON lines (``result.json``): every line parses."""
+    try:
+        for line in data.splitlines():
+            if line.strip():
+                json.loads(line)
     except ValueError:
         return False
     return True
@@ -121,8 +137,29 @@ def prune_superseded_checkpoints(experiment_dir: str, state: bytes) -> int:
     return removed
 
 
-VALIDATORS: dict[str, Callable[[bytes], bool]] = {".json": _json_whole, ".pkl": _pickle_whole}
-"""Checks by file suffix: a file that fails its check is not published."""
+def validator(path: str) -> Callable[[bytes], bool] | None:
+    """The check a file must pass before it is published, or None: not a state file.
+
+    Pickles (``.pkl``; Tune also pickles ``basic-variant-state-*.json``, judged by content), the
+    experiment state (one JSON document) and other ``.json`` files (one document, like
+    ``params.json``, or JSON lines, like ``result.json``). Everything else (checkpoint files,
+    CSV and TensorBoard logs) is written straight through: a trial uploads its checkpoint
+    before reporting it, so no state names a checkpoint whose upload was cut short.
+    """
+    name = os.path.basename(path)
+    if name.endswith(".pkl"):
+        return _pickle_whole
+    if STATE_FILE.search(name):
+        return _json_whole
+    if name.endswith(".json"):
+        return _json_or_pickle_whole
+    return None
+
+
+def _json_or_pickle_whole(data: bytes) -> bool:
+    if data[:1] == b"\x80":  # a pickle (protocol 2 or later) under a .json name
+        return _pickle_whole(data)
+    return _json_whole(data) or _json_lines_whole(data)  # params.json, or result.json
 
 
 def is_local(storage_path: str) -> bool:
@@ -145,12 +182,13 @@ class _RenameOnClose(io.FileIO):
     """A file written under a temporary name and renamed to ``final`` once closed.
 
     A write that fails part-way (an exception, not a kill), or a state file that is not whole
-    (:data:`VALIDATORS`), removes the temporary file; a kill leaves it behind under its
+    (:func:`validator`), removes the temporary file; a kill leaves it behind under its
     temporary name, where nothing reads it.
     """
 
-    def __init__(self, final: str) -> None:
+    def __init__(self, final: str, check: Callable[[bytes], bool]) -> None:
         self.final = final
+        self.check = check
         self.tmp = f"{final}{TMP_MARK}{secrets.token_hex(4)}"
         super().__init__(self.tmp, "wb")
         self.failed = False
@@ -195,15 +233,14 @@ class _RenameOnClose(io.FileIO):
             log.debug("pruned %d superseded checkpoints beside %s", removed, self.final)
 
     def _whole(self) -> bool:
-        check = VALIDATORS.get(os.path.splitext(self.final)[1])
-        if check is None or os.path.getsize(self.tmp) > VALIDATED_MAX_BYTES:
+        if os.path.getsize(self.tmp) > VALIDATED_MAX_BYTES:
             return True
         with open(self.tmp, "rb") as f:
-            return check(f.read())
+            return self.check(f.read())
 
 
 class AtomicLocalHandler(pafs.FileSystemHandler):
-    """The local filesystem, except that every output stream is published atomically."""
+    """The local filesystem, except that state files are published atomically, and whole."""
 
     def __init__(self) -> None:
         self.fs = pafs.LocalFileSystem()
@@ -260,7 +297,10 @@ class AtomicLocalHandler(pafs.FileSystemHandler):
         return self.fs.open_input_file(path)
 
     def open_output_stream(self, path: str, metadata: Any) -> pyarrow.NativeFile:
-        return pyarrow.PythonFile(_RenameOnClose(path), mode="w")
+        check = validator(path)
+        if check is None:
+            return self.fs.open_output_stream(path, metadata=metadata)
+        return pyarrow.PythonFile(_RenameOnClose(path, check), mode="w")
 
     def open_append_stream(self, path: str, metadata: Any) -> pyarrow.NativeFile:
         return self.fs.open_append_stream(path)

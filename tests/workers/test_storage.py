@@ -134,3 +134,27 @@ def test_a_torn_state_prunes_nothing(fs, tmp_path):
     write(fs, tmp_path / "experiment_state-t.json", whole[:-5])
     assert (trial / "checkpoint_000000").is_dir()
     assert restore_points(whole) == {}  # a name that is not a checkpoint directory
+
+
+def test_json_lines_and_pickles_named_json_are_published_whole(fs, tmp_path):
+    results = tmp_path / "result.json"  # Tune appends one JSON object per result
+    write(fs, results, b'{"epoch": 1}\n{"epoch": 2}\n')
+    write(fs, results, b'{"epoch": 1}\n{"epoch": 2}\n{"epo')  # read mid-append: kept back
+    assert results.read_bytes() == b'{"epoch": 1}\n{"epoch": 2}\n'
+    params = tmp_path / "params.json"  # one indented document
+    write(fs, params, json.dumps({"optim.lr": 0.1, "optim.momentum": 0.9}, indent=2).encode())
+    assert json.loads(params.read_text()) == {"optim.lr": 0.1, "optim.momentum": 0.9}
+    searcher = tmp_path / "basic-variant-state-2026-11-25_17-00-00.json"  # a pickle, in fact
+    whole = pickle.dumps({"_iterators": [], "_finished": False})
+    write(fs, searcher, whole)
+    write(fs, searcher, whole[:-3])
+    assert searcher.read_bytes() == whole
+
+
+def test_checkpoint_files_are_written_straight_through(fs, tmp_path):
+    target = tmp_path / "checkpoint_000003" / "trial_state.pt"
+    target.parent.mkdir()
+    with fs.open_output_stream(str(target)) as out:
+        out.write(b"weights")
+        assert not [p for p in target.parent.iterdir() if TMP_MARK in p.name]
+    assert target.read_bytes() == b"weights"
