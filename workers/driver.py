@@ -19,8 +19,8 @@ checkpoint beyond ``CheckpointConfig.num_to_keep`` the moment it registers a new
 experiment state that names the newer one, so a driver killed in between is restored onto a
 deleted checkpoint ("Could not recover from checkpoint as it does not exist on storage
 anymore"). So Tune deletes nothing here (``num_to_keep=None``), and the storage filesystem
-prunes instead: when a state file is published, each trial's checkpoints older than the one that
-state restores from go (:func:`workers.storage.prune_superseded_checkpoints`). Tune snapshots
+prunes instead: when a state file is published, the trials it records as finished keep only
+their two newest checkpoints (:func:`workers.storage.prune_superseded_checkpoints`). Tune snapshots
 the state every :data:`SNAPSHOT_PERIOD_S` seconds (:data:`TUNE_ENV`); a killed driver's trials
 resume from their checkpoints as of the last snapshot, at most that much training lost.
 

@@ -21,15 +21,14 @@ one JSON document, other ``.json`` files as JSON lines, and pickles (``.pkl``, a
 :mod:`pickletools`, which executes nothing). Otherwise the previous version stays, and the next
 snapshot brings the new one.
 
-Checkpoints are pruned here too, because only here is it known what a restore could need. The
-driver keeps every checkpoint in Tune (``num_to_keep=None``: Tune 2.60 deletes a checkpoint
-beyond ``num_to_keep`` *before* the snapshot naming its successor is stored, so a driver killed
-in between is restored onto a deleted checkpoint). Once an ``experiment_state-*.json`` is
-published, storage holds a state at least that new from then on (uploads run one at a time,
-each copying the newest staging state), and a restore resumes each trial from the checkpoint of
-its last result in that state (``last_result.checkpoint_dir_name``). So every checkpoint of a
-trial older than that one is deleted (:func:`prune_superseded_checkpoints`); a trial keeps its
-newest checkpoints, the last one once it has ended.
+Checkpoints are pruned here too. The driver keeps every checkpoint in Tune
+(``num_to_keep=None``: Tune 2.60 deletes a checkpoint beyond ``num_to_keep`` *before* the
+snapshot naming its successor is stored, so a driver killed in between is restored onto a
+deleted checkpoint). When an ``experiment_state-*.json`` is published, the trials it records as
+finished (last result ``done``) lose all but their two newest checkpoints
+(:func:`prune_superseded_checkpoints`): storage never again holds an older state (uploads run
+one at a time, each copying the newest staging state), and a finished trial is neither resumed
+nor retried. A running trial keeps its checkpoints until it finishes.
 """
 
 from __future__ import annotations
@@ -100,22 +99,25 @@ def _json_object(value: Any) -> dict[str, Any]:
 
 
 def restore_points(state: bytes) -> dict[str, int]:
-    """Trial id -> index of the checkpoint a restore from this experiment state resumes from.
+    """Trial id -> the oldest checkpoint index to keep, for the trials that finished in ``state``.
 
-    Read from each trial's last result (``checkpoint_dir_name``, which Ray adds to a result
-    reported with a checkpoint); a trial whose last result has none is left out.
+    A finished trial's last result is marked ``done`` and names its last checkpoint
+    (``checkpoint_dir_name``, which Ray adds to a result reported with a checkpoint). Its two
+    newest checkpoints are kept: a trial's registered checkpoint can trail its last result by
+    one (seen when a worker died as it reported). Running trials are left out: a retry after a
+    worker failure restores from the checkpoint Tune holds in memory, which no file names.
     """
     points: dict[str, int] = {}
     for entry in json.loads(state).get("trial_data", []):
         last = _json_object(_json_object(entry[1]).get("last_result"))
         match = CHECKPOINT_DIR.match(str(last.get("checkpoint_dir_name") or ""))
-        if match and last.get("trial_id"):
-            points[str(last["trial_id"])] = int(match.group(1))
+        if match and last.get("trial_id") and last.get("done") is True:
+            points[str(last["trial_id"])] = int(match.group(1)) - 1
     return points
 
 
 def prune_superseded_checkpoints(experiment_dir: str, state: bytes) -> int:
-    """Delete each trial's checkpoints older than its restore point in ``state``; how many.
+    """Delete the checkpoints of finished trials that :func:`restore_points` lets go; how many.
 
     Trial directories are matched by the trial id in their name (``<trainable>_<id>_...``);
     a directory matching no trial, or several, is left alone.

@@ -99,22 +99,24 @@ def tune_state(last_results: dict[str, dict[str, Any]]) -> bytes:
     return json.dumps({"trial_data": trial_data, "runner_data": {}}).encode()
 
 
-def test_a_published_state_prunes_each_trials_checkpoints_older_than_its_restore_point(
+def test_a_published_state_prunes_the_checkpoints_of_finished_trials_to_the_newest_two(
     fs, tmp_path
 ):
     experiment = tmp_path / "sweep-x"
     a = experiment / "run_trial_ab12c_00000_0_lr=0.1_2026-11-25"
     b = experiment / "run_trial_ab12c_00001_1_lr=0.2_2026-11-25"
     c = experiment / "run_trial_ab12c_00002_2_lr=0.3_2026-11-25"
-    for trial, n in ((a, 4), (b, 2), (c, 3)):
-        for i in range(n):
+    for trial in (a, b, c):
+        for i in range(5):
             (trial / f"checkpoint_{i:06d}").mkdir(parents=True)
             (trial / f"checkpoint_{i:06d}" / "state.pt").write_bytes(b"w")
+    done = {"checkpoint_dir_name": "checkpoint_000004", "done": True}
     state = tune_state(
         {
-            "ab12c_00000": {"trial_id": "ab12c_00000", "checkpoint_dir_name": "checkpoint_000002"},
-            "ab12c_00001": {"trial_id": "ab12c_00001", "checkpoint_dir_name": "checkpoint_000001"},
-            "ab12c_00002": {"trial_id": "ab12c_00002", "epoch": 3},  # no checkpoint: kept
+            "ab12c_00000": {"trial_id": "ab12c_00000", **done},
+            # Running: a retry restores from the checkpoint Tune holds, whatever the file says.
+            "ab12c_00001": {"trial_id": "ab12c_00001", "checkpoint_dir_name": "checkpoint_000004"},
+            "ab12c_00002": {"trial_id": "ab12c_00002", "epoch": 5, "done": True},  # none named
         }
     )
     write(fs, experiment / "experiment_state-2026-11-25_17-00-00.json", state)
@@ -122,15 +124,15 @@ def test_a_published_state_prunes_each_trials_checkpoints_older_than_its_restore
     def left(trial: Path) -> list[str]:
         return sorted(p.name for p in trial.iterdir())
 
-    assert left(a) == ["checkpoint_000002", "checkpoint_000003"]  # the newer one is kept too
-    assert left(b) == ["checkpoint_000001"]
-    assert left(c) == ["checkpoint_000000", "checkpoint_000001", "checkpoint_000002"]
+    assert left(a) == ["checkpoint_000003", "checkpoint_000004"]
+    assert left(b) == left(c) == [f"checkpoint_{i:06d}" for i in range(5)]
 
 
 def test_a_torn_state_prunes_nothing(fs, tmp_path):
     trial = tmp_path / "run_trial_ab12c_00000_0_x"
     (trial / "checkpoint_000000").mkdir(parents=True)
-    whole = tune_state({"ab12c_00000": {"trial_id": "ab12c_00000", "checkpoint_dir_name": "x"}})
+    last = {"trial_id": "ab12c_00000", "checkpoint_dir_name": "x", "done": True}
+    whole = tune_state({"ab12c_00000": last})
     write(fs, tmp_path / "experiment_state-t.json", whole[:-5])
     assert (trial / "checkpoint_000000").is_dir()
     assert restore_points(whole) == {}  # a name that is not a checkpoint directory
