@@ -4,7 +4,8 @@ All three train the toolbox's own small CNN on synthetic CIFAR-shaped data (3x32
 in the same process:
 
 - ``toolbox``: :func:`toolbox.train.train` with every augmentation switched on; the data lives
-  on the device and :class:`toolbox.augment.Augmenter` draws a transform per sample there.
+  on the device and :class:`toolbox.augment.Augmenter` draws a transform per sample there,
+  for :data:`toolbox.train.AUGMENT_AHEAD` samples (a few batches) per call.
 - ``plain DataLoader``: the usual PyTorch way, a ``Dataset`` applying torchvision v2 transforms
   sample by sample, batched by a ``DataLoader`` (``num_workers`` 0 and 2), feeding the same
   model, optimizer and step.
@@ -33,7 +34,7 @@ from toolbox.data import DataSplit
 from toolbox.models import build_model
 from toolbox.optim import build_optimizer
 from toolbox.preprocess import InputNormalizer
-from toolbox.train import train
+from toolbox.train import AUGMENT_AHEAD, train
 
 AUGMENT = AugmentConfig(
     hflip_p=0.5,
@@ -169,7 +170,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
         f"device={name} torch_threads={torch.get_num_threads()} n_train={n_train} "
-        f"batch={OPTIM.batch_size} model={MODEL.arch} width={MODEL.width} depth={MODEL.depth} "
+        f"batch={OPTIM.batch_size} augment_ahead={AUGMENT_AHEAD} model={MODEL.arch} "
+        f"width={MODEL.width} depth={MODEL.depth} "
         f"warmup_rounds={args.warmup} measured_rounds={args.rounds} "
         f"load_average_1min={os.getloadavg()[0]:.1f} cpus={os.cpu_count()}"
     )

@@ -5,7 +5,9 @@ every sample draws its own flips, affine transform, colour change and noise, ful
 per-sample Python loop) on whatever device the batch lives on, with all randomness taken from a
 caller-supplied generator so seeded runs repeat exactly.
 
-Order: flips, affine, colour-scheme change, additive Gaussian noise.
+Order: flips, affine, colour-scheme change, additive Gaussian noise. A flipped sample that is
+also warped is resampled once, with the flip folded into its affine matrix; a flipped sample
+that is not warped is flipped exactly, by index.
 """
 
 from __future__ import annotations
@@ -28,17 +30,22 @@ _SHUFFLE, _PERM_KEYS, _INVERT = 13, slice(14, 17), 17
 _N_DRAWS = 18
 
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as torchvision's rgb_to_grayscale
+_FLIP_DIMS = {1: (-1,), 2: (-2,), 3: (-2, -1)}  # flip code (h + 2 v) -> dims to reverse
 
 
-@functools.lru_cache(maxsize=8)
-def _luma(device: torch.device) -> torch.Tensor:
-    """(3,) luma weights on ``device``, made once: a fresh host tensor would be a copy per batch."""
-    return torch.tensor(_LUMA, device=device)
+def _draw_ranges(cfg: AugmentConfig) -> torch.Tensor:
+    """(2, _N_DRAWS): low end and width of each uniform draw's range (angles in radians).
 
-
-def _sym(u: torch.Tensor, r: float) -> torch.Tensor:
-    """Map uniform [0, 1) draws to uniform [-r, r)."""
-    return (2.0 * u - 1.0) * r
+    Masks and permutation keys stay uniform on [0, 1); one multiply-add maps a batch's draws.
+    """
+    rot, shear = math.radians(cfg.rotate_deg), math.radians(cfg.shear_deg)
+    t, s, hue = cfg.translate, cfg.scale, cfg.hue
+    b, c, sat = cfg.brightness, cfg.contrast, cfg.saturation
+    ranges = [(0.0, 1.0)] * _N_DRAWS
+    ranges[_AFFINE] = [(0.0, 1.0), (-rot, rot), (-t, t), (-t, t), (1 - s, 1 + s), (-shear, shear)]
+    ranges[_COLOUR] = [(0.0, 1.0), (1 - b, 1 + b), (1 - c, 1 + c), (1 - sat, 1 + sat), (-hue, hue)]
+    low, high = torch.tensor(ranges).T
+    return torch.stack((low, high - low))
 
 
 def affine_theta(
@@ -67,14 +74,11 @@ def affine_theta(
     """
     h, w = size
     cos, sin, k = torch.cos(angle), torch.sin(angle), torch.tan(shear)
-    inv = 1.0 / scale
     # inverse of s * R @ Sh = (1/s) * Sh^-1 @ R^-1, conjugated by diag(W/2, H/2)
-    a00, a01 = (cos - k * sin) * inv, (-sin - k * cos) * inv * (h / w)
-    a10, a11 = sin * inv * (w / h), cos * inv
-    tx, ty = 2.0 * translate[:, 0], 2.0 * translate[:, 1]  # in normalized units
-    row0 = torch.stack((a00, a01, -(a00 * tx + a01 * ty)), dim=-1)
-    row1 = torch.stack((a10, a11, -(a10 * tx + a11 * ty)), dim=-1)
-    return torch.stack((row0, row1), dim=1)  # (B, 2, 3)
+    lin = torch.stack((cos - k * sin, (-sin - k * cos) * (h / w), sin * (w / h), cos), dim=1)
+    lin = (lin / scale.unsqueeze(1)).view(-1, 2, 2)
+    shift = lin @ (-2.0 * translate).unsqueeze(-1)  # (B, 2, 1); 2 * translate is normalized
+    return torch.cat((lin, shift), dim=2)  # (B, 2, 3)
 
 
 def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -84,10 +88,11 @@ def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 
 def affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """``F.affine_grid(theta, (B, C, h, w), align_corners=False)``, by broadcasting.
+    """``F.affine_grid(theta, (B, C, h, w), align_corners=False)``, with the base grid cached.
 
-    On the CPU, ``F.affine_grid`` multiplies a (B, H*W, 3) grid by (B, 3, 2) with a batched
-    matmul that costs more than the ``grid_sample`` it feeds; two broadcast planes do not.
+    The (h*w, 3) grid of homogeneous pixel centres is made once per shape, so a batch costs one
+    broadcast matmul; building it anew per batch, as ``F.affine_grid`` does, costs about as much
+    as the ``grid_sample`` it feeds.
 
     Args:
         theta: (B, 2, 3) matrices mapping output to input coordinates.
@@ -97,13 +102,17 @@ def affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
     Returns:
         (B, h, w, 2) sampling grid of (x, y) in [-1, 1] pixel-edge coordinates.
     """
-    dev, dt = theta.device, theta.dtype
-    xs = ((torch.arange(w, device=dev, dtype=dt) * 2 + 1) / w - 1).view(1, 1, w)  # pixel centres
-    ys = ((torch.arange(h, device=dev, dtype=dt) * 2 + 1) / h - 1).view(1, h, 1)
-    t = theta.unsqueeze(-1).unsqueeze(-1)  # (B, 2, 3, 1, 1)
-    gx = t[:, 0, 0] * xs + t[:, 0, 1] * ys + t[:, 0, 2]  # (B, h, w)
-    gy = t[:, 1, 0] * xs + t[:, 1, 1] * ys + t[:, 1, 2]
-    return torch.stack((gx, gy), dim=-1)
+    base = _base_grid(h, w, theta.device, theta.dtype)  # (1, h*w, 3)
+    return torch.matmul(base, theta.transpose(1, 2)).view(-1, h, w, 2)
+
+
+@functools.lru_cache(maxsize=8)
+def _base_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(1, h*w, 3) rows (x, y, 1) of the normalized pixel centres, x varying fastest."""
+    xs = (torch.arange(w, device=device, dtype=dtype) * 2 + 1) / w - 1
+    ys = (torch.arange(h, device=device, dtype=dtype) * 2 + 1) / h - 1
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")  # (h, w) each
+    return torch.stack((grid_x, grid_y, torch.ones_like(grid_x)), dim=-1).view(1, h * w, 3)
 
 
 def hue_matrix(turns: torch.Tensor) -> torch.Tensor:
@@ -115,30 +124,61 @@ def hue_matrix(turns: torch.Tensor) -> torch.Tensor:
     along the hexagon), which is immaterial for augmentation and keeps the whole colour change
     one linear map.
     """
+    return colour_matrix(turns, torch.ones_like(turns))
+
+
+def colour_matrix(turns: torch.Tensor, saturation: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3) ``hue_matrix(turns) @ S``, S blending RGB with its grey by ``saturation`` (B,).
+
+    ``S = sat * I + (1 - sat) * G``, G having the luma weights in every row: 0 makes the
+    image grey, 1 leaves it alone, above 1 exaggerates colour (torchvision's saturation).
+    """
     theta = 2.0 * math.pi * turns
-    cos = torch.cos(theta)
-    coeffs = torch.stack((cos, 1.0 - cos, torch.sin(theta)), dim=1)  # (B, 3)
-    basis = _hue_basis(turns.device, turns.dtype)  # (3, 9)
-    return (coeffs @ basis).view(-1, 3, 3)  # one small matmul instead of nine stacks
+    hue = torch.stack((torch.ones_like(theta), torch.cos(theta), torch.sin(theta)), dim=1)
+    sat = torch.stack((torch.ones_like(saturation), saturation), dim=1)
+    coeffs = (hue.unsqueeze(2) * sat.unsqueeze(1)).flatten(1)  # (B, 6)
+    return (coeffs @ _colour_basis(turns.device, turns.dtype)).view(-1, 3, 3)
 
 
 @functools.lru_cache(maxsize=8)
-def _hue_basis(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """I, n n^T and [n]x of Rodrigues' formula, flattened to the rows of a (3, 9) matrix."""
+def _colour_basis(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(6, 9): ``hue @ saturation`` is ``(1, cos, sin) x (1, sat)`` times these flat matrices.
+
+    The hue rotation is ``N + cos (I - N) + sin K`` (Rodrigues, with N = n n^T and K = [n]x)
+    and saturation ``G + sat (I - G)`` (G: every row the luma weights), so their product is
+    bilinear in (1, cos, sin) and (1, sat): one (B, 6) @ (6, 9) product instead of two batches
+    of 3x3 matrices.
+    """
     k = 1.0 / math.sqrt(3.0)
-    cross = [[0.0, -k, k], [k, 0.0, -k], [-k, k, 0.0]]
-    rows = [torch.eye(3), torch.full((3, 3), 1.0 / 3.0), torch.tensor(cross)]
-    return torch.stack(rows).view(3, 9).to(device=device, dtype=dtype)
+    eye, n = torch.eye(3, dtype=torch.float64), torch.full((3, 3), 1.0 / 3.0, dtype=torch.float64)
+    cross = torch.tensor([[0.0, -k, k], [k, 0.0, -k], [-k, k, 0.0]], dtype=torch.float64)
+    grey = torch.tensor(_LUMA, dtype=torch.float64).expand(3, 3)
+    hue_basis, sat_basis = (n, eye - n, cross), (grey, eye - grey)
+    rows = [hb @ sb for hb in hue_basis for sb in sat_basis]
+    return torch.stack(rows).view(6, 9).to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def _luma(device: torch.device) -> torch.Tensor:
+    """(3,) luma weights on ``device``, made once: a fresh host tensor would be a copy per batch."""
+    return torch.tensor(_LUMA, device=device)
+
+
+@functools.lru_cache(maxsize=8)
+def _neutral_colour(device: torch.device) -> torch.Tensor:
+    """(4,) brightness, contrast, saturation and hue that leave a sample's colours alone."""
+    return torch.tensor((1.0, 1.0, 1.0, 0.0), device=device)
 
 
 class Augmenter:
     """Per-sample augmentation of image batches, as configured by :class:`AugmentConfig`.
 
     Each tool is applied to each sample independently with its probability; unchosen samples
-    pass through unchanged. Colour changes (brightness, contrast, saturation, hue, channel
-    permutation, inversion) are fused into one per-sample affine map of the channels and
-    clamped to [0, 1]; noise is added last and not clamped, so its standard deviation is
-    exactly ``noise_std``.
+    pass through unchanged. Flips are exact (by index) unless the sample is also warped, in
+    which case the flip is folded into its one affine resampling. Colour changes (brightness,
+    contrast, saturation, hue, channel permutation, inversion) are fused into one per-sample
+    affine map of the channels and clamped to [0, 1]; noise is added last and not clamped, so
+    its standard deviation is exactly ``noise_std``.
 
     Args:
         cfg: which tools to apply and how strongly.
@@ -151,96 +191,124 @@ class Augmenter:
             or cfg.channel_shuffle_p
             or cfg.invert_p
         )
+        self._ranges = {torch.device("cpu"): _draw_ranges(cfg)}  # device -> (2, _N_DRAWS)
 
     def __repr__(self) -> str:
         return f"Augmenter({self.cfg!r})"
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, *, inplace: bool = False
+    ) -> torch.Tensor:
         """Augment a batch.
 
         Args:
             x: (B, C, H, W) floating-point images in [0, 1], on any device.
             generator: source of all randomness, on ``x``'s device; ``None`` uses torch's
                 global generator.
+            inplace: let the flips and the warp write into ``x`` (whose contents are then
+                undefined) instead of into a copy: for a batch the caller made for the purpose.
 
         Returns:
-            A new tensor of the same shape, device and dtype.
+            A tensor of the same shape, device and dtype; unless ``inplace``, a new one and
+            ``x`` is not modified.
 
         Raises:
             RuntimeError: ``generator`` lives on another device than ``x``.
         """
         cfg = self.cfg
         u = torch.rand(x.shape[0], _N_DRAWS, generator=generator, device=x.device)  # (B, K)
-        out = x.clone()  # every stage below writes into this copy
+        p = self._params(u)  # (B, K): masks still uniform, strengths in their ranges
         subset = x.device.type == "cpu"  # see _where
-        if cfg.hflip_p:
-            out = _where(out, u[:, _HFLIP] < cfg.hflip_p, lambda v, _: v.flip(-1), subset)
-        if cfg.vflip_p:
-            out = _where(out, u[:, _VFLIP] < cfg.vflip_p, lambda v, _: v.flip(-2), subset)
-        if cfg.affine_p:
-            theta = self._theta(u[:, _AFFINE], (x.shape[2], x.shape[3]))  # (B, 2, 3)
-            out = _where(
-                out, u[:, _AFFINE][:, 0] < cfg.affine_p, lambda v, i: warp(v, theta[i]), subset
-            )
+        out = self._geometry(x if inplace else x.clone(), p, subset)  # (B, C, H, W)
         if self._colour_on:
-            chosen, matrix, offset = self._colour_map(out, u)
-            out = _where(out, chosen, lambda v, i: _channel_map(v, matrix[i], offset[i]), subset)
-        if cfg.noise_std:
+            out = _channel_map(out, *self._colour_map(out, p))
+        if cfg.noise_std:  # torch.randn: Box-Muller on int64 draws was no faster in training
             noise = torch.randn(out.shape, generator=generator, device=x.device, dtype=x.dtype)
             out.add_(noise, alpha=cfg.noise_std)
         return out
 
-    def _theta(self, u: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Per-sample affine matrices from the uniform draws (B, 6) of the affine columns."""
-        cfg = self.cfg
-        angle = torch.deg2rad(_sym(u[:, 1], cfg.rotate_deg))
-        translate = _sym(u[:, 2:4], cfg.translate)  # (B, 2)
-        scale = 1.0 + _sym(u[:, 4], cfg.scale)
-        shear = torch.deg2rad(_sym(u[:, 5], cfg.shear_deg))
-        return affine_theta(angle, translate, scale, shear, size)
+    def _params(self, u: torch.Tensor) -> torch.Tensor:
+        """Map the uniform draws (B, K) to each column's range, in one multiply-add."""
+        ranges = self._ranges.get(u.device)
+        if ranges is None:
+            ranges = self._ranges[u.device] = self._ranges[torch.device("cpu")].to(u.device)
+        low, span = ranges
+        return torch.addcmul(low, u, span)  # masks: 0 + u * 1, exactly u
 
-    def _colour_map(
-        self, x: torch.Tensor, u: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Which samples change colour (B,), and their channel maps (B, C, C) and offsets (B,)."""
+    def _geometry(self, x: torch.Tensor, p: torch.Tensor, subset: bool) -> torch.Tensor:
+        """Flip and warp the samples of ``x`` (B, C, H, W), in place on the CPU."""
+        cfg = self.cfg
+        hflip, vflip = p[:, _HFLIP] < cfg.hflip_p, p[:, _VFLIP] < cfg.vflip_p  # (B,)
+        if not cfg.affine_p:
+            return _flip(x, hflip, vflip, subset) if cfg.hflip_p or cfg.vflip_p else x
+        a = p[:, _AFFINE]
+        warped = a[:, 0] < cfg.affine_p
+        theta = affine_theta(a[:, 1], a[:, 2:4], a[:, 4], a[:, 5], (x.shape[2], x.shape[3]))
+        if cfg.hflip_p or cfg.vflip_p:
+            # Sampling a flipped image at (x, y) reads the original at (-x, y) (or (x, -y)) in
+            # normalized coordinates, so a flip followed by the warp is the warp with theta's
+            # x (or y) row negated: one resampling instead of a flip pass and a warp.
+            flips = torch.stack((hflip, vflip), dim=1).to(theta.dtype)  # (B, 2)
+            theta = theta * (1.0 - 2.0 * flips).unsqueeze(2)
+            x = _flip(x, hflip & ~warped, vflip & ~warped, subset)
+        return _where(x, warped, lambda v, i: warp(v, theta[i]), subset)
+
+    def _colour_map(self, x: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample channel maps (B, C, C) and offsets (B,): exactly I and 0 where unchosen.
+
+        The map then runs on the whole batch: on the CPU, gathering the chosen samples and
+        scattering them back costs more than the tiny matmul on the others, and it needs no
+        host sync on a GPU. Left-alone samples are in [0, 1], so the clamp does not move them.
+        """
         cfg = self.cfg
         b, c = x.shape[:2]
-        d = u[:, _COLOUR]
-        chosen = d[:, 0] < cfg.color_p
-        bright = torch.where(chosen, 1.0 + _sym(d[:, 1], cfg.brightness), 1.0)
-        contrast = torch.where(chosen, 1.0 + _sym(d[:, 2], cfg.contrast), 1.0)
-        eye = torch.eye(c, device=x.device).expand(b, c, c)
-        if c == 3:
-            sat = torch.where(chosen, 1.0 + _sym(d[:, 3], cfg.saturation), 1.0)
-            grey = _luma(x.device).expand(3, 3)  # every row: the luma weights
-            saturate = sat.view(b, 1, 1) * eye + (1.0 - sat).view(b, 1, 1) * grey
-            hue = torch.where(chosen, _sym(d[:, 4], cfg.hue), 0.0)
-            # A batch of 3x3 products is faster broadcast than as bmm, which is tuned for big
-            # matrices: (B, 3, 3, 1) * (B, 1, 3, 3) summed over the middle index.
-            matrix = (hue_matrix(hue).unsqueeze(-1) * saturate.unsqueeze(1)).sum(dim=2)
-        else:
-            matrix = eye
+        chosen = p[:, _COLOUR][:, 0] < cfg.color_p
+        # Samples only shuffled or inverted keep neutral factors.
+        factors = torch.where(chosen.view(b, 1), p[:, _COLOUR][:, 1:], _neutral_colour(x.device))
+        bright, contrast, sat, hue = factors.unbind(1)  # (B,) each
         # Brightness, then contrast: blend with the mean grey level of the brightened image.
         # Saturation and hue fix greys, so contrast commutes past them into one offset.
-        matrix = (bright * contrast).view(b, 1, 1) * matrix
+        eye = torch.eye(c, device=x.device)
+        gain = (bright * contrast).view(b, 1, 1)
+        matrix = gain * (colour_matrix(hue, sat) if c == 3 else eye)
         offset = torch.zeros(b, device=x.device)
         if cfg.contrast:
             means = x.mean(dim=(2, 3)).float()  # (B, C)
             mean_grey = means @ _luma(x.device) if c == 3 else means.mean(dim=1)
-            offset = (1.0 - contrast) * bright * mean_grey
+            offset = (1.0 - contrast) * bright * mean_grey  # exactly 0 where contrast is 1
         if c == 3 and cfg.channel_shuffle_p:
-            shuffled = u[:, _SHUFFLE] < cfg.channel_shuffle_p
+            shuffled = p[:, _SHUFFLE] < cfg.channel_shuffle_p
             chosen = chosen | shuffled
-            perm = u[:, _PERM_KEYS].argsort(dim=1)  # (B, 3), a uniform random permutation
+            perm = p[:, _PERM_KEYS].argsort(dim=1)  # (B, 3), a uniform random permutation
             perm = torch.where(shuffled.view(b, 1), perm, torch.arange(3, device=x.device))
             matrix = matrix.gather(1, perm.view(b, 3, 1).expand(b, 3, 3))  # row i <- row perm[i]
         if cfg.invert_p:
-            inverted = u[:, _INVERT] < cfg.invert_p
+            inverted = p[:, _INVERT] < cfg.invert_p
             chosen = chosen | inverted
             sign = torch.where(inverted, -1.0, 1.0)
             matrix = sign.view(b, 1, 1) * matrix
             offset = sign * offset + (1.0 - sign) / 2.0  # 1 - (M x + o) when inverted
-        return chosen, matrix, offset
+        # The neutral colour matrix is I only up to rounding: make it exact.
+        return torch.where(chosen.view(b, 1, 1), matrix, eye), offset
+
+
+def _flip(x: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor, subset: bool) -> torch.Tensor:
+    """Flip the samples of ``x`` (B, C, H, W) chosen by ``hflip`` (B,) left/right and those
+    chosen by ``vflip`` (B,) upside down: exact copies of their pixels.
+
+    With ``subset`` (the CPU), each of the three flip combinations is one gather of its samples,
+    flipped and written back into ``x``; otherwise a select per direction (see :func:`_where`)
+    makes a new tensor.
+    """
+    if not subset:
+        x = torch.where(hflip.view(-1, 1, 1, 1), x.flip(-1), x)
+        return torch.where(vflip.view(-1, 1, 1, 1), x.flip(-2), x)
+    code = hflip.long() + 2 * vflip.long()  # (B,) 0: none, 1: h, 2: v, 3: both
+    for value, dims in _FLIP_DIMS.items():
+        idx = (code == value).nonzero().squeeze(1)
+        if len(idx):
+            x.index_copy_(0, idx, x.index_select(0, idx).flip(dims))
+    return x
 
 
 def _where(
@@ -254,10 +322,13 @@ def _where(
     With ``subset`` (the CPU), the transform runs on the chosen samples only and is written
     back in place: that saves (1 - p) of the work, and finding them (nonzero) is cheap. On a
     GPU, finding them would cost a host sync per batch, so the transform runs on the whole
-    batch and a select keeps the unchosen samples.
+    batch and a select keeps the unchosen samples (on the CPU, that select alone costs more
+    than the gather and scatter of the subset).
     """
     if subset:
         idx = chosen.nonzero().squeeze(1)
+        if not len(idx):
+            return out
         return out.index_copy_(0, idx, fn(out.index_select(0, idx), idx))
     return torch.where(chosen.view(-1, 1, 1, 1), fn(out, slice(None)), out)
 

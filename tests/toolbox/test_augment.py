@@ -7,7 +7,16 @@ import math
 import pytest
 import torch
 
-from toolbox.augment import Augmenter, _where, affine_grid, affine_theta, hue_matrix, warp
+from toolbox.augment import (
+    Augmenter,
+    _flip,
+    _where,
+    affine_grid,
+    affine_theta,
+    colour_matrix,
+    hue_matrix,
+    warp,
+)
 from toolbox.config import AugmentConfig
 
 ALL_ON = AugmentConfig(
@@ -60,6 +69,55 @@ def test_flips_with_p1_equal_tensor_flips(channels: int) -> None:
     assert torch.equal(Augmenter(AugmentConfig(vflip_p=1.0))(x, _gen()), x.flip(-2))
     both = AugmentConfig(hflip_p=1.0, vflip_p=1.0)
     assert torch.equal(Augmenter(both)(x, _gen()), x.flip(-1, -2))
+
+
+FLIPS = [
+    ({"hflip_p": 1.0}, (-1,)),
+    ({"vflip_p": 1.0}, (-2,)),
+    ({"hflip_p": 1.0, "vflip_p": 1.0}, (-2, -1)),
+]
+
+
+@pytest.mark.parametrize(("cfg", "dims"), FLIPS)
+def test_a_flip_folded_into_an_identity_warp_still_flips(
+    cfg: dict[str, float], dims: tuple[int, ...]
+) -> None:
+    # Every sample is warped, by the identity (all strengths 0): the flip lives in theta alone.
+    x = _images(8, size=12)
+    out = Augmenter(AugmentConfig(affine_p=1.0, **cfg))(x, _gen())
+    assert torch.allclose(out, x.flip(dims), atol=1e-5)
+
+
+def test_unwarped_samples_flip_exactly_when_affine_is_on() -> None:
+    x = _images(400, 1, 8)
+    cfg = AugmentConfig(hflip_p=1.0, vflip_p=1.0, affine_p=0.5, rotate_deg=45, scale=0.2)
+    out = Augmenter(cfg)(x, _gen())
+    exact = (out == x.flip(-1, -2)).flatten(1).all(1)
+    assert abs(exact.float().mean().item() - 0.5) < 0.1  # the unwarped half, bit for bit
+
+
+def test_flip_then_warp_equals_warp_with_the_flip_folded_into_theta() -> None:
+    x = _images(6, size=10)
+    g = _gen(3)
+    theta = affine_theta(
+        torch.rand(6, generator=g), torch.rand(6, 2, generator=g) * 0.2 - 0.1,
+        1.0 + torch.rand(6, generator=g) * 0.2, torch.rand(6, generator=g) * 0.3, (10, 10),
+    )  # fmt: skip
+    sign = torch.tensor([[-1.0], [1.0]])  # x row negated: a left/right flip first
+    assert torch.allclose(warp(x.flip(-1), theta), warp(x, theta * sign), atol=1e-5)
+
+
+def test_gpu_select_flips_match_cpu_subset_flips() -> None:
+    x = _images(32, size=6)
+    hflip, vflip = torch.rand(32, generator=_gen(1)) < 0.5, torch.rand(32, generator=_gen(2)) < 0.5
+    assert torch.equal(_flip(x.clone(), hflip, vflip, True), _flip(x, hflip, vflip, False))
+
+
+def test_inplace_gives_the_same_batch() -> None:
+    x = _images(32)
+    aug = Augmenter(ALL_ON)
+    expected = aug(x, _gen(4))
+    assert torch.equal(aug(x.clone(), _gen(4), inplace=True), expected)
 
 
 def test_zero_probabilities_are_the_identity_and_return_a_new_tensor() -> None:
@@ -164,6 +222,21 @@ def test_saturation_and_hue_leave_greys_alone() -> None:
     grey = _images(32, 1).expand(-1, 3, -1, -1).contiguous()
     out = Augmenter(AugmentConfig(color_p=1.0, saturation=0.9, hue=0.5))(grey, _gen())
     assert torch.allclose(out, grey, atol=1e-5)
+
+
+def test_samples_without_a_colour_change_are_left_exactly_alone() -> None:
+    x = _images(400)
+    cfg = AugmentConfig(color_p=0.3, brightness=0.5, saturation=0.5, hue=0.2, invert_p=0.2)
+    out = Augmenter(cfg)(x, _gen())
+    untouched = (out == x).flatten(1).all(1).float().mean().item()
+    assert abs(untouched - 0.7 * 0.8) < 0.1
+
+
+def test_colour_matrix_is_hue_rotation_after_saturation() -> None:
+    turns, sat = torch.tensor([0.1, -0.3]), torch.tensor([0.5, 1.7])
+    grey = torch.tensor([0.299, 0.587, 0.114]).expand(3, 3)
+    saturate = sat.view(2, 1, 1) * torch.eye(3) + (1 - sat).view(2, 1, 1) * grey
+    assert torch.allclose(colour_matrix(turns, sat), hue_matrix(turns) @ saturate, atol=1e-6)
 
 
 def test_hue_third_turn_maps_red_to_green() -> None:

@@ -12,6 +12,8 @@ import toolbox.train
 from toolbox.config import TrialConfig
 from toolbox.data import DataSplit
 from toolbox.models import build_model
+from toolbox.optim import build_optimizer
+from toolbox.preprocess import InputNormalizer
 from toolbox.train import EpochMetrics, TrainResult, train
 
 CURVE = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")  # timings always vary
@@ -102,6 +104,51 @@ def test_augmented_training_is_seeded_and_resumable() -> None:
     full = train(cfg, on_epoch=lambda m, checkpoint: checkpoints.append(checkpoint()))
     assert _curve(full) == _curve(train(cfg))
     assert _curve(train(cfg, resume=checkpoints[0])) == _curve(full)
+
+
+def test_an_epoch_augments_batches_ahead_and_steps_through_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(toolbox.train, "AUGMENT_AHEAD", 100)  # 3 batches of 32 per call
+    split = _tiny_split(n_train=250, n_val=10)
+    cfg = _config(**{"optim.batch_size": 32})
+    model = build_model(cfg.model, split.in_shape, split.num_classes)
+    steps: list[int] = []
+    model.register_forward_pre_hook(lambda module, inputs: steps.append(len(inputs[0])))
+    augmented: list[torch.Tensor] = []
+
+    def augment(x: torch.Tensor, generator: Any = None, inplace: bool = False) -> torch.Tensor:
+        augmented.append(x.clone())
+        return x
+
+    toolbox.train.train_epoch(
+        model, build_optimizer(model, cfg.optim), split, InputNormalizer("none"), augment,
+        torch.Generator().manual_seed(0), 32,
+    )  # fmt: skip
+    assert [len(x) for x in augmented] == [96, 96, 58]
+    assert steps == [32] * 7 + [26]
+    seen = torch.cat(augmented).flatten(1)  # every training sample once, in shuffled order
+    assert torch.equal(seen.sort(dim=0).values, split.train_x.flatten(1).sort(dim=0).values)
+
+
+def test_augmenting_ahead_keeps_the_batches_of_the_shuffled_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(toolbox.train, "AUGMENT_AHEAD", 100)
+    split = _tiny_split(n_train=250, n_val=10)
+    cfg = _config(**{"optim.batch_size": 32})
+
+    def epoch_sums(augment: Any) -> list[float]:
+        torch.manual_seed(0)
+        model = build_model(cfg.model, split.in_shape, split.num_classes)
+        sums = toolbox.train.train_epoch(
+            model, build_optimizer(model, cfg.optim), split, InputNormalizer("none"), augment,
+            torch.Generator().manual_seed(0), 32,
+        )  # fmt: skip
+        return [s.item() for s in sums]
+
+    identity = epoch_sums(lambda x, generator=None, inplace=False: x)  # gathered 96 at a time
+    assert identity == pytest.approx(epoch_sums(None), rel=1e-5)  # gathered one batch at a time
 
 
 def test_huge_learning_rate_diverges_without_raising() -> None:
