@@ -66,13 +66,7 @@ def _json_whole(data: bytes) -> bool:
 
 def _json_lines_whole(data: bytes) -> bool:
     """Whether ``data`` is whole JSON lines (``result.json``): every line parses."""
-    try:
-        for line in data.splitlines():
-            if line.strip():
-                json.loads(line)
-    except ValueError:
-        return False
-    return True
+    return all(_json_whole(line) for line in data.splitlines() if line.strip())
 
 
 def _pickle_whole(data: bytes) -> bool:
@@ -176,8 +170,9 @@ def storage_filesystem(storage_path: str) -> pafs.FileSystem | None:
 
 def local_path(storage_path: str) -> str:
     """``storage_path`` as the plain absolute path :func:`storage_filesystem` expects."""
-    path = storage_path.removeprefix("file://") if is_local(storage_path) else storage_path
-    return os.path.abspath(path) if is_local(storage_path) else path
+    if not is_local(storage_path):
+        return storage_path
+    return os.path.abspath(storage_path.removeprefix("file://"))
 
 
 class _RenameOnClose(io.FileIO):
