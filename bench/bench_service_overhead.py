@@ -43,6 +43,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cpu_meter import CpuMeter
+
 FINAL = {"completed", "failed", "cancelled"}
 SERVICE, TUNE, TOOLBOX = (
     "service (REST, end to end)",
@@ -127,6 +129,7 @@ class Runs:
 
     wall: dict[str, list[float]] = field(default_factory=dict)
     phases: list[dict[str, float]] = field(default_factory=list)
+    cpu: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
     def add(self, mode: str, seconds: float) -> None:
         self.wall.setdefault(mode, []).append(seconds)
@@ -253,15 +256,19 @@ def measure(args: argparse.Namespace, root: Path) -> Runs:
             TUNE: lambda: tune_run(body, root / "direct", n),
             TOOLBOX: lambda: toolbox_run(body, n),
         }
+        meter = CpuMeter()
         for r in range(1 + args.rounds):
             label = "warm-up" if r == 0 else "measured"
             walls = {}
             for mode, run in modes.items():
                 settle(client)
+                meter.start()
                 out = run()
+                cpu = meter.stop()
                 walls[mode] = out[0] if isinstance(out, tuple) else out
                 if r > 0:
                     runs.add(mode, walls[mode])
+                    runs.cpu.setdefault(mode, []).append(cpu)
                     if isinstance(out, tuple):
                         runs.phases.append(out[1])
             print(f"round {r} ({label}): " + ", ".join(f"{v:.2f} s" for v in walls.values()))
@@ -285,6 +292,12 @@ def print_table(runs: Runs, n: int) -> None:
     )
     phases = {p: statistics.median(x[p] for x in runs.phases) for p in PHASES}
     print("service phases (median s): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
+    print("CPU seconds by process role (median over rounds):")
+    for mode, samples in runs.cpu.items():
+        roles = sorted({r for s in samples for r in s})
+        medians = {r: statistics.median(s.get(r, 0.0) for s in samples) for r in roles}
+        shown = ", ".join(f"{r} {v:.2f}" for r, v in sorted(medians.items(), key=lambda x: -x[1]))
+        print(f"  {mode:28s} total {sum(medians.values()):6.2f}: {shown}")
 
 
 def main() -> None:

@@ -72,10 +72,16 @@ SNAPSHOT_PERIOD_S = 2.0
 """How often Tune snapshots the experiment state (the most training a killed driver loses)."""
 SNAPSHOT_MARGIN_S = 0.5
 """``stop_all`` flushes the writes this long before a snapshot is due, and from then on."""
-TUNE_ENV = {"TUNE_GLOBAL_CHECKPOINT_S": str(SNAPSHOT_PERIOD_S)}
-"""Read by Tune's controller when ``fit()`` builds it: snapshot every :data:`SNAPSHOT_PERIOD_S`
+TUNE_ENV = {
+    "TUNE_GLOBAL_CHECKPOINT_S": str(SNAPSHOT_PERIOD_S),
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+}
+"""Read by Tune when ``fit()`` builds its controller. Snapshot every :data:`SNAPSHOT_PERIOD_S`
 seconds (instead of the adaptive 10 s or more), so a snapshot's writes are few to flush and a
-resume repeats little."""
+resume repeats little. No JSON, CSV and TensorBoard result files per trial: every result is in
+the database and MLflow already, and Tune's TensorBoard logger alone costs the driver about
+1.4 CPU seconds the first time a process runs ``fit()`` (it imports torch and tensorboardX),
+which a sweep's fresh job process always is, and its files are synced with every snapshot."""
 _LIVE: dict[str, SweepProgress] = {}
 """Sweep id -> the progress of the sweep this process is driving."""
 
