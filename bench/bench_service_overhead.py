@@ -13,7 +13,8 @@ epochs; 1 CPU per trial, 2 trials at a time, actors reused) run three ways:
   the standbys ready, and no mode is timed while one warms up.
 - ``ray tune``: a :class:`ray.tune.Tuner` in this process, connected to the same Ray cluster,
   over the same trainable (:func:`workers.trainable.run_trial`), parameter space, resources,
-  ``max_concurrent_trials`` and ``reuse_actors``, without database or MLflow. Wall time of
+  ``max_concurrent_trials`` and ``reuse_actors``, without database or MLflow, and otherwise
+  Tune's defaults (every checkpoint kept, result files written). Wall time of
   ``Tuner.fit``, as a user of Ray Tune scripts would time it.
 - ``toolbox``: :func:`toolbox.train.train` for each configuration, one after another in this
   process, with ``max_concurrent x cpu`` torch threads (the sweep's CPU budget).
@@ -188,7 +189,6 @@ def tune_run(body: dict[str, Any], storage: Path, n: int) -> float:
         run_config=tune.RunConfig(
             name=f"direct-{secrets.token_hex(4)}",
             storage_path=str(storage),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=0,
         ),
     )
@@ -231,8 +231,6 @@ def ray_connection(settings: Any, token_file: Path) -> Iterator[None]:
     """This process joins the stack's Ray cluster, with its token, and leaves it after."""
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file)
-    # num_to_keep=1 forces a state snapshot per checkpoint, and Tune warns about it each time.
-    os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
     import ray
 
     ray.init(address=settings.ray_address, log_to_driver=False, logging_level=logging.WARNING)

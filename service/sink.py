@@ -1,11 +1,16 @@
 """The database-backed :class:`workers.events.SweepSink` that a sweep job's driver reports to.
 
-Each call is its own short transaction, so the API (another process) sees progress as it
-happens, and a crash loses at most the call in flight. Every call is idempotent, as the sink
+Each call is its own short transaction, or all the calls of a :meth:`DatabaseSink.batch` block
+share one, so the API (another process) sees progress as it happens, and a crash loses at most
+the transaction in flight. Every call is idempotent, as the sink
 contract requires: a resumed driver may repeat what it sent before.
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,6 +25,29 @@ class DatabaseSink:
     def __init__(self, factory: sessionmaker[Session], sweep_id: int) -> None:
         self._factory = factory
         self.sweep_id = sweep_id
+        self._batch = threading.local()  # the session of this thread's open batch, if any
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """The reports this thread makes in the block share one transaction."""
+        if getattr(self._batch, "session", None) is not None:  # nested: the outer one holds
+            yield
+            return
+        with session_scope(self._factory) as session:
+            self._batch.session = session
+            try:
+                yield
+            finally:
+                self._batch.session = None
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[Session]:
+        session = getattr(self._batch, "session", None)
+        if session is not None:
+            yield session
+        else:
+            with session_scope(self._factory) as session:
+                yield session
 
     def sweep_started(self, mlflow_run_id: str | None, experiment_path: str) -> None:
         """Mark the sweep running and remember its parent MLflow run and Tune experiment."""
@@ -29,12 +57,12 @@ class DatabaseSink:
 
     def trial_updated(self, update: TrialUpdate) -> None:
         """Create or update the trial's row."""
-        with session_scope(self._factory) as session:
+        with self._session() as session:
             store.upsert_trial(session, self.sweep_id, update)
 
     def epoch_reported(self, trial_key: str, epoch: int, metrics: dict[str, float]) -> None:
         """Upsert the epoch's metrics (a re-report after a resume overwrites)."""
-        with session_scope(self._factory) as session:
+        with self._session() as session:
             store.record_epoch(session, self.sweep_id, trial_key, epoch, metrics)
 
     def sweep_ended(self, status: SweepStatus, message: str, best_trial_key: str | None) -> None:

@@ -82,6 +82,9 @@ resume repeats little. No JSON, CSV and TensorBoard result files per trial: ever
 the database and MLflow already, and Tune's TensorBoard logger alone costs the driver about
 1.4 CPU seconds the first time a process runs ``fit()`` (it imports torch and tensorboardX),
 which a sweep's fresh job process always is, and its files are synced with every snapshot."""
+# Tune's result grid looks for the result files the disabled loggers would have written, and
+# warns for every trial that it found none: nothing is missing (the results are in the sink).
+logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 _LIVE: dict[str, SweepProgress] = {}
 """Sweep id -> the progress of the sweep this process is driving."""
 
@@ -121,11 +124,11 @@ def run_sweep(
     """
     t_start = time.perf_counter()
     tracker = SweepTracker(tracking_uri, mlflow_experiment, sweep_id)
-    parent = tracker.start_sweep(spec, parent_run_id)
     storage_path = local_path(storage_path)
     path = str(Path(storage_path, experiment_name(sweep_id)))
-    sink.sweep_started(parent, path)
+    sink.sweep_started(parent_run_id, path)
     progress = SweepProgress(spec, sink, tracker)
+    progress.open_sweep(parent_run_id, path)  # MLflow's parent run, while Tune starts
     _LIVE[sweep_id] = progress
     error = ""
     t_tune = t_fit = time.perf_counter()
@@ -142,7 +145,7 @@ def run_sweep(
         t_done = time.perf_counter()
         failed_write = progress.close()  # every queued write is made, even on the way out
     if failed_write is not None and not error:  # it failed after Tune's last look
-        error = f"{type(failed_write).__name__}: {failed_write}"
+        error = str(failed_write)  # names the write and its error
     t_close = time.perf_counter()
     status = _finish(progress, error)
     log.info(

@@ -7,6 +7,7 @@ can show progress without asking Ray or MLflow; the dependency still points serv
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -74,3 +75,10 @@ class SweepSink(Protocol):
 
     def cancel_requested(self) -> bool:
         """Whether a user asked to cancel the sweep (polled by the driver)."""
+
+    def batch(self) -> AbstractContextManager[None]:
+        """A block whose reports form one unit: all of them are stored, or none.
+
+        The driver writes behind Tune and sends what queued up meanwhile in one block (one
+        database transaction). Reports made in the block come from the block's thread.
+        """

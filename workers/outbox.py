@@ -41,7 +41,7 @@ class Outbox:
         """Start the outbox's thread; ``name`` (e.g. ``sweep 3f2a``) prefixes its log lines."""
         self.name = name
         self._cond = threading.Condition()
-        self._queue: deque[tuple[Callable[[], object], str]] = deque()
+        self._queue: deque[tuple[Callable[[], object], str | Callable[[], str]]] = deque()
         self._submitted = 0
         self._finished = 0  # calls run or dropped
         self._error: BaseException | None = None
@@ -56,12 +56,13 @@ class Outbox:
         with self._cond:
             return self._error
 
-    def submit(self, fn: Callable[[], object], what: str = "a write") -> None:
+    def submit(self, fn: Callable[[], object], what: str | Callable[[], str] = "a write") -> None:
         """Queue ``fn``; after :meth:`close`, call it now in this thread.
 
         Args:
             fn: the call; it reads what may change meanwhile when it runs, so pass snapshots.
-            what: what the call does, for the log should it fail.
+            what: what the call does, for the log should it fail; a callable is asked then
+                (a call that makes several writes can name the one that failed).
 
         Raises:
             OutboxError: an earlier call failed (and the outbox is not closed).
@@ -105,12 +106,29 @@ class Outbox:
         self._thread.join()
         return self.error
 
+    def failure(self) -> OutboxError | None:
+        """The first failure as the :class:`OutboxError` a submitter gets, or None."""
+        with self._cond:
+            return self._wrapped_error()
+
+    def raise_if_failed(self) -> None:
+        """Raise :class:`OutboxError` if a call failed (never once closed)."""
+        with self._cond:
+            self._raise_if_failed()
+
+    def _wrapped_error(self) -> OutboxError | None:
+        if self._error is None:
+            return None
+        wrapped = OutboxError(
+            f"{self.name}: {self._failed_call} failed: {type(self._error).__name__}: {self._error}"
+        )
+        wrapped.__cause__ = self._error
+        return wrapped
+
     def _raise_if_failed(self) -> None:
-        if self._error is not None and not self._closed:
-            raise OutboxError(
-                f"{self.name}: {self._failed_call} failed: {type(self._error).__name__}: "
-                f"{self._error}"
-            ) from self._error
+        wrapped = self._wrapped_error()
+        if wrapped is not None and not self._closed:
+            raise wrapped
 
     def _run(self) -> None:
         while True:
@@ -127,10 +145,11 @@ class Outbox:
                 self._finished += 1
                 self._cond.notify_all()
 
-    def _call(self, fn: Callable[[], object], what: str) -> None:
+    def _call(self, fn: Callable[[], object], what: str | Callable[[], str]) -> None:
         try:
             fn()
         except BaseException as err:  # kept and raised to the submitter; the thread goes on
+            what = what if isinstance(what, str) else what()
             log.exception("%s: %s failed; the writes queued after it are dropped", self.name, what)
             with self._cond:
                 self._error, self._failed_call = err, what

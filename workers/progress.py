@@ -4,6 +4,13 @@
 :mod:`workers.driver`, so every call comes from Tune's controller thread, in order, as the
 :class:`~workers.events.SweepSink` contract requires.
 
+Writes leave Tune's controller thread: every event queues what it must write, and the sweep's
+outbox (:mod:`workers.outbox`) writes what has queued up, in order, in one go: one database
+transaction (:meth:`~workers.events.SweepSink.batch`) and, per trial, one MLflow request for
+all its new epochs and its outcome. The writer lingers :data:`LINGER_S` for events to gather
+(a trial's epochs come every few milliseconds on small data); a :meth:`SweepProgress.flush`
+cuts the wait short.
+
 Final statuses: a trial that reported every epoch is ``completed``; one Tune ended sooner
 (ASHA, median rule) is ``stopped``; one that flagged divergence is ``diverged``; one that errored
 past ``max_failures`` is ``failed``; one still pending or running when the sweep was cancelled
@@ -13,15 +20,19 @@ is ``cancelled``.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from workers.events import FINAL_TRIAL_STATUSES, SweepSink, TrialStatus, TrialUpdate
-from workers.outbox import Outbox
+from workers.outbox import Outbox, OutboxError
 from workers.search import varied_keys
 from workers.spec import METRIC_NAMES, SweepSpec
 from workers.tracking import SweepTracker
 from workers.trainable import DIVERGED, EPOCH
+
+LINGER_S = 0.25
+"""How long the writer waits for more events before it writes what has queued up."""
 
 
 @dataclass
@@ -44,6 +55,45 @@ class TrialRecord:
         return self.status in FINAL_TRIAL_STATUSES
 
 
+@dataclass(frozen=True)
+class _Open:
+    """Open the trial's MLflow run, unless it has one."""
+
+    rec: TrialRecord
+
+
+@dataclass(frozen=True)
+class _Update:
+    """The trial's state as it was when the event came."""
+
+    rec: TrialRecord
+    status: TrialStatus
+    message: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class _Epoch:
+    """An epoch's metrics; ``repeated``: the run logged it before a retry (MLflow skips it)."""
+
+    rec: TrialRecord
+    epoch: int
+    metrics: dict[str, float]
+    repeated: bool
+
+
+@dataclass(frozen=True)
+class _End:
+    """Close the trial's MLflow run with its final status."""
+
+    rec: TrialRecord
+    status: TrialStatus
+    message: str
+
+
+_Write = _Open | _Update | _Epoch | _End
+
+
 class SweepProgress:
     """Trial records of one sweep, reported to ``sink`` and ``tracker`` as they change.
 
@@ -62,6 +112,11 @@ class SweepProgress:
         self.snapshot_at = float("-inf")
         """``time.monotonic()`` of Tune's last experiment-state snapshot (the driver sets it)."""
         self.outbox = Outbox(f"sweep {tracker.sweep_id}")
+        self._lock = threading.Lock()
+        self._queued: list[_Write] = []
+        self._scheduled = False  # a write of the queue is in the outbox and has not begun
+        self._hurry = threading.Event()  # set: write now, do not linger
+        self._writing = "a progress write"  # the write being made (names a failed one)
 
     def flush(self) -> None:
         """Wait until every write queued so far is made.
@@ -69,11 +124,111 @@ class SweepProgress:
         Raises:
             OutboxError: a write failed.
         """
-        self.outbox.drain()
+        self._hurry.set()
+        try:
+            self.outbox.drain()
+        finally:
+            self._hurry.clear()
 
-    def close(self) -> BaseException | None:
-        """Make the queued writes, then write synchronously; the first failed write, if any."""
-        return self.outbox.close()
+    def close(self) -> OutboxError | None:
+        """Make the queued writes, then write synchronously; the first failed write, if any,
+        as an :class:`~workers.outbox.OutboxError` that names it (the original is its cause)."""
+        self._hurry.set()
+        self.outbox.close()
+        with self._lock:  # what a failed write left queued is dropped, as its batch was
+            self._queued, self._scheduled = [], False
+        return self.outbox.failure()
+
+    def open_sweep(self, parent_run_id: str | None, experiment_path: str) -> None:
+        """Queue the opening of the sweep's MLflow parent run, before any trial's run.
+
+        The sink hears of the run's id once it exists (``sweep_started`` again).
+        """
+
+        def open_parent() -> None:
+            parent = self.tracker.start_sweep(self.spec, parent_run_id)
+            if parent is not None and parent != parent_run_id:
+                self.sink.sweep_started(parent, experiment_path)
+
+        self.outbox.submit(open_parent, "opening the sweep's MLflow run")
+
+    def _queue(self, write: _Write) -> None:
+        """Queue a write; the outbox makes it with the others queued by then.
+
+        Raises:
+            OutboxError: an earlier write failed.
+        """
+        self.outbox.raise_if_failed()  # an earlier write failed: so does every later event
+        with self._lock:
+            self._queued.append(write)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self.outbox.submit(self._write_queued, lambda: self._writing)
+        except BaseException:
+            with self._lock:
+                self._queued.remove(write)
+                self._scheduled = False
+            raise
+
+    def _write_queued(self) -> None:
+        self._hurry.wait(LINGER_S)
+        with self._lock:
+            writes, self._queued, self._scheduled = self._queued, [], False
+        self._write(writes)
+
+    def _write(self, writes: list[_Write]) -> None:
+        """Runs on the outbox's thread: MLflow runs, then the database, then MLflow metrics.
+
+        A trial's run opens before the database hears of it, so every update carries the run
+        id once there is one; its configuration, epochs and end follow in one request.
+        """
+        for w in writes:
+            if isinstance(w, _Open) and w.rec.run_id is None:
+                self._writing = f"opening the MLflow run of {w.rec.key}"
+                config = self.spec.trial_config(w.rec.params).flatten()
+                w.rec.run_id = self.tracker.start_trial(
+                    w.rec.key, self.run_name(w.rec), config, defer_params=True
+                )
+        stored = [w for w in writes if isinstance(w, _Update | _Epoch)]
+        if stored:
+            with self.sink.batch():
+                for w in stored:
+                    self._store(w)
+                self._writing = f"the transaction of {len(stored)} progress writes"  # commit
+        tracked: dict[str, tuple[TrialRecord, list[tuple[int, dict[str, float]]], list[_End]]] = {}
+        for w in writes:
+            if isinstance(w, _Epoch | _End):
+                rec, epochs, ends = tracked.setdefault(w.rec.key, (w.rec, [], []))
+                if isinstance(w, _End):
+                    ends.append(w)
+                elif not w.repeated:  # MLflow would keep both points of the step
+                    epochs.append((w.epoch, w.metrics))
+        for rec, epochs, ends in tracked.values():
+            self._writing = f"the MLflow metrics of {rec.key}"
+            self.tracker.log_trial(
+                rec.run_id, epochs, (ends[0].status, ends[0].message) if ends else None
+            )
+        self._writing = "the configuration of new MLflow runs"
+        self.tracker.send_due_params()  # runs opened with nothing else to log yet
+
+    def _store(self, w: _Update | _Epoch) -> None:
+        """One report to the sink (in the batch's transaction)."""
+        if isinstance(w, _Epoch):
+            self._writing = f"epoch {w.epoch} of {w.rec.key}"
+            self.sink.epoch_reported(w.rec.key, w.epoch, w.metrics)  # idempotent by contract
+            return
+        self._writing = f"{w.status} update of {w.rec.key}"
+        update = TrialUpdate(
+            key=w.rec.key,
+            status=w.status,
+            params=w.rec.params,
+            mlflow_run_id=w.rec.run_id,
+            message=w.message,
+            attempt=w.attempt,
+        )
+        self.sink.trial_updated(update)
 
     def seen(
         self, key: str, params: dict[str, Any], last_result: dict[str, Any] | None = None
@@ -96,13 +251,7 @@ class SweepProgress:
         rec = self.seen(key, params)
         if rec.final:
             return
-
-        def open_run() -> None:  # on every start: a run MLflow could not open is tried again
-            if rec.run_id is None:
-                config = self.spec.trial_config(rec.params).flatten()
-                rec.run_id = self.tracker.start_trial(key, self.run_name(rec), config)
-
-        self.outbox.submit(open_run, f"open the MLflow run of {key}")
+        self._queue(_Open(rec))  # on every start: a run MLflow could not open is tried again
         rec.status, rec.attempt = "running", attempt
         self._update(rec)
 
@@ -127,13 +276,7 @@ class SweepProgress:
         repeated = epoch in rec.history  # a retry resumed from an earlier checkpoint
         rec.last_epoch, rec.history[epoch] = epoch, metrics
         rec.value = metrics.get(self.spec.metric.name, rec.value)
-
-        def write() -> None:
-            self.sink.epoch_reported(key, epoch, metrics)  # idempotent by contract
-            if not repeated:  # MLflow would keep both points of the step
-                self.tracker.log_epoch(rec.run_id, epoch, metrics)
-
-        self.outbox.submit(write, f"epoch {epoch} of {key}")
+        self._queue(_Epoch(rec, epoch, metrics, repeated))
 
     def finished(self, key: str) -> None:
         """Tune ended the trial without error: all epochs run, or stopped early."""
@@ -149,11 +292,7 @@ class SweepProgress:
             return
         rec.status, rec.message = status, message or rec.message
         self._update(rec)
-        message = rec.message
-        self.outbox.submit(
-            lambda: self.tracker.end_trial(rec.run_id, status, message),
-            f"close the MLflow run of {key}",
-        )
+        self._queue(_End(rec, status, rec.message))
 
     def end_all(self, status: TrialStatus, message: str = "") -> None:
         """End every trial that has no final status yet (cancel, or a driver error)."""
@@ -189,20 +328,7 @@ class SweepProgress:
 
     def _update(self, rec: TrialRecord) -> None:
         """Queue the record's state as it is now; the run id is the one when the write runs."""
-        status, message, attempt = rec.status, rec.message, rec.attempt
-
-        def write() -> None:
-            update = TrialUpdate(
-                key=rec.key,
-                status=status,
-                params=rec.params,
-                mlflow_run_id=rec.run_id,
-                message=message,
-                attempt=attempt,
-            )
-            self.sink.trial_updated(update)
-
-        self.outbox.submit(write, f"{status} update of {rec.key}")
+        self._queue(_Update(rec, rec.status, rec.message, rec.attempt))
 
 
 def trial_number(key: str) -> int:

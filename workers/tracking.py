@@ -2,7 +2,7 @@
 
 A sweep is a parent run in an experiment; each trial is a child run nested under it (tag
 ``mlflow.parentRunId``). Every child logs the trial's whole configuration under the toolbox's
-dotted setting names and one batch of metrics per epoch (``step=epoch``).
+dotted setting names and every epoch's metrics at ``step=epoch``.
 
 Run status mirrors the outcome (:data:`RUN_STATUS`): a completed, early-stopped or diverged
 trial ran to a conclusion and is FINISHED, its outcome in the tag ``sweeps.outcome``; a failed
@@ -13,6 +13,11 @@ vanished driver left open.
 Tracking is best effort: a failed call is retried, then logged as a warning and dropped, so an
 MLflow outage never stops a sweep (the service's database still has every metric). Pass
 :data:`TRACKING_ENV` to the driver's process so MLflow's own HTTP retries stay short.
+
+Requests are few, because the driver writes what queued up together (:mod:`workers.progress`):
+one ``log_batch`` carries a run's configuration, its new epochs and its outcome. A short trial
+costs three requests (create, one ``log_batch``, close); a long one one more per write of the
+driver that finds new epochs, never more than one per epoch.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from mlflow.entities import Metric, Param, RunTag, ViewType
@@ -43,8 +48,10 @@ TRACKING_ENV: dict[str, str] = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
-"""Environment of the driver process: MLflow's retries last seconds, not minutes."""
+"""Environment of the driver process: MLflow's retries last seconds, not minutes, and closing a
+run does not fetch it again only to print its URL (one request per trial)."""
 SWEEP_ID, TRIAL_KEY, ROLE, OUTCOME = (
     "sweeps.sweep_id",
     "sweeps.trial_key",
@@ -54,7 +61,8 @@ SWEEP_ID, TRIAL_KEY, ROLE, OUTCOME = (
 PARENT_TAG = "mlflow.parentRunId"
 SPEC_ARTIFACT = "sweep_spec.json"
 _ATTEMPTS = 3
-_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+_METRICS_PER_BATCH, _PARAMS_PER_BATCH, _TAGS_PER_BATCH = 800, 100, 100
+"""At most this many per ``log_batch`` request (MLflow: 1000, 100, 100, and 1000 in all)."""
 
 
 def _retry(what: str, fn: Callable[[], T]) -> T | None:
@@ -105,6 +113,7 @@ class SweepTracker:
         self._fresh = False  # the parent run is new, so no trial run of the sweep exists yet
         self._metric: str | None = None  # the sweep's metric; every epoch logs it
         self._logged: dict[str, int] = {}  # reopened run id -> last epoch it already holds
+        self._params_due: dict[str, list[Param]] = {}  # run id -> configuration not yet sent
 
     def start_sweep(self, spec: SweepSpec, parent_run_id: str | None = None) -> str | None:
         """Open (or, on resume, find) the sweep's parent run; returns its id, None if offline."""
@@ -138,8 +147,19 @@ class SweepTracker:
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in _headline(spec).items()])
         return run_id
 
-    def start_trial(self, trial_key: str, run_name: str, config: Mapping[str, Any]) -> str | None:
-        """Open the trial's child run (or find it after a resume) and log its configuration."""
+    def start_trial(
+        self,
+        trial_key: str,
+        run_name: str,
+        config: Mapping[str, Any],
+        *,
+        defer_params: bool = False,
+    ) -> str | None:
+        """Open the trial's child run (or find it after a resume) and log its configuration.
+
+        With ``defer_params`` the configuration goes out with the run's next :meth:`log_trial`
+        request, or with :meth:`send_due_params`, whichever comes first.
+        """
         if self.parent_run_id is None:
             return None
         run_id = None
@@ -152,11 +172,15 @@ class SweepTracker:
             self._logged[run_id] = _retry("read run history", lambda: self._last_step(run_id)) or 0
         if run_id is not None:
             self._unclosed.pop(run_id, None)
-            params = [Param(k, str(v)) for k, v in config.items()]
-            for i in range(0, len(params), _PARAMS_PER_BATCH):
-                chunk = params[i : i + _PARAMS_PER_BATCH]
-                _retry("log params", lambda c=chunk: self.client.log_batch(run_id, params=c))  # type: ignore[misc]
+            self._params_due[run_id] = [Param(k, str(v)) for k, v in config.items()]
+            if not defer_params:
+                self.send_due_params()
         return run_id
+
+    def send_due_params(self) -> None:
+        """Log the configuration of every run that opened and has not sent it yet."""
+        for run_id in list(self._params_due):
+            self._send("log params", run_id, params=self._params_due.pop(run_id))
 
     def _last_step(self, run_id: str) -> int:
         if self._metric is None:
@@ -174,25 +198,75 @@ class SweepTracker:
         tags[ROLE] = "trial"
         return self.client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id
 
-    def log_epoch(self, run_id: str | None, epoch: int, metrics: Mapping[str, float]) -> None:
-        """Log one epoch's metrics in one request, at ``step=epoch``, unless the run has it."""
-        if run_id is None or not metrics or epoch <= self._logged.get(run_id, 0):
+    def log_trial(
+        self,
+        run_id: str | None,
+        epochs: Sequence[tuple[int, Mapping[str, float]]] = (),
+        end: tuple[str, str] | None = None,
+    ) -> None:
+        """Log epochs' metrics (``step=epoch``) and, with ``end``, close the trial's run.
+
+        One ``log_batch`` request carries every epoch given (up to 800 metrics), the outcome
+        tags and a deferred configuration (:meth:`start_trial`), so a driver that writes behind
+        Tune sends one request for several epochs. Epochs a reopened run already holds are
+        skipped.
+
+        Args:
+            run_id: the trial's child run; nothing is logged when None (MLflow was offline).
+            epochs: ``(epoch, metrics)`` pairs, in order.
+            end: the trial's final status and message: tag ``sweeps.outcome`` and close the
+                run with the matching MLflow status (:data:`RUN_STATUS`).
+        """
+        if run_id is None:
             return
+        done = self._logged.get(run_id, 0)
         ts = _now_ms()
-        batch = [Metric(k, float(v), ts, epoch) for k, v in metrics.items()]
-        _done(f"log epoch {epoch}", lambda: self.client.log_batch(run_id, metrics=batch))
+        metrics = [
+            Metric(k, float(v), ts, epoch)
+            for epoch, values in epochs
+            if epoch > done
+            for k, v in values.items()
+        ]
+        tags: list[RunTag] = []
+        if end is not None:
+            status, message = end
+            self._unclosed[run_id] = RUN_STATUS[status]
+            tags.append(RunTag(OUTCOME, status))
+            if message:
+                tags.append(RunTag("sweeps.message", message[:5000]))
+        what = f"log {len(epochs)} epochs" if epochs else "tag outcome"
+        self._send(what, run_id, metrics, self._params_due.pop(run_id, []), tags)
+        if end is not None and _done(
+            "close trial run", lambda: self.client.set_terminated(run_id, RUN_STATUS[end[0]])
+        ):
+            self._unclosed.pop(run_id, None)
+
+    def _send(
+        self,
+        what: str,
+        run_id: str,
+        metrics: Sequence[Metric] = (),
+        params: Sequence[Param] = (),
+        tags: Sequence[RunTag] = (),
+    ) -> None:
+        """``log_batch`` in as few requests as MLflow's limits per request allow."""
+        m, p, t = _METRICS_PER_BATCH, _PARAMS_PER_BATCH, _TAGS_PER_BATCH
+        requests = max(-(-len(metrics) // m), -(-len(params) // p), -(-len(tags) // t))
+        for i in range(requests):
+            batch = {
+                "metrics": list(metrics[i * m : (i + 1) * m]),
+                "params": list(params[i * p : (i + 1) * p]),
+                "tags": list(tags[i * t : (i + 1) * t]),
+            }
+            _done(what, lambda b=batch: self.client.log_batch(run_id, **b))  # type: ignore[misc]
+
+    def log_epoch(self, run_id: str | None, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Log one epoch's metrics in one request (see :meth:`log_trial`)."""
+        self.log_trial(run_id, [(epoch, metrics)])
 
     def end_trial(self, run_id: str | None, status: str, message: str = "") -> None:
         """Close a child run with the MLflow status of the trial's final ``status``."""
-        if run_id is None:
-            return
-        self._unclosed[run_id] = RUN_STATUS[status]
-        tags = [RunTag(OUTCOME, status)] + (
-            [RunTag("sweeps.message", message[:5000])] if message else []
-        )
-        _retry("tag outcome", lambda: self.client.log_batch(run_id, tags=tags))
-        if _done("close trial run", lambda: self.client.set_terminated(run_id, RUN_STATUS[status])):
-            self._unclosed.pop(run_id, None)
+        self.log_trial(run_id, end=(status, message))
 
     def end_sweep(self, status: str, best: Mapping[str, Any] | None, metric: str) -> None:
         """Record the best trial on the parent run and close every run of the sweep.
@@ -208,8 +282,9 @@ class SweepTracker:
         if self.parent_run_id is None:
             return
         parent = self.parent_run_id
+        tags, metrics = [RunTag(OUTCOME, status)], []
         if best is not None:
-            tags = [
+            tags += [
                 RunTag("sweeps.best_trial_key", str(best["trial_key"])),
                 RunTag("sweeps.best_params", json.dumps(best["params"])),
             ]
@@ -217,10 +292,7 @@ class SweepTracker:
             if best.get("run_id"):
                 tags.append(RunTag("sweeps.best_run_id", str(best["run_id"])))
             metrics = [Metric(f"best_{metric}", float(best["value"]), _now_ms(), 0)]
-            _retry(
-                "log best trial", lambda: self.client.log_batch(parent, metrics=metrics, tags=tags)
-            )
-        _done("tag sweep outcome", lambda: self.client.set_tag(parent, OUTCOME, status))
+        self._send("log the sweep's outcome and best trial", parent, metrics, tags=tags)
         _done("close sweep run", lambda: self._terminate(parent, RUN_STATUS[status]))
         # Whatever is still open (its end never reached MLflow) ends with the sweep.
         experiments = [self.experiment_id] if self.experiment_id else None

@@ -110,6 +110,24 @@ def test_reported_epochs_upsert_and_drop_non_finite_values(factory) -> None:
         ]
 
 
+def test_a_sink_batch_is_one_transaction_all_or_nothing(factory) -> None:
+    sink = DatabaseSink(factory, new_sweep(factory))
+    with sink.batch():
+        sink.trial_updated(TrialUpdate("t_00000", "running", {"optim.lr": 0.1}))
+        sink.epoch_reported("t_00000", 1, {"val_accuracy": 0.5})
+        with session_scope(factory) as session:  # another connection sees nothing yet
+            assert store.trial_counts(session, store.get_sweep(session, sink.sweep_id)) == {}
+        assert sink.cancel_requested() is False  # its own transaction, outside the batch
+    with pytest.raises(RuntimeError), sink.batch():
+        sink.epoch_reported("t_00000", 2, {"val_accuracy": 0.6})
+        sink.trial_updated(TrialUpdate("t_00000", "completed"))
+        raise RuntimeError("the driver died mid-batch")
+    with session_scope(factory) as session:
+        trial = store.get_trial(session, store.get_sweep(session, sink.sweep_id), 1)
+        assert trial.status == "running"
+        assert [(e.epoch, e.metrics) for e in trial.epochs] == [(1, {"val_accuracy": 0.5})]
+
+
 def test_best_trial_uses_the_last_epoch_and_never_a_diverged_trial(factory) -> None:
     sink = DatabaseSink(factory, new_sweep(factory))
     for key, curve, status in [

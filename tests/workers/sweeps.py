@@ -3,6 +3,7 @@ running a sweep into the tests' MLflow experiment."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -51,6 +52,9 @@ class RecordingSink:
 
     def sweep_ended(self, status: str, message: str, best_trial_key: str | None) -> None:
         self.ended = (status, message, best_trial_key)
+
+    def batch(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
 
     def cancel_requested(self) -> bool:
         return self.cancel_at is not None

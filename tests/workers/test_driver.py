@@ -139,9 +139,10 @@ def test_killed_worker_is_retried_from_its_checkpoint(
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
 
-    # The sink hears of epoch 2 through the driver's outbox, a little after the trial reported
-    # it: enough epochs that the trial is still training when the kill lands.
-    epochs = 20
+    # The sink hears of epoch 2 through the driver's outbox, which lingers a quarter second
+    # for writes to gather (progress.LINGER_S): epochs of ~10 ms each, so enough of them that
+    # the trial is still training when the kill lands.
+    epochs = 100
     spec = digits_spec({"optim.lr": [0.05]}, method="grid", epochs=epochs, max_concurrent=1)
     sink = RecordingSink(on_epoch=kill_on_epoch_2)
     sweep_id, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
