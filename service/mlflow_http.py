@@ -12,12 +12,15 @@ import httpx
 from service.errors import DispatchError
 
 TIMEOUT_S = 5.0
+_http = httpx.Client(timeout=TIMEOUT_S)
+"""One client for the process: ``httpx.get`` builds a client (and its TLS context) per call,
+which costs more than the request to a server on loopback. Clients are thread safe."""
 
 
 def check(tracking_uri: str) -> str:
     """``ok`` when the tracking server answers its health check, else why not."""
     try:
-        r = httpx.get(f"{tracking_uri.rstrip('/')}/health", timeout=TIMEOUT_S)
+        r = _http.get(f"{tracking_uri.rstrip('/')}/health")
     except httpx.HTTPError as err:
         return f"unreachable at {tracking_uri}: {err}"
     return "ok" if r.status_code == 200 else f"unhealthy at {tracking_uri}: HTTP {r.status_code}"
@@ -31,13 +34,13 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
     """
     api = f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/experiments"
     try:
-        found = httpx.get(f"{api}/get-by-name", params={"experiment_name": name}, timeout=TIMEOUT_S)
+        found = _http.get(f"{api}/get-by-name", params={"experiment_name": name})
         if found.status_code == 200:
             return str(found.json()["experiment"]["experiment_id"])
-        created = httpx.post(f"{api}/create", json={"name": name}, timeout=TIMEOUT_S)
+        created = _http.post(f"{api}/create", json={"name": name})
         if created.status_code == 200:
             return str(created.json()["experiment_id"])
-        again = httpx.get(f"{api}/get-by-name", params={"experiment_name": name}, timeout=TIMEOUT_S)
+        again = _http.get(f"{api}/get-by-name", params={"experiment_name": name})
         again.raise_for_status()  # a concurrent create won the race: it exists now
         return str(again.json()["experiment"]["experiment_id"])
     except (httpx.HTTPError, KeyError, ValueError) as err:

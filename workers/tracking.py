@@ -114,6 +114,8 @@ class SweepTracker:
         self._metric: str | None = None  # the sweep's metric; every epoch logs it
         self._logged: dict[str, int] = {}  # reopened run id -> last epoch it already holds
         self._params_due: dict[str, list[Param]] = {}  # run id -> configuration not yet sent
+        self._strays = False  # a create request failed: it may have made a run all the same
+        self._running: set[str] = set()  # trial runs opened and not closed yet
 
     def start_sweep(self, spec: SweepSpec, parent_run_id: str | None = None) -> str | None:
         """Open (or, on resume, find) the sweep's parent run; returns its id, None if offline."""
@@ -123,8 +125,13 @@ class SweepTracker:
             return None
         found = parent_run_id or _retry("find sweep run", self._find_parent)
         if found is None:
-            self.parent_run_id = _retry("create sweep run", lambda: self._create_parent(spec))
+            tags = {SWEEP_ID: self.sweep_id, ROLE: "sweep", "sweeps.method": spec.method}
+            self.parent_run_id = _retry(
+                "create sweep run", lambda: self._create_run(tags, spec.name)
+            )
             self._fresh = self.parent_run_id is not None
+            if self.parent_run_id is not None:
+                self._describe_parent(self.parent_run_id, spec)
         else:  # a resumed sweep (or one the service opened): the run may have been closed
             self.parent_run_id = found
             _done("reopen sweep run", lambda: self.client.update_run(found, "RUNNING"))
@@ -138,14 +145,18 @@ class SweepTracker:
         runs = self._search(_tags_equal({SWEEP_ID: self.sweep_id, ROLE: "sweep"}))
         return runs[0].info.run_id if runs else None
 
-    def _create_parent(self, spec: SweepSpec) -> str:
-        assert self.experiment_id is not None
-        tags = {SWEEP_ID: self.sweep_id, ROLE: "sweep", "sweeps.method": spec.method}
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=spec.name)
-        run_id = run.info.run_id
-        self.client.log_text(run_id, spec.model_dump_json(indent=2), SPEC_ARTIFACT)
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in _headline(spec).items()])
-        return run_id
+    def _describe_parent(self, run_id: str, spec: SweepSpec) -> None:
+        """The sweep's specification (an artifact) and headline parameters on its run."""
+        text = spec.model_dump_json(indent=2)
+        _done(
+            "log the sweep's specification",
+            lambda: self.client.log_text(run_id, text, SPEC_ARTIFACT),
+        )
+        self._send(
+            "log the sweep's parameters",
+            run_id,
+            params=[Param(k, str(v)) for k, v in _headline(spec).items()],
+        )
 
     def start_trial(
         self,
@@ -172,6 +183,7 @@ class SweepTracker:
             self._logged[run_id] = _retry("read run history", lambda: self._last_step(run_id)) or 0
         if run_id is not None:
             self._unclosed.pop(run_id, None)
+            self._running.add(run_id)
             self._params_due[run_id] = [Param(k, str(v)) for k, v in config.items()]
             if not defer_params:
                 self.send_due_params()
@@ -196,7 +208,16 @@ class SweepTracker:
         assert self.experiment_id is not None and self.parent_run_id is not None
         tags = {PARENT_TAG: self.parent_run_id, SWEEP_ID: self.sweep_id, TRIAL_KEY: trial_key}
         tags[ROLE] = "trial"
-        return self.client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id
+        return self._create_run(tags, run_name)
+
+    def _create_run(self, tags: dict[str, str], run_name: str) -> str:
+        assert self.experiment_id is not None
+        try:
+            run = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name)
+            return str(run.info.run_id)
+        except Exception:
+            self._strays = True  # the request may have made the run before it failed
+            raise
 
     def log_trial(
         self,
@@ -240,6 +261,7 @@ class SweepTracker:
             "close trial run", lambda: self.client.set_terminated(run_id, RUN_STATUS[end[0]])
         ):
             self._unclosed.pop(run_id, None)
+            self._running.discard(run_id)
 
     def _send(
         self,
@@ -279,6 +301,7 @@ class SweepTracker:
         for run_id, run_status in list(self._unclosed.items()):
             if _done("close trial run", lambda r=run_id, s=run_status: self._terminate(r, s)):  # type: ignore[misc]
                 self._unclosed.pop(run_id)
+                self._running.discard(run_id)
         if self.parent_run_id is None:
             return
         parent = self.parent_run_id
@@ -293,8 +316,11 @@ class SweepTracker:
                 tags.append(RunTag("sweeps.best_run_id", str(best["run_id"])))
             metrics = [Metric(f"best_{metric}", float(best["value"]), _now_ms(), 0)]
         self._send("log the sweep's outcome and best trial", parent, metrics, tags=tags)
-        _done("close sweep run", lambda: self._terminate(parent, RUN_STATUS[status]))
-        # Whatever is still open (its end never reached MLflow) ends with the sweep.
+        closed = _done("close sweep run", lambda: self._terminate(parent, RUN_STATUS[status]))
+        if closed and self._fresh and not self._running and not self._strays:
+            return  # every run of the sweep is this tracker's own, and each one was closed
+        # Whatever is still open (its end never reached MLflow, a run of an earlier driver, one
+        # a failed create request made anyway) ends with the sweep.
         experiments = [self.experiment_id] if self.experiment_id else None
         _retry(
             "close leftover runs",

@@ -73,6 +73,56 @@ def test_close_sweep_runs_closes_every_open_run_of_the_sweep(mlflow_server) -> N
     assert close_sweep_runs(mlflow_server.uri, sweep_id, "KILLED") == 0
 
 
+def test_one_request_carries_a_trials_configuration_epochs_and_outcome(mlflow_server) -> None:
+    tracker = SweepTracker(mlflow_server.uri, "tracking-tests", uuid.uuid4().hex[:8])
+    tracker.start_sweep(SPEC)
+    child = tracker.start_trial("t_00000", "a", {"optim.lr": 0.1}, defer_params=True)
+    sent: list[tuple[int, int, int]] = []
+    log_batch = tracker.client.log_batch
+
+    def counting(run_id, metrics=(), params=(), tags=(), **kw):  # type: ignore[no-untyped-def]
+        sent.append((len(metrics), len(params), len(tags)))
+        return log_batch(run_id, metrics=metrics, params=params, tags=tags, **kw)
+
+    tracker.client.log_batch = counting  # type: ignore[method-assign]
+    epochs = [(e, {"val_accuracy": 0.1 * e, "val_loss": 1.0 / e}) for e in (1, 2, 3)]
+    tracker.log_trial(child, epochs, end=("completed", ""))
+
+    assert sent == [(6, 1, 1)]  # 3 epochs x 2 metrics, the configuration, the outcome tag
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    run = client.get_run(child)  # type: ignore[arg-type]
+    assert (run.info.status, run.data.params, run.data.tags["sweeps.outcome"]) == (
+        "FINISHED",
+        {"optim.lr": "0.1"},
+        "completed",
+    )
+    history = client.get_metric_history(child, "val_accuracy")  # type: ignore[arg-type]
+    assert sorted(m.step for m in history) == [1, 2, 3]
+
+
+def test_a_run_made_by_a_failed_create_request_is_closed_with_the_sweep(mlflow_server) -> None:
+    sweep_id = uuid.uuid4().hex[:8]
+    tracker = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_id)
+    tracker.start_sweep(SPEC)
+    create_run = tracker.client.create_run
+    lost: list[str] = []
+
+    def reply_lost(*args, **kw):  # type: ignore[no-untyped-def]
+        run = create_run(*args, **kw)  # the server made the run; its reply never arrived
+        if not lost:
+            lost.append(run.info.run_id)
+            raise ConnectionError("connection reset by peer")
+        return run
+
+    tracker.client.create_run = reply_lost  # type: ignore[method-assign]
+    child = tracker.start_trial("t_00000", "a", {})  # retried: a second run
+    tracker.end_trial(child, "completed")
+    tracker.end_sweep("completed", None, "val_accuracy")
+
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    assert client.get_run(lost[0]).info.status == "FINISHED"  # not left RUNNING
+
+
 def test_tracking_outage_is_a_warning_not_an_error(monkeypatch, caplog) -> None:
     for key, value in TRACKING_ENV.items():
         monkeypatch.setenv(key, value)
