@@ -31,7 +31,7 @@ from workers.events import FINAL_SWEEP_STATUSES
 from workers.spec import SweepSpec
 
 log = logging.getLogger("service.sweep_job")
-STANDBY_POLL_S = 0.05
+STANDBY_POLL_S = 0.1
 """How often a standby looks for its sweep (one indexed read)."""
 STANDBY_DB_PATIENCE_S = 60.0
 """A standby that cannot read the database for this long exits; the API replaces it."""
