@@ -19,7 +19,9 @@ epochs; 1 CPU per trial, 2 trials at a time, actors reused) run three ways:
 - ``toolbox``: :func:`toolbox.train.train` for each configuration, one after another in this
   process, with ``max_concurrent x cpu`` torch threads (the sweep's CPU budget).
 
-The modes alternate, round after round, after one warm-up round; medians are reported. The
+The modes alternate, round after round, after one warm-up round; medians are reported, with the
+CPU seconds each kind of process used in each mode (:mod:`cpu_meter`: API, MLflow server, sweep
+driver, Ray workers, Ray's own processes, this one). The
 stack lives in a temporary directory on free loopback ports and is stopped at the end, even on
 error: its process groups are killed, then any process of ours still naming that directory.
 Run: ``python bench/bench_service_overhead.py [--rounds R] [--epochs E]``.
