@@ -142,9 +142,11 @@ def test_a_sweep_whose_job_vanished_is_resumed_from_tune_state(
     app = create_app(settings)
     with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as client:
         get = lambda path: strict_json(client.get(path).text)  # noqa: E731
-        # Enough epochs that the stop below lands while both trials still train (six epochs
-        # of a tiny MLP on digits could all finish between two polls on a loaded machine).
-        body = digits({"optim.lr": [0.02, 0.1]}, method="grid", epochs=20, max_concurrent=2)
+        # Enough epochs that the stop below lands while both trials still train: the first
+        # epoch reaches the database a quarter second late (the driver's writes gather), and
+        # twenty epochs of a tiny MLP on digits can all finish in that time.
+        epochs = 100
+        body = digits({"optim.lr": [0.02, 0.1]}, method="grid", epochs=epochs, max_concurrent=2)
         sweep_id = client.post("/sweeps", json=body).json()["id"]
         any_epoch(get, sweep_id)
         job_id = get(f"/sweeps/{sweep_id}")["ray_job_id"]
@@ -155,7 +157,7 @@ def test_a_sweep_whose_job_vanished_is_resumed_from_tune_state(
         sweep = wait_for(lambda: get(f"/sweeps/{sweep_id}"), final, 420, "the sweep's end")
         assert sweep["status"] == "completed", sweep
         assert sweep["resumes"] == 1 and sweep["ray_job_id"] != job_id
-        assert curves(get, sweep_id) == {1: list(range(1, 21)), 2: list(range(1, 21))}
+        assert curves(get, sweep_id) == {n: list(range(1, epochs + 1)) for n in (1, 2)}
         trials = get(f"/sweeps/{sweep_id}/trials")["data"]
     # The resumed driver restores Tune's state: every trial finishes from its checkpoint.
     assert [t["status"] for t in trials] == ["completed", "completed"]
