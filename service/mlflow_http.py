@@ -7,6 +7,8 @@ MLflow's client-side retries.
 
 from __future__ import annotations
 
+import atexit
+
 import httpx
 
 from service.errors import DispatchError
@@ -15,6 +17,7 @@ TIMEOUT_S = 5.0
 _http = httpx.Client(timeout=TIMEOUT_S)
 """One client for the process: ``httpx.get`` builds a client (and its TLS context) per call,
 which costs more than the request to a server on loopback. Clients are thread safe."""
+atexit.register(_http.close)
 
 
 def check(tracking_uri: str) -> str:
