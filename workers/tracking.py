@@ -298,6 +298,7 @@ class SweepTracker:
             best: ``{"trial_key", "run_id", "value", "params"}`` of the best trial, or None.
             metric: the sweep's metric name (the parent logs ``best_<metric>``).
         """
+        self.send_due_params()
         for run_id, run_status in list(self._unclosed.items()):
             if _done("close trial run", lambda r=run_id, s=run_status: self._terminate(r, s)):  # type: ignore[misc]
                 self._unclosed.pop(run_id)
