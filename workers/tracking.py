@@ -282,14 +282,6 @@ class SweepTracker:
             }
             _done(what, lambda b=batch: self.client.log_batch(run_id, **b))  # type: ignore[misc]
 
-    def log_epoch(self, run_id: str | None, epoch: int, metrics: Mapping[str, float]) -> None:
-        """Log one epoch's metrics in one request (see :meth:`log_trial`)."""
-        self.log_trial(run_id, [(epoch, metrics)])
-
-    def end_trial(self, run_id: str | None, status: str, message: str = "") -> None:
-        """Close a child run with the MLflow status of the trial's final ``status``."""
-        self.log_trial(run_id, end=(status, message))
-
     def end_sweep(self, status: str, best: Mapping[str, Any] | None, metric: str) -> None:
         """Record the best trial on the parent run and close every run of the sweep.
 

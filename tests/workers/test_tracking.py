@@ -21,12 +21,12 @@ def test_resumed_tracker_reuses_parent_and_child_runs(mlflow_server) -> None:
     first = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_id)
     parent = first.start_sweep(SPEC)
     child = first.start_trial("t_00000", "digits-sweep #1 lr=0.01", {"optim.lr": 0.01})
-    first.log_epoch(child, 1, {"val_accuracy": 0.5, "val_loss": 1.0})
+    first.log_trial(child, [(1, {"val_accuracy": 0.5, "val_loss": 1.0})])
 
     again = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_id)
     assert again.start_sweep(SPEC) == parent
     assert again.start_trial("t_00000", "digits-sweep #1 lr=0.01", {"optim.lr": 0.01}) == child
-    again.end_trial(child, "diverged", "diverged at epoch 2")
+    again.log_trial(child, end=("diverged", "diverged at epoch 2"))
     again.end_sweep("completed", None, "val_accuracy")
 
     client = MlflowClient(tracking_uri=mlflow_server.uri)
@@ -44,13 +44,13 @@ def test_resumed_tracker_skips_epochs_the_reopened_run_already_holds(mlflow_serv
     first.start_sweep(SPEC)
     child = first.start_trial("t_00000", "a", {})
     for epoch in (1, 2):
-        first.log_epoch(child, epoch, {"val_accuracy": 0.5, "val_loss": 1.0})
+        first.log_trial(child, [(epoch, {"val_accuracy": 0.5, "val_loss": 1.0})])
 
     again = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_id)
     again.start_sweep(SPEC)
     assert again.start_trial("t_00000", "a", {}) == child
     for epoch in (2, 3):  # resumed from the checkpoint of epoch 1: epoch 2 comes again
-        again.log_epoch(child, epoch, {"val_accuracy": 0.6, "val_loss": 0.9})
+        again.log_trial(child, [(epoch, {"val_accuracy": 0.6, "val_loss": 0.9})])
 
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     history = client.get_metric_history(child, "val_accuracy")  # type: ignore[arg-type]
@@ -116,7 +116,7 @@ def test_a_run_made_by_a_failed_create_request_is_closed_with_the_sweep(mlflow_s
 
     tracker.client.create_run = reply_lost  # type: ignore[method-assign]
     child = tracker.start_trial("t_00000", "a", {})  # retried: a second run
-    tracker.end_trial(child, "completed")
+    tracker.log_trial(child, end=("completed", ""))
     tracker.end_sweep("completed", None, "val_accuracy")
 
     client = MlflowClient(tracking_uri=mlflow_server.uri)
@@ -131,7 +131,7 @@ def test_tracking_outage_is_a_warning_not_an_error(monkeypatch, caplog) -> None:
     tracker = SweepTracker(f"http://127.0.0.1:{free_port()}", "nowhere", "x")
     assert tracker.start_sweep(SPEC) is None
     assert tracker.start_trial("t_00000", "a", {"optim.lr": 0.1}) is None
-    tracker.log_epoch(None, 1, {"val_accuracy": 0.5})
+    tracker.log_trial(None, [(1, {"val_accuracy": 0.5})])
     tracker.end_sweep("completed", None, "val_accuracy")
     assert time.monotonic() - start < 30
     assert any("MLflow" in r.message for r in caplog.records)
