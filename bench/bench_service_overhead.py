@@ -5,7 +5,8 @@ epochs; 1 CPU per trial, 2 trials at a time, actors reused) run three ways:
 
 - ``service``: ``POST /sweeps`` to a real API process (uvicorn) started by
   :class:`service.stack.Stack` with a real Ray head and a real MLflow server, then
-  ``GET /sweeps/{id}`` every ``--poll`` seconds until the sweep is final. Wall time from the
+  ``GET /sweeps/{id}?wait=60`` (a long poll, answered when the sweep is final; ``--poll S``
+  polls every S seconds instead) until the sweep is final. Wall time from the
   POST to the final status: handing the sweep to its job, the driver, Tune, the database sink
   and MLflow tracking included. The API keeps ``--warm-drivers`` standby jobs (its default, 1;
   ``--warm-drivers 0`` measures a job started per sweep); a standby warms up while no sweep
@@ -57,6 +58,7 @@ SERVICE, TUNE, TOOLBOX = (
 PHASES = ("post", "job start-up", "driver", "seen final")
 A_B_TARGET, PER_TRIAL_TARGET_S = 1.10, 0.2
 TIMEOUT_S = 900
+LONG_POLL_S = 60.0
 
 
 def sweep_body(epochs: int, width: int, concurrency: int) -> dict[str, Any]:
@@ -142,15 +144,17 @@ class Runs:
 
 
 def service_run(client: Any, body: dict[str, Any], poll: float, n: int) -> tuple[float, dict]:
-    """POST the sweep, poll until final; wall seconds and where they went."""
+    """POST the sweep, wait until final (long polls, or a GET every ``poll`` s when
+    ``poll`` > 0); wall seconds and where they went."""
     t0 = time.perf_counter()
     sweep = client.submit(body)
     t_post = time.perf_counter() - t0
     while sweep["status"] not in FINAL:
         if time.perf_counter() - t0 > TIMEOUT_S:
             raise RuntimeError(f"sweep {sweep['id']} not final after {TIMEOUT_S} s: {sweep}")
-        time.sleep(poll)
-        sweep = client.get(sweep["id"])
+        if poll:
+            time.sleep(poll)
+        sweep = client.get(sweep["id"], wait=0.0 if poll else LONG_POLL_S)
     wall = time.perf_counter() - t0
     done = sweep["trial_counts"].get("completed", 0)
     if sweep["status"] != "completed" or done != n:
@@ -307,7 +311,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--width", type=int, default=64, help="hidden width of the MLP")
     parser.add_argument("--concurrency", type=int, default=2, help="trials at a time")
-    parser.add_argument("--poll", type=float, default=0.2, help="GET /sweeps/{id} interval")
+    parser.add_argument(
+        "--poll",
+        type=float,
+        default=0.0,
+        help="GET /sweeps/{id} every POLL s (default 0: long polls, answered at the end)",
+    )
     parser.add_argument(
         "--warm-drivers", type=int, default=1, help="standby sweep jobs the API keeps (0: none)"
     )

@@ -21,6 +21,8 @@ from service.client import ApiError, SweepsClient
 from service.config import load_settings
 
 FINAL = {"completed", "failed", "cancelled"}
+WATCH_WAIT_S = 30.0
+"""How long ``sweeps watch`` lets the API hold each request while nothing changes."""
 TRIAL_FINAL = ("completed", "stopped", "diverged", "failed", "cancelled")
 console = Console()
 
@@ -164,13 +166,19 @@ def show_best(sweep: dict[str, Any], keys: list[str]) -> None:
         console.print(f"sweep run: {links['mlflow_run']}")
 
 
-def watch(client: SweepsClient, sweep_id: int, poll: float = 1.0) -> int:
-    """Show a live progress bar of a sweep's trials until it ends; 0 when it completed."""
+def watch(client: SweepsClient, sweep_id: int) -> int:
+    """Show a live progress bar of a sweep's trials until it ends; 0 when it completed.
+
+    Each request is a long poll on the last answer's version: the bar moves as soon as the
+    sweep does, and nothing is asked while nothing changes.
+    """
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("starting", total=None)
+        version = None
         while True:
-            sweep = client.get(sweep_id)
+            sweep = client.get(sweep_id, wait=WATCH_WAIT_S if version else 0.0, version=version)
+            version = sweep["version"]
             counts = sweep["trial_counts"]
             done = sum(counts.get(s, 0) for s in TRIAL_FINAL)
             total = max(sweep["planned_trials"], counts["total"])
@@ -181,7 +189,6 @@ def watch(client: SweepsClient, sweep_id: int, poll: float = 1.0) -> int:
             bar.update(task, description=text, completed=done, total=total)
             if sweep["status"] in FINAL:
                 break
-            time.sleep(poll)
     show(sweep, client.trials(sweep_id)["data"])
     return 0 if sweep["status"] == "completed" else 1
 

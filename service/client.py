@@ -58,9 +58,20 @@ class SweepsClient:
         result: dict[str, Any] = self._call("GET", "/sweeps", params=params)
         return result
 
-    def get(self, sweep_id: int) -> dict[str, Any]:
-        """``GET /sweeps/{id}``."""
-        result: dict[str, Any] = self._call("GET", f"/sweeps/{sweep_id}")
+    def get(self, sweep_id: int, wait: float = 0.0, version: str | None = None) -> dict[str, Any]:
+        """``GET /sweeps/{id}``; with ``wait``, a long poll (see :mod:`service.waiting`):
+        answered when the sweep's version differs from ``version`` (without one: when the
+        sweep is final), at the latest after ``wait`` seconds."""
+        params: dict[str, Any] = {"wait": wait} if wait else {}
+        if version is not None:
+            params["version"] = version
+        timeout = self.http.timeout.read
+        result: dict[str, Any] = self._call(
+            "GET",
+            f"/sweeps/{sweep_id}",
+            params=params,
+            timeout=httpx.Timeout(None if timeout is None else timeout + wait),
+        )
         return result
 
     def trials(self, sweep_id: int) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
 from service.config import Settings
@@ -28,6 +28,12 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_session_factory(request: Request) -> sessionmaker[Session]:
+    """The session factory, for routes that open their own short transactions."""
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    return factory
+
+
 def get_views(request: Request) -> Views:
     """The response builder."""
     views: Views = request.app.state.views
@@ -42,11 +48,15 @@ def get_dispatcher(request: Request) -> Dispatcher:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 ViewsDep = Annotated[Views, Depends(get_views)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 
 
-def get_sweep(session: SessionDep, sweep_id: Annotated[int, Path(ge=1)]) -> Sweep:
+SweepId = Annotated[int, Path(ge=1, description="the sweep's id")]
+
+
+def get_sweep(session: SessionDep, sweep_id: SweepId) -> Sweep:
     """The sweep named by the path (404 through :class:`service.errors.SweepNotFoundError`)."""
     return store.get_sweep(session, sweep_id)
 

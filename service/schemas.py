@@ -89,6 +89,10 @@ class SweepDetail(SweepPublic):
     spec: dict[str, Any]
     trial_counts: dict[str, int] = Field(description="trials per status, plus 'total'")
     best_trial: BestTrial | None
+    version: str = Field(
+        description="changes whenever anything above changes; pass it back as "
+        "GET /sweeps/{id}?wait=S&version=V to be answered only when there is news"
+    )
 
 
 class EpochPublic(BaseModel):

@@ -97,6 +97,44 @@ def get_sweep(session: Session, sweep_id: int, *, lock: bool = False) -> Sweep:
     return sweep
 
 
+@dataclass(frozen=True)
+class SweepState:
+    """A sweep's status and version: a token that changes whenever anything the API reports
+    about the sweep (its row, its trials' rows, their epochs) changes."""
+
+    status: str
+    version: str
+
+
+def sweep_state(session: Session, sweep_id: int) -> SweepState:
+    """The sweep's :class:`SweepState`, in one query.
+
+    Every write to these rows moves an ``updated_at``/``reported_at`` or adds a row, so the
+    version combines the sweep's ``updated_at`` with the count and latest timestamp of its
+    trials and of their epochs.
+
+    Raises:
+        SweepNotFoundError: there is none.
+    """
+    of_sweep = Trial.sweep_id == sweep_id
+    trials = select(Trial.id).where(of_sweep)
+    stmt = select(
+        Sweep.status,
+        Sweep.updated_at,
+        select(func.count()).where(of_sweep).scalar_subquery(),
+        select(func.max(Trial.updated_at)).where(of_sweep).scalar_subquery(),
+        select(func.count()).where(EpochMetric.trial_id.in_(trials)).scalar_subquery(),
+        select(func.max(EpochMetric.reported_at))
+        .where(EpochMetric.trial_id.in_(trials))
+        .scalar_subquery(),
+    ).where(Sweep.id == sweep_id)
+    row = session.execute(stmt).first()
+    if row is None:
+        raise SweepNotFoundError(f"sweep {sweep_id} does not exist")
+    digest = hashlib.sha256(repr(tuple(row)).encode()).hexdigest()[:16]
+    return SweepState(status=row[0], version=digest)
+
+
 def list_sweeps(
     session: Session, *, status: str | None, limit: int, offset: int
 ) -> tuple[list[Sweep], int]:

@@ -77,7 +77,13 @@ class Views:
         )
 
     def sweep_detail(self, session: Session, sweep: Sweep) -> SweepDetail:
-        """A sweep with trial counts per status and its best trial so far."""
+        """A sweep with trial counts per status, its best trial so far and its version.
+
+        The version is read first: a change that lands while the rest is read makes the
+        response newer than its version, so a client waiting on that version is woken at once
+        rather than never told.
+        """
+        version = store.sweep_state(session, sweep.id).version
         counts = dict.fromkeys(ALL_TRIAL_STATUSES, 0) | store.trial_counts(session, sweep)
         counts["total"] = sum(counts.values())
         metric = sweep.spec.get("metric", {})
@@ -101,6 +107,7 @@ class Views:
             spec=sweep.spec,
             trial_counts=counts,
             best_trial=best_public,
+            version=version,
         )
 
     def trial_links(self, sweep: Sweep, trial: Trial) -> Links:

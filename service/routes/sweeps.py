@@ -5,9 +5,19 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Response, status
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
-from service.deps import DispatcherDep, SessionDep, SweepDep, ViewsDep
+from service.db import session_scope
+from service.deps import (
+    DispatcherDep,
+    SessionDep,
+    SessionFactoryDep,
+    SweepDep,
+    SweepId,
+    ViewsDep,
+)
 from service.examples import SWEEP_EXAMPLES
 from service.schemas import (
     CancelPublic,
@@ -18,12 +28,30 @@ from service.schemas import (
     TrialDetail,
     TrialsPublic,
 )
+from service.views import Views
+from service.waiting import MAX_WAIT_S, wait_for_news
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
 SweepStatusFilter = Literal["pending", "running", "cancelling", "completed", "failed", "cancelled"]
 TrialStatusFilter = Literal[
     "pending", "running", "completed", "stopped", "diverged", "failed", "cancelled"
+]
+Wait = Annotated[
+    float,
+    Query(
+        ge=0,
+        le=MAX_WAIT_S,
+        description="hold the request up to this many seconds until there is news (long poll)",
+    ),
+]
+Version = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=64,
+        description="the version of an earlier answer: with wait, answer when it changes",
+    ),
 ]
 Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
 Offset = Annotated[int, Query(ge=0, description="items to skip")]
@@ -69,9 +97,27 @@ def list_sweeps(
 
 
 @router.get("/{sweep_id}", response_model=SweepDetail, responses=ERRORS)
-def read_sweep(sweep: SweepDep, session: SessionDep, views: ViewsDep) -> SweepDetail:
-    """A sweep's status, trial counts, best trial so far and MLflow links."""
-    return views.sweep_detail(session, sweep)
+async def read_sweep(
+    sweep_id: SweepId,
+    factory: SessionFactoryDep,
+    views: ViewsDep,
+    wait: Wait = 0.0,
+    version: Version = None,
+) -> SweepDetail:
+    """A sweep's status, trial counts, best trial so far, MLflow links and version.
+
+    With ``wait``, a long poll: the answer comes as soon as the sweep's version differs from
+    ``version`` (or, without ``version``, as soon as the sweep is final), and at the latest
+    after ``wait`` seconds, with the sweep as it is then.
+    """
+    if wait:
+        await wait_for_news(factory, sweep_id, version, wait)
+    return await run_in_threadpool(_sweep_detail, factory, views, sweep_id)
+
+
+def _sweep_detail(factory: sessionmaker[Session], views: Views, sweep_id: int) -> SweepDetail:
+    with session_scope(factory) as session:
+        return views.sweep_detail(session, store.get_sweep(session, sweep_id))
 
 
 @router.get("/{sweep_id}/trials", response_model=TrialsPublic, responses=ERRORS)

@@ -12,7 +12,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
 from service.db import init_db, make_engine, make_session_factory, session_scope
-from service.errors import IdempotencyConflictError, StorageError, SweepFinishedError
+from service.errors import (
+    IdempotencyConflictError,
+    StorageError,
+    SweepFinishedError,
+    SweepNotFoundError,
+)
 from service.models import Sweep
 from service.sink import DatabaseSink
 from workers.events import TrialUpdate
@@ -126,6 +131,32 @@ def test_a_sink_batch_is_one_transaction_all_or_nothing(factory) -> None:
         trial = store.get_trial(session, store.get_sweep(session, sink.sweep_id), 1)
         assert trial.status == "running"
         assert [(e.epoch, e.metrics) for e in trial.epochs] == [(1, {"val_accuracy": 0.5})]
+
+
+def test_the_sweep_version_changes_with_every_write_and_only_then(factory) -> None:
+    sink = DatabaseSink(factory, new_sweep(factory))
+
+    def state() -> store.SweepState:
+        with session_scope(factory) as session:
+            return store.sweep_state(session, sink.sweep_id)
+
+    seen = [state()]
+    assert seen[0].status == "pending" and state() == seen[0]  # reading changes nothing
+    for write in (
+        lambda: sink.sweep_started("run1", "/tmp/exp"),
+        lambda: sink.trial_updated(TrialUpdate("t_00000", "running", {"optim.lr": 0.1})),
+        lambda: sink.epoch_reported("t_00000", 1, {"val_accuracy": 0.5}),
+        lambda: sink.epoch_reported("t_00000", 1, {"val_accuracy": 0.6}),  # overwritten
+        lambda: sink.trial_updated(TrialUpdate("t_00000", "completed")),
+        lambda: sink.sweep_ended("completed", "", None),
+    ):
+        write()
+        seen.append(state())
+        assert seen[-1] == state()
+    assert len({s.version for s in seen}) == len(seen)
+    assert seen[-1].status == "completed"
+    with pytest.raises(SweepNotFoundError), session_scope(factory) as session:
+        store.sweep_state(session, 999)
 
 
 def test_best_trial_uses_the_last_epoch_and_never_a_diverged_trial(factory) -> None:

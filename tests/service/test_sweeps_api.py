@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +13,14 @@ from fastapi.testclient import TestClient
 
 from service import store
 from service.app import create_app
+from service.cli import watch
+from service.client import SweepsClient
 from service.config import Settings
 from service.db import session_scope
+from service.sink import DatabaseSink
 from tests.service.helpers import FINAL, digits, make_settings, mlflow_runs, strict_json, wait_for
-from workers.spec import GRID_LIMIT
+from workers.events import TrialUpdate
+from workers.spec import GRID_LIMIT, SweepSpec
 
 
 @pytest.fixture
@@ -114,7 +120,6 @@ def test_resubmission_with_an_idempotency_key_returns_the_same_sweep(client: Tes
 
 def test_list_is_paginated_and_filtered_by_status(client: TestClient) -> None:
     factory = client.app.state.session_factory  # type: ignore[attr-defined]
-    from workers.spec import SweepSpec
 
     spec = SweepSpec.model_validate(digits({"optim.lr": [0.1]}))
     with session_scope(factory) as session:
@@ -130,6 +135,105 @@ def test_list_is_paginated_and_filtered_by_status(client: TestClient) -> None:
     failed = client.get("/sweeps", params={"status": "failed"}).json()
     assert failed["count"] == 2 and {s["id"] for s in failed["data"]} == {1, 2}
     assert client.get("/sweeps", params={"status": "nope"}).status_code == 422
+
+
+@pytest.fixture
+def quiet(settings: Settings) -> Iterator[tuple[TestClient, DatabaseSink]]:
+    """An API without dispatcher loop, one stored sweep, and the sink a sweep job writes with."""
+    with TestClient(create_app(settings, monitor=False), headers=auth(settings)) as c:
+        factory = c.app.state.session_factory  # type: ignore[attr-defined]
+        with session_scope(factory) as session:
+            sweep, _ = store.create_sweep(session, SweepSpec.model_validate(digits(LR)))
+            session.flush()
+        yield c, DatabaseSink(factory, sweep.id)
+
+
+LR = {"optim.lr": [0.1]}
+
+
+def later(*writes: Callable[[], object], every: float = 0.5) -> threading.Thread:
+    """Run ``writes`` on a thread, one every ``every`` seconds, the first after one period."""
+
+    def run() -> None:
+        for write in writes:
+            time.sleep(every)
+            write()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_a_held_get_answers_when_the_sweep_changes_or_ends(
+    quiet: tuple[TestClient, DatabaseSink],
+) -> None:
+    c, sink = quiet
+    path = f"/sweeps/{sink.sweep_id}"
+
+    def held(params: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        t0 = time.monotonic()
+        r = c.get(path, params=params)
+        assert r.status_code == 200, r.text
+        return strict_json(r.text), time.monotonic() - t0
+
+    first = sweep_of(c, sink.sweep_id)
+    # nothing changes: held for the whole wait, then the same sweep and version
+    same, waited = held({"wait": 0.5, "version": first["version"]})
+    assert waited >= 0.5 and same["version"] == first["version"]
+    # a trial starts while the request is held: answered with it, long before the wait ends
+    writer = later(lambda: sink.trial_updated(TrialUpdate("t_00000", "running")))
+    news, waited = held({"wait": 30, "version": first["version"]})
+    writer.join()
+    assert waited < 20 and news["version"] != first["version"]
+    assert news["trial_counts"]["running"] == 1
+    # without a version: answered when the sweep is final, not on the next change
+    writer = later(lambda: sink.epoch_reported("t_00000", 1, {"val_accuracy": 0.5}))
+    cut, _ = held({"wait": 1.5})
+    writer.join()
+    assert cut["status"] == "pending" and cut["best_trial"]["value"] == 0.5
+    writer = later(lambda: sink.sweep_ended("completed", "done", None))
+    final, waited = held({"wait": 30})
+    writer.join()
+    assert waited < 20 and final["status"] == "completed"
+    assert final["trial_counts"]["running"] == 0  # the open trial was closed with it
+    # bad waits are refused, naming the field; an unknown sweep is 404 even when held
+    for params in ({"wait": 61}, {"wait": -1}, {"wait": 1, "version": ""}):
+        r = c.get(path, params=params)
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["field"] in {"wait", "version"}
+    assert c.get("/sweeps/999", params={"wait": 1}).status_code == 404
+
+
+@pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")  # TestClient
+def test_sweeps_watch_follows_a_sweep_to_its_end_asking_only_on_news(
+    quiet: tuple[TestClient, DatabaseSink], capsys: pytest.CaptureFixture[str]
+) -> None:
+    c, sink = quiet
+    api = SweepsClient("http://testserver")
+    api.http = c
+    asked: list[str | None] = []
+    get = api.get
+
+    def counted(sweep_id: int, wait: float = 0.0, version: str | None = None) -> dict[str, Any]:
+        asked.append(version)
+        return get(sweep_id, wait=wait, version=version)
+
+    api.get = counted  # type: ignore[method-assign]
+    writes = [
+        lambda: sink.sweep_started("run1", "/tmp/exp"),
+        lambda: sink.trial_updated(TrialUpdate("t_00000", "running", LR)),
+        lambda: sink.epoch_reported("t_00000", 1, {"val_accuracy": 0.5}),
+        lambda: sink.epoch_reported("t_00000", 2, {"val_accuracy": 0.75}),
+        lambda: sink.trial_updated(TrialUpdate("t_00000", "completed")),
+        lambda: sink.sweep_ended("completed", "", None),
+    ]
+    writer = later(*writes, every=1.0)
+    assert watch(api, sink.sweep_id) == 0
+    writer.join()
+    # one question to start, then one per write at most: held requests, no polling
+    assert asked[0] is None and len(asked) <= 1 + len(writes)
+    out = capsys.readouterr().out
+    assert "best trial #1: val_accuracy=0.7500 at epoch 2" in out
 
 
 def test_readiness_names_the_dependency_that_is_down(settings: Settings) -> None:

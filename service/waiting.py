@@ -1,0 +1,60 @@
+"""Long polling: ``GET /sweeps/{id}?wait=S`` holds the request until there is news.
+
+A client that wants to follow a sweep (``sweeps watch``, a script waiting for the result) would
+otherwise poll: every poll builds the whole response (trial counts, best trial, links) to say,
+mostly, that nothing changed, and the news waits for the next poll. A held request instead
+checks the sweep's :class:`service.store.SweepState` (one small query) every
+:data:`CHECK_INTERVAL_S` and answers as soon as there is news:
+
+* with ``version`` (from an earlier response): when the sweep's version differs from it;
+* without: when the sweep is final (completed, failed or cancelled);
+
+and at the latest after ``wait`` seconds, with the sweep as it is then. The sweep job writes
+from another process, so the database is the only place to look; each check is its own short
+transaction, so a held request never keeps a transaction (or a SQLite read snapshot) open.
+"""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import store
+from service.db import session_scope
+from workers.events import FINAL_SWEEP_STATUSES
+
+CHECK_INTERVAL_S = 0.1
+"""How often a held request looks at the sweep: the latency of the news it waits for."""
+MAX_WAIT_S = 60.0
+"""The longest a request may be held (``wait``): below common proxy and client timeouts."""
+
+
+def _state(factory: sessionmaker[Session], sweep_id: int) -> store.SweepState:
+    with session_scope(factory) as session:
+        return store.sweep_state(session, sweep_id)
+
+
+async def wait_for_news(
+    factory: sessionmaker[Session], sweep_id: int, version: str | None, wait: float
+) -> None:
+    """Return when sweep ``sweep_id`` has news for a client that saw ``version`` (see the
+    module docstring), or after ``wait`` seconds.
+
+    Raises:
+        SweepNotFoundError: the sweep does not exist.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        state = await anyio.to_thread.run_sync(_state, factory, sweep_id)
+        if version is not None:
+            news = state.version != version
+        else:
+            news = state.status in FINAL_SWEEP_STATUSES
+        if news:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        await anyio.sleep(min(CHECK_INTERVAL_S, left))
