@@ -26,6 +26,8 @@ from service.config import STATE_DIR, Settings
 from service.errors import ServiceError
 
 BIN = Path(sys.executable).parent
+API_GRACEFUL_SHUTDOWN_S = 5
+"""Seconds the API gets, once told to stop, to finish its requests before they are cut."""
 
 
 class StackError(ServiceError):
@@ -122,6 +124,8 @@ class Stack:
         cmd = [
             sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app",
             "--host", s.host, "--port", str(s.port), "--workers", "1",
+            # held GETs (long polls) are cut short rather than delaying a stop by up to a minute
+            "--timeout-graceful-shutdown", str(API_GRACEFUL_SHUTDOWN_S),
         ]  # fmt: skip
         self._spawn("api", cmd, settings_env(s) | self._ray_env())
         self._wait_http("api", f"http://{s.host}:{s.port}/healthz", 60)
