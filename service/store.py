@@ -106,6 +106,18 @@ class SweepState:
     version: str
 
 
+def sweep_status(session: Session, sweep_id: int) -> str:
+    """The sweep's status alone (one indexed read).
+
+    Raises:
+        SweepNotFoundError: there is none.
+    """
+    status = session.scalar(select(Sweep.status).where(Sweep.id == sweep_id))
+    if status is None:
+        raise SweepNotFoundError(f"sweep {sweep_id} does not exist")
+    return status
+
+
 def sweep_state(session: Session, sweep_id: int) -> SweepState:
     """The sweep's :class:`SweepState`, in one query.
 

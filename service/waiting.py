@@ -3,8 +3,8 @@
 A client that wants to follow a sweep (``sweeps watch``, a script waiting for the result) would
 otherwise poll: every poll builds the whole response (trial counts, best trial, links) to say,
 mostly, that nothing changed, and the news waits for the next poll. A held request instead
-checks the sweep's :class:`service.store.SweepState` (one small query) every
-:data:`CHECK_INTERVAL_S` and answers as soon as there is news:
+looks at the sweep every :data:`CHECK_INTERVAL_S` (one small query: its status, or its
+:class:`service.store.SweepState`) and answers as soon as there is news:
 
 * with ``version`` (from an earlier response): when the sweep's version differs from it;
 * without: when the sweep is final (completed, failed or cancelled);
@@ -31,9 +31,11 @@ MAX_WAIT_S = 60.0
 """The longest a request may be held (``wait``): below common proxy and client timeouts."""
 
 
-def _state(factory: sessionmaker[Session], sweep_id: int) -> store.SweepState:
+def _news(factory: sessionmaker[Session], sweep_id: int, version: str | None) -> bool:
     with session_scope(factory) as session:
-        return store.sweep_state(session, sweep_id)
+        if version is None:  # only the status counts: the cheaper read
+            return store.sweep_status(session, sweep_id) in FINAL_SWEEP_STATUSES
+        return store.sweep_state(session, sweep_id).version != version
 
 
 async def wait_for_news(
@@ -47,12 +49,7 @@ async def wait_for_news(
     """
     deadline = time.monotonic() + wait
     while True:
-        state = await anyio.to_thread.run_sync(_state, factory, sweep_id)
-        if version is not None:
-            news = state.version != version
-        else:
-            news = state.status in FINAL_SWEEP_STATUSES
-        if news:
+        if await anyio.to_thread.run_sync(_news, factory, sweep_id, version):
             return
         left = deadline - time.monotonic()
         if left <= 0:
