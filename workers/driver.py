@@ -133,7 +133,7 @@ def run_sweep(
     path = str(Path(storage_path, experiment_name(sweep_id)))
     sink.sweep_started(parent_run_id, path)
     progress = SweepProgress(spec, sink, tracker)
-    progress.open_sweep(parent_run_id, path)  # MLflow's parent run, while Tune starts
+    progress.open_sweep(parent_run_id, path, resumed=resume)  # MLflow's run, as Tune starts
     local = is_local(storage_path)
     progress.flush_before_snapshots = not local  # else the storage flushes (docstring)
     _LIVE[sweep_id] = progress

@@ -142,14 +142,17 @@ class SweepProgress:
             self._queued, self._scheduled = [], False
         return self.outbox.failure()
 
-    def open_sweep(self, parent_run_id: str | None, experiment_path: str) -> None:
+    def open_sweep(
+        self, parent_run_id: str | None, experiment_path: str, *, resumed: bool = True
+    ) -> None:
         """Queue the opening of the sweep's MLflow parent run, before any trial's run.
 
-        The sink hears of the run's id once it exists (``sweep_started`` again).
+        The sink hears of the run's id once it exists (``sweep_started`` again). ``resumed``
+        False: no driver ran the sweep before (no parent run to look for).
         """
 
         def open_parent() -> None:
-            parent = self.tracker.start_sweep(self.spec, parent_run_id)
+            parent = self.tracker.start_sweep(self.spec, parent_run_id, resumed=resumed)
             if parent is not None and parent != parent_run_id:
                 self.sink.sweep_started(parent, experiment_path)
 

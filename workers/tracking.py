@@ -117,13 +117,20 @@ class SweepTracker:
         self._strays = False  # a create request failed: it may have made a run all the same
         self._running: set[str] = set()  # trial runs opened and not closed yet
 
-    def start_sweep(self, spec: SweepSpec, parent_run_id: str | None = None) -> str | None:
-        """Open (or, on resume, find) the sweep's parent run; returns its id, None if offline."""
+    def start_sweep(
+        self, spec: SweepSpec, parent_run_id: str | None = None, *, resumed: bool = True
+    ) -> str | None:
+        """Open (or, on resume, find) the sweep's parent run; returns its id, None if offline.
+
+        ``resumed=False`` says no driver ran the sweep before, so it has no parent run to find.
+        """
         self._metric = spec.metric.name
         self.experiment_id = _retry("experiment", self._experiment)
         if self.experiment_id is None:
             return None
-        found = parent_run_id or _retry("find sweep run", self._find_parent)
+        found = parent_run_id
+        if found is None and resumed:
+            found = _retry("find sweep run", self._find_parent)
         if found is None:
             tags = {SWEEP_ID: self.sweep_id, ROLE: "sweep", "sweeps.method": spec.method}
             self.parent_run_id = _retry(

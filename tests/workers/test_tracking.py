@@ -38,6 +38,24 @@ def test_resumed_tracker_reuses_parent_and_child_runs(mlflow_server) -> None:
     assert client.get_run(parent).info.status == "FINISHED"  # type: ignore[arg-type]
 
 
+def test_a_sweep_no_driver_ran_before_opens_its_run_without_looking_for_one(
+    mlflow_server,
+) -> None:
+    tracker = SweepTracker(mlflow_server.uri, "tracking-tests", uuid.uuid4().hex[:8])
+    searched: list[str] = []
+    search_runs = tracker.client.search_runs
+
+    def counting(*args, **kw):  # type: ignore[no-untyped-def]
+        searched.append(kw.get("filter_string", args[1] if len(args) > 1 else ""))
+        return search_runs(*args, **kw)
+
+    tracker.client.search_runs = counting  # type: ignore[method-assign]
+    parent = tracker.start_sweep(SPEC, resumed=False)
+    assert parent is not None and searched == []
+    again = SweepTracker(mlflow_server.uri, "tracking-tests", tracker.sweep_id)
+    assert again.start_sweep(SPEC) == parent  # a resumed driver finds it
+
+
 def test_resumed_tracker_skips_epochs_the_reopened_run_already_holds(mlflow_server) -> None:
     sweep_id = uuid.uuid4().hex[:8]
     first = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_id)
