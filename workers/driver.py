@@ -32,19 +32,15 @@ Progress writes (database and MLflow) leave Tune's controller thread through the
 (:class:`~workers.progress.SweepProgress`), so neither the controller nor the trials waiting on it
 wait for them. Yet no snapshot of the experiment state may reach storage before the writes of
 the results it covers, or a driver killed in between would be resumed past epochs never written.
-On local storage the storage filesystem sees to it (:func:`workers.storage.before_publishing`):
-the outbox is flushed on Tune's upload thread just before a state file is renamed into place,
-and a state file's content was written after every result it covers had queued its writes. The
-controller never waits, and writes gather for :data:`~workers.progress.LINGER_S` between
-snapshots. Object stores get no such hook, so there the controller flushes instead: Tune 2.60
-ends every step (``TuneController.step``) with ``_stop_experiment_if_needed()``, which calls
-:meth:`CancelStopper.stop_all`, then ``checkpoint()``, which snapshots when the period has
+Tune 2.60 ends every step (``TuneController.step``) with ``_stop_experiment_if_needed()``, which
+calls :meth:`CancelStopper.stop_all`, then ``checkpoint()``, which snapshots when the period has
 passed: ``save_to_dir`` writes the state file into the staging directory and asks every
 callback's ``get_state()``, and only then is the upload started. An upload started earlier may
 still be copying the staging directory when ``save_to_dir`` rewrites the state file, so the
 writes must be made before that file is written: ``stop_all`` flushes the outbox whenever a
 snapshot may be due (:data:`SNAPSHOT_MARGIN_S` before the period ends, measured from the last
 ``get_state()``), and ``get_state()`` flushes again for the snapshots Tune forces (the last one).
+Between snapshots the writes run behind the controller.
 """
 
 from __future__ import annotations
@@ -66,7 +62,7 @@ from workers.progress import SweepProgress
 from workers.resources import trial_resources
 from workers.search import build_plan
 from workers.spec import SweepSpec
-from workers.storage import before_publishing, is_local, local_path, storage_filesystem
+from workers.storage import local_path, storage_filesystem
 from workers.tracking import SweepTracker
 from workers.trainable import run_trial
 
@@ -74,9 +70,16 @@ log = logging.getLogger(__name__)
 CANCEL_POLL_S = 1.0
 SNAPSHOT_PERIOD_S = 2.0
 """How often Tune snapshots the experiment state (the most training a killed driver loses)."""
-SNAPSHOT_MARGIN_S = 0.5
-"""On object stores, ``stop_all`` flushes the writes this long before a snapshot is due, and
-from then on."""
+SNAPSHOT_MARGIN_S = 0.1
+"""``stop_all`` flushes the writes this long before a snapshot is due, and from then on.
+
+``snapshot_at`` is taken in ``get_state()``, inside Tune's save and so a little before Tune
+restarts its own clock (after launching the upload): by our clock a snapshot is due no later
+than by Tune's. The margin only has to cover the moments between ``stop_all`` and Tune's look
+at its clock in the same step (microseconds; a GIL hand-over or a GC pause at worst), so one
+step, or two, flushes per snapshot. Every flush makes the controller, and the trials waiting
+on it, wait for the writes, and the writes of every result in the window go one at a time
+(with 0.5 s, a quarter of the time)."""
 TUNE_ENV = {
     "TUNE_GLOBAL_CHECKPOINT_S": str(SNAPSHOT_PERIOD_S),
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
@@ -134,16 +137,11 @@ def run_sweep(
     sink.sweep_started(parent_run_id, path)
     progress = SweepProgress(spec, sink, tracker)
     progress.open_sweep(parent_run_id, path, resumed=resume)  # MLflow's run, as Tune starts
-    local = is_local(storage_path)
-    progress.flush_before_snapshots = not local  # else the storage flushes (docstring)
     _LIVE[sweep_id] = progress
     error = ""
     t_tune = t_fit = time.perf_counter()
     try:
-        with (
-            _environ(TUNE_ENV),
-            before_publishing(path, progress.flush) if local else contextlib.nullcontext(),
-        ):
+        with _environ(TUNE_ENV):
             tuner = _tuner(spec, sweep_id, storage_path, path, resume)
             t_fit = time.perf_counter()
             tuner.fit()
@@ -285,13 +283,11 @@ class ProgressCallback(tune.Callback):
                 self.progress.finished(trial.trial_id)
 
     def get_state(self) -> None:
-        """Called as Tune snapshots the experiment: on object stores, make every queued write
-        first (on local storage the storage does, off this thread: see the module docstring).
+        """Called as Tune snapshots the experiment: make every queued write first.
 
         No state of its own (the sink and MLflow hold it), so Tune saves no callback file.
         """
-        if self.progress.flush_before_snapshots:
-            self.progress.flush()
+        self.progress.flush()
         self.progress.snapshot_at = time.monotonic()
         return None
 
@@ -315,8 +311,8 @@ class CancelStopper(tune.Stopper):
         if progress is None:
             return False
         since = time.monotonic() - progress.snapshot_at
-        if progress.flush_before_snapshots and since >= SNAPSHOT_PERIOD_S - SNAPSHOT_MARGIN_S:
-            progress.flush()  # on an object store, Tune may snapshot next (docstring)
+        if since >= SNAPSHOT_PERIOD_S - SNAPSHOT_MARGIN_S:  # Tune may snapshot next (docstring)
+            progress.flush()
         if progress.cancelled:
             return True
         if time.monotonic() - self._last_poll >= CANCEL_POLL_S:

@@ -111,9 +111,6 @@ class SweepProgress:
         self.cancelled = False
         self.snapshot_at = float("-inf")
         """``time.monotonic()`` of Tune's last experiment-state snapshot (the driver sets it)."""
-        self.flush_before_snapshots = True
-        """Whether Tune's controller must flush before it snapshots (the driver clears it
-        when the storage flushes as it publishes a snapshot instead)."""
         self.outbox = Outbox(f"sweep {tracker.sweep_id}")
         self._lock = threading.Lock()
         self._queued: list[_Write] = []

@@ -21,14 +21,6 @@ one JSON document, other ``.json`` files as JSON lines, and pickles (``.pkl``, a
 :mod:`pickletools`, which executes nothing). Otherwise the previous version stays, and the next
 snapshot brings the new one.
 
-Publishing an experiment state is also the moment the driver's progress writes must be made
-by: a resumed sweep continues from the state on storage, so that state must never cover a
-result the database and MLflow do not have yet. :func:`before_publishing` registers a hook (the
-driver's ``flush``) that runs before an ``experiment_state-*.json`` is renamed into place in
-its experiment directory: everything the state covers was queued before its file was copied,
-so it is written by the time anyone can read the state. A hook that raises leaves the state
-unpublished. The hook runs on Tune's upload thread, so Tune's controller never waits for it.
-
 Checkpoints are pruned here too. The driver keeps every checkpoint in Tune
 (``num_to_keep=None``: Tune 2.60 deletes a checkpoint beyond ``num_to_keep`` *before* the
 snapshot naming its successor is stored, so a driver killed in between is restored onto a
@@ -50,7 +42,7 @@ import pickletools
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow
@@ -141,29 +133,6 @@ def prune_superseded_checkpoints(experiment_dir: str, state: bytes) -> int:
     return removed
 
 
-_BEFORE_PUBLISH: dict[str, Callable[[], None]] = {}
-"""Experiment directory (real path) -> what must run before a state is published in it."""
-
-
-@contextlib.contextmanager
-def before_publishing(experiment_dir: str, hook: Callable[[], None]) -> Iterator[None]:
-    """Within the block, call ``hook`` before every ``experiment_state-*.json`` written
-    through :func:`storage_filesystem` is published in ``experiment_dir``.
-
-    The hook runs on the thread that copies the file (Tune's upload thread); if it raises, the
-    file is not published and the error reaches the copy. Local storage only: object stores
-    are not written through this module.
-    """
-    key = os.path.realpath(experiment_dir)
-    if key in _BEFORE_PUBLISH:
-        raise RuntimeError(f"{experiment_dir} already has a publishing hook")
-    _BEFORE_PUBLISH[key] = hook
-    try:
-        yield
-    finally:
-        del _BEFORE_PUBLISH[key]
-
-
 def validator(path: str) -> Callable[[bytes], bool] | None:
     """The check a file must pass before it is published, or None: not a state file.
 
@@ -243,26 +212,12 @@ class _RenameOnClose(io.FileIO):
                 self.failed = True
                 log.warning("not publishing %s: the copied file is incomplete", self.final)
             if self.failed:
-                self._discard()
-        if self.failed:
-            return
-        state = STATE_FILE.search(os.path.basename(self.final)) is not None
-        if state:
-            hook = _BEFORE_PUBLISH.get(os.path.realpath(os.path.dirname(self.final)))
-            try:
-                if hook is not None:
-                    hook()
-            except BaseException:
-                self.failed = True
-                self._discard()
-                raise
-        os.replace(self.tmp, self.final)
-        if state:
-            self._prune()
-
-    def _discard(self) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(self.tmp)
+                with contextlib.suppress(OSError):
+                    os.unlink(self.tmp)
+            else:
+                os.replace(self.tmp, self.final)
+                if STATE_FILE.search(os.path.basename(self.final)):
+                    self._prune()
 
     def _prune(self) -> None:
         try:

@@ -10,13 +10,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import pytest
 
-from workers.storage import (
-    TMP_MARK,
-    before_publishing,
-    local_path,
-    restore_points,
-    storage_filesystem,
-)
+from workers.storage import TMP_MARK, local_path, restore_points, storage_filesystem
 
 
 @pytest.fixture
@@ -56,32 +50,6 @@ def test_torn_state_files_are_not_published_and_the_previous_version_stays(fs, t
     assert json.loads(state.read_text()) == {"v": 1}
     assert pickle.loads(searcher.read_bytes()) == pickle.loads(whole)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([searcher.name, state.name])
-
-
-def test_a_hook_runs_before_an_experiment_state_is_published_and_can_stop_it(fs, tmp_path):
-    exp, other = tmp_path / "exp", tmp_path / "other"
-    exp.mkdir()
-    other.mkdir()
-    state = exp / "experiment_state-x.json"
-    seen: list[bool] = []
-    with before_publishing(str(exp), lambda: seen.append(state.exists())):
-        write(fs, state, b'{"v": 1}')  # the hook ran before the file was there
-        write(fs, exp / "searcher-state.pkl", pickle.dumps(1))  # other files: no hook
-        write(fs, other / "experiment_state-x.json", b"{}")  # other directories: no hook
-        write(fs, state, b'{"v": 2, "trial_data": [')  # torn: not published, no hook
-        with pytest.raises(RuntimeError, match="already has"), before_publishing(str(exp), list):
-            pass
-    assert seen == [False]
-
-    def refuse() -> None:
-        raise OSError("the database is down")
-
-    with before_publishing(str(exp), refuse), pytest.raises(OSError, match="database is down"):
-        write(fs, state, b'{"v": 3}')
-    assert json.loads(state.read_text()) == {"v": 1}  # the previous state stays
-    assert not [p for p in exp.iterdir() if TMP_MARK in p.name]
-    write(fs, state, b'{"v": 4}')  # outside the block: published with no hook
-    assert json.loads(state.read_text()) == {"v": 4}
 
 
 def test_other_files_are_published_as_written(fs, tmp_path):
