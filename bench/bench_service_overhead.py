@@ -290,6 +290,9 @@ def print_table(runs: Runs, n: int) -> None:
     ok_ab = "ok" if a / b <= A_B_TARGET else "MISSED"
     ok_pt = "ok" if per_trial < PER_TRIAL_TARGET_S else "MISSED"
     print(f"a/b (service / ray tune)       {a / b:15.3f}  target <= {A_B_TARGET} {ok_ab}")
+    paired = [x / y for x, y in zip(runs.wall[SERVICE], runs.wall[TUNE], strict=True)]
+    shown = " ".join(f"{r:.3f}" for r in paired)
+    print(f"a/b round by round (median)    {statistics.median(paired):15.3f}  {shown}")
     print(f"a/c (service / toolbox)        {a / c:15.3f}")
     print(
         f"overhead per trial (a-b)/{n}    {per_trial:15.3f}  target < {PER_TRIAL_TARGET_S} {ok_pt}"
