@@ -97,15 +97,6 @@ def get_sweep(session: Session, sweep_id: int, *, lock: bool = False) -> Sweep:
     return sweep
 
 
-@dataclass(frozen=True)
-class SweepState:
-    """A sweep's status and version: a token that changes whenever anything the API reports
-    about the sweep (its row, its trials' rows, their epochs) changes."""
-
-    status: str
-    version: str
-
-
 def sweep_status(session: Session, sweep_id: int) -> str:
     """The sweep's status alone (one indexed read).
 
@@ -118,12 +109,13 @@ def sweep_status(session: Session, sweep_id: int) -> str:
     return status
 
 
-def sweep_state(session: Session, sweep_id: int) -> SweepState:
-    """The sweep's :class:`SweepState`, in one query.
+def sweep_version(session: Session, sweep_id: int) -> str:
+    """A token that changes whenever anything the API reports about the sweep changes (its
+    row, its trials' rows, their epochs), in one query.
 
     Every write to these rows moves an ``updated_at``/``reported_at`` or adds a row, so the
-    version combines the sweep's ``updated_at`` with the count and latest timestamp of its
-    trials and of their epochs.
+    version digests the sweep's status and ``updated_at`` with the count and latest timestamp
+    of its trials and of their epochs.
 
     Raises:
         SweepNotFoundError: there is none.
@@ -143,8 +135,7 @@ def sweep_state(session: Session, sweep_id: int) -> SweepState:
     row = session.execute(stmt).first()
     if row is None:
         raise SweepNotFoundError(f"sweep {sweep_id} does not exist")
-    digest = hashlib.sha256(repr(tuple(row)).encode()).hexdigest()[:16]
-    return SweepState(status=row[0], version=digest)
+    return hashlib.sha256(repr(tuple(row)).encode()).hexdigest()[:16]
 
 
 def list_sweeps(

@@ -83,7 +83,7 @@ class Views:
         response newer than its version, so a client waiting on that version is woken at once
         rather than never told.
         """
-        version = store.sweep_state(session, sweep.id).version
+        version = store.sweep_version(session, sweep.id)
         counts = dict.fromkeys(ALL_TRIAL_STATUSES, 0) | store.trial_counts(session, sweep)
         counts["total"] = sum(counts.values())
         metric = sweep.spec.get("metric", {})

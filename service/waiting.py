@@ -4,7 +4,7 @@ A client that wants to follow a sweep (``sweeps watch``, a script waiting for th
 otherwise poll: every poll builds the whole response (trial counts, best trial, links) to say,
 mostly, that nothing changed, and the news waits for the next poll. A held request instead
 looks at the sweep every :data:`CHECK_INTERVAL_S` (one small query: its status, or its
-:class:`service.store.SweepState`) and answers as soon as there is news:
+version, :func:`service.store.sweep_version`) and answers as soon as there is news:
 
 * with ``version`` (from an earlier response): when the sweep's version differs from it;
 * without: when the sweep is final (completed, failed or cancelled);
@@ -35,7 +35,7 @@ def _news(factory: sessionmaker[Session], sweep_id: int, version: str | None) ->
     with session_scope(factory) as session:
         if version is None:  # only the status counts: the cheaper read
             return store.sweep_status(session, sweep_id) in FINAL_SWEEP_STATUSES
-        return store.sweep_state(session, sweep_id).version != version
+        return store.sweep_version(session, sweep_id) != version
 
 
 async def wait_for_news(

@@ -136,12 +136,12 @@ def test_a_sink_batch_is_one_transaction_all_or_nothing(factory) -> None:
 def test_the_sweep_version_changes_with_every_write_and_only_then(factory) -> None:
     sink = DatabaseSink(factory, new_sweep(factory))
 
-    def state() -> store.SweepState:
+    def version() -> str:
         with session_scope(factory) as session:
-            return store.sweep_state(session, sink.sweep_id)
+            return store.sweep_version(session, sink.sweep_id)
 
-    seen = [state()]
-    assert seen[0].status == "pending" and state() == seen[0]  # reading changes nothing
+    seen = [version()]
+    assert version() == seen[0]  # reading changes nothing
     for write in (
         lambda: sink.sweep_started("run1", "/tmp/exp"),
         lambda: sink.trial_updated(TrialUpdate("t_00000", "running", {"optim.lr": 0.1})),
@@ -151,12 +151,14 @@ def test_the_sweep_version_changes_with_every_write_and_only_then(factory) -> No
         lambda: sink.sweep_ended("completed", "", None),
     ):
         write()
-        seen.append(state())
-        assert seen[-1] == state()
-    assert len({s.version for s in seen}) == len(seen)
-    assert seen[-1].status == "completed"
-    with pytest.raises(SweepNotFoundError), session_scope(factory) as session:
-        store.sweep_state(session, 999)
+        seen.append(version())
+        assert seen[-1] == version()
+    assert len(set(seen)) == len(seen)
+    with session_scope(factory) as session:
+        assert store.sweep_status(session, sink.sweep_id) == "completed"
+        for missing in (store.sweep_version, store.sweep_status):
+            with pytest.raises(SweepNotFoundError):
+                missing(session, 999)
 
 
 def test_best_trial_uses_the_last_epoch_and_never_a_diverged_trial(factory) -> None:
