@@ -204,6 +204,13 @@ def print_table(rows: dict[str, list[float]]) -> None:
         runs = ", ".join(f"{r:.0f}" for r in rows[k])
         print(f"{k:42s} {v:18.0f}  [{runs}]")
     print(f"ours / best plain DataLoader: {ours / plain:.2f}x   ours / no-aug: {ours / limit:.2f}x")
+    # Each round runs every path once, back to back, so a ratio within a round cancels the
+    # machine's drift between rounds.
+    by_round = [o / n for o, n in zip(rows[OURS], rows[LIMIT], strict=True)]
+    print(
+        f"ours / no-aug by round: median {statistics.median(by_round):.2f}x  "
+        f"[{', '.join(f'{r:.2f}' for r in by_round)}]"
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,89 @@
+"""Gaussian noise for CPU batches, mixed from two windows of a bank of normal numbers.
+
+torch's CPU generator draws normal numbers one at a time (mt19937, about 4.5 ns each on a 2-core
+x86 machine): noise for 512 CIFAR images is 1.6 million of them, about 7 ms with the addition,
+more than all the other augmentations together. :class:`NoiseBank` draws :data:`BANK_SIZE` standard normal numbers
+once, and each sample's noise is ``(s1 * A[a:a+n] + s2 * B[b:b+n]) / sqrt(2)``: one window of
+each half (A, B) of the bank, at offsets ``a`` and ``b`` drawn uniformly for that sample, with
+random signs ``s1`` and ``s2``. That is two copies and a sum: 1.9 ms for the same 512 images.
+
+What the noise keeps: every value is exactly standard normal (a sum of two independent ones,
+scaled), the values within a sample are independent (its two windows never overlap), and there
+are about 10^12 equally likely noise images per image size, so no two samples of a run are
+likely to share one. What it gives up: two samples whose windows overlap share part of their
+noise, shifted to other pixels. For augmentation, which needs noise that a network cannot
+predict or learn, that is immaterial. A GPU generates fresh normal numbers in parallel (Philox),
+so the bank is for the CPU only.
+
+The bank is a pure function of the caller's generator's initial seed, and each call's offsets
+and signs are drawn from that generator: seeded runs repeat exactly, and a run resumed from a
+checkpoint of the generator's state continues exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+BANK_SIZE = 1 << 20
+"""Normal numbers in the bank (4 MiB of float32), about 340 CIFAR images' worth."""
+_HALF = BANK_SIZE // 2
+_MAX_WINDOW = _HALF // 16
+"""Samples larger than this (32,768 values, a 3x104x104 image) get fresh noise instead: their
+windows would overlap too much."""
+_CHUNK_VALUES = 1 << 18
+"""The windows of about this many values (1 MiB) are read and added at a time."""
+_SEED_SPAN = 1 << 32  # torch seeds its CPU generator (mt19937) with 32 bits
+
+
+class NoiseBank:
+    """Standard normal noise for CPU batches, two bank windows per sample (see the module)."""
+
+    def __init__(self) -> None:
+        self._bank = torch.empty(0)
+        self._seed: int | None = None  # the initial seed of the generator the bank is for
+        self._buffer = torch.empty(0)  # the windows of a chunk of samples; see add_to
+
+    def add_to(self, x: torch.Tensor, std: float, generator: torch.Generator | None) -> None:
+        """Add ``std`` times standard normal noise to ``x`` (B, ...) in place, per sample.
+
+        Args:
+            x: a contiguous CPU batch; each ``x[i]`` gets its own noise.
+            std: the noise's standard deviation.
+            generator: draws the windows and signs; its initial seed picks the bank
+                (``None``: torch's global generator).
+        """
+        b, n = x.shape[0], math.prod(x.shape[1:])
+        if not b * n:
+            return
+        if n > _MAX_WINDOW:
+            x.add_(torch.randn(x.shape, generator=generator, dtype=x.dtype), alpha=std)
+            return
+        windows = self._bank_for(generator).as_strided((BANK_SIZE - n + 1, n), (1, 1))  # views
+        # One draw per window: its offset in its half, and its sign in the lowest bit.
+        draws = torch.randint(2 * (_HALF - n + 1), (b, 2), generator=generator)  # (B, 2)
+        starts = ((draws >> 1) + torch.tensor((0, _HALF))).view(-1)  # (2B,): one in each half
+        signs = 1.0 - 2.0 * (draws & 1).to(x.dtype)  # (B, 2) of +-1
+        coeffs = signs.mul_(std / math.sqrt(2.0)).view(b, 1, 2)
+        # A chunk of samples at a time, into one small buffer reused across calls: the windows
+        # are still in cache when added, and a fresh buffer would cost a page fault per 4 KiB.
+        chunk = max(1, _CHUNK_VALUES // (2 * n))
+        if self._buffer.numel() < 2 * chunk * n:
+            self._buffer = torch.empty(2 * chunk * n)
+        flat = x.view(b, 1, n)
+        for first in range(0, b, chunk):
+            last = min(b, first + chunk)
+            pairs = self._buffer[: 2 * (last - first) * n].view(2 * (last - first), n)
+            torch.index_select(windows, 0, starts[2 * first : 2 * last], out=pairs)
+            pairs = pairs.view(last - first, 2, n).to(x.dtype)
+            flat[first:last].baddbmm_(coeffs[first:last], pairs)  # x += (s1, s2) @ windows
+
+    def _bank_for(self, generator: torch.Generator | None) -> torch.Tensor:
+        """The bank for ``generator``'s initial seed, drawn at its first use (about 5 ms)."""
+        seed = (generator or torch.default_generator).initial_seed()
+        if seed != self._seed:
+            # Not the caller's own seed, whose stream the caller's draws come from.
+            private = torch.Generator().manual_seed((seed * 0x9E3779B1 + 0x7F4A7C15) % _SEED_SPAN)
+            self._bank, self._seed = torch.randn(BANK_SIZE, generator=private), seed
+        return self._bank
