@@ -120,6 +120,15 @@ def test_inplace_gives_the_same_batch() -> None:
     assert torch.equal(aug(x.clone(), _gen(4), inplace=True), expected)
 
 
+def test_a_non_contiguous_batch_gives_the_same_batch() -> None:
+    x = _images(16)
+    aug = Augmenter(ALL_ON)
+    expected = aug(x, _gen(7))
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(aug(channels_last, _gen(7)), expected)
+    assert torch.equal(aug(channels_last, _gen(7), inplace=True), expected)
+
+
 def test_zero_probabilities_are_the_identity_and_return_a_new_tensor() -> None:
     # Strengths set, but every probability (and the noise) is zero.
     cfg = AugmentConfig(rotate_deg=90, translate=0.3, brightness=0.9, hue=0.4, scale=0.5)
