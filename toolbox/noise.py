@@ -43,8 +43,6 @@ class NoiseBank:
     """Standard normal noise for CPU batches, two bank windows per sample (see the module)."""
 
     def __init__(self) -> None:
-        self._bank = torch.empty(0)
-        self._seed: int | None = None  # the initial seed of the generator the bank is for
         self._buffer = torch.empty(0)  # the windows of a chunk of samples; see add_to
 
     def add_to(self, x: torch.Tensor, std: float, generator: torch.Generator | None) -> None:
@@ -62,7 +60,8 @@ class NoiseBank:
         if n > _MAX_WINDOW:
             x.add_(torch.randn(x.shape, generator=generator, dtype=x.dtype), alpha=std)
             return
-        windows = self._bank_for(generator).as_strided((BANK_SIZE - n + 1, n), (1, 1))  # views
+        bank = _bank((generator or torch.default_generator).initial_seed())
+        windows = bank.as_strided((BANK_SIZE - n + 1, n), (1, 1))  # every window, as a view
         # One draw per window: its offset in its half, and its sign in the lowest bit.
         draws = torch.randint(2 * (_HALF - n + 1), (b, 2), generator=generator)  # (B, 2)
         starts = ((draws >> 1) + torch.tensor((0, _HALF))).view(-1)  # (2B,): one in each half
@@ -81,13 +80,6 @@ class NoiseBank:
             torch.index_select(windows, 0, starts[2 * first : 2 * last], out=pairs)
             pairs = pairs.view(last - first, 2, n).to(x.dtype)
             flat[first:last].baddbmm_(coeffs[first:last], pairs)  # x += (s1, s2) @ windows
-
-    def _bank_for(self, generator: torch.Generator | None) -> torch.Tensor:
-        """The bank for ``generator``'s initial seed."""
-        seed = (generator or torch.default_generator).initial_seed()
-        if seed != self._seed:
-            self._bank, self._seed = _bank(seed), seed
-        return self._bank
 
 
 @functools.lru_cache(maxsize=4)
