@@ -4,7 +4,7 @@ One fixed grid (8 trials by default: 4 learning rates x 2 momenta, a small MLP o
 epochs; 1 CPU per trial, 2 trials at a time, actors reused) run three ways:
 
 - ``service``: ``POST /sweeps`` to a real API process (uvicorn) started by
-  :class:`service.stack.Stack` with a real Ray head and a real MLflow server, then
+  :class:`service.cli.stack.Stack` with a real Ray head and a real MLflow server, then
   ``GET /sweeps/{id}?wait=60`` (a long poll, answered when the sweep is final; ``--poll S``
   polls every S seconds instead) until the sweep is final. Wall time from the
   POST to the final status: handing the sweep to its job, the driver, Tune, the database sink
@@ -13,7 +13,7 @@ epochs; 1 CPU per trial, 2 trials at a time, actors reused) run three ways:
   runs, so before every timed run of any mode the benchmark waits until ``/readyz`` reports
   the standbys ready, and no mode is timed while one warms up.
 - ``ray tune``: a :class:`ray.tune.Tuner` in this process, connected to the same Ray cluster,
-  over the same trainable (:func:`workers.trainable.run_trial`), parameter space, resources,
+  over the same trainable (:func:`workers.trial.trainable.run_trial`), parameter space, resources,
   ``max_concurrent_trials`` and ``reuse_actors``, without database or MLflow, and otherwise
   Tune's defaults (every checkpoint kept, result files written). Wall time of
   ``Tuner.fit``, as a user of Ray Tune scripts would time it.
@@ -78,8 +78,8 @@ def sweep_body(epochs: int, width: int, concurrency: int) -> dict[str, Any]:
 @contextlib.contextmanager
 def embedded_stack(root: Path, warm_drivers: int) -> Iterator[Any]:
     """The project's own stack (MLflow, Ray head, API) under ``root``; yields its settings."""
+    from service.cli.stack import Stack, free_port
     from service.config import Settings
-    from service.stack import Stack, free_port
 
     settings = Settings(
         database_url=f"sqlite:///{root}/sweeps.db",
@@ -170,21 +170,15 @@ def service_run(client: Any, body: dict[str, Any], poll: float, n: int) -> tuple
 
 def tune_run(body: dict[str, Any], storage: Path, n: int) -> float:
     """``Tuner.fit`` over the same trainable, space, resources and concurrency."""
-    import ray
     from ray import tune
 
-    from workers.resources import trial_resources
-    from workers.search import param_space
+    from workers.driver.search import param_space
+    from workers.driver.sweep import trainable
     from workers.spec import SweepSpec
-    from workers.trainable import run_trial
 
     spec = SweepSpec.model_validate(body)
-    res = trial_resources(spec, ray.cluster_resources())
-    bound = tune.with_parameters(
-        run_trial, spec_json=spec.model_dump_json(), cpus=res.cpu, gpus=res.gpu
-    )
     tuner = tune.Tuner(
-        tune.with_resources(bound, res.as_tune()),
+        trainable(spec),
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
             metric=spec.metric.name,
@@ -248,7 +242,7 @@ def ray_connection(settings: Any, token_file: Path) -> Iterator[None]:
 
 def measure(args: argparse.Namespace, root: Path) -> Runs:
     """Start the stack, then run the three modes round-robin."""
-    from service.client import SweepsClient
+    from service.cli.client import SweepsClient
 
     body, n = sweep_body(args.epochs, args.width, args.concurrency), 8
     runs = Runs()

@@ -15,8 +15,8 @@ from pathlib import Path
 TICK = os.sysconf("SC_CLK_TCK")
 ROLES = (
     ("mlflow", ("mlflow",)),
-    ("api", ("service.app",)),
-    ("sweep driver", ("service.sweep_job",)),
+    ("api", ("service.api.app",)),
+    ("sweep driver", ("service.job",)),
     ("ray workers", ("ray::", "default_worker.py")),
     ("ray system", ("raylet", "gcs_server", "dashboard", "log_monitor", "runtime_env", "ray/")),
 )

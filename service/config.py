@@ -1,7 +1,7 @@
 """The service's settings: the one place that reads the environment (prefix ``SWEEPS_``).
 
 Build them with :func:`load_settings`; nothing is read at import time, so tests build their own
-:class:`Settings` and hand it to :func:`service.app.create_app`.
+:class:`Settings` and hand it to :func:`service.api.app.create_app`.
 """
 
 from __future__ import annotations
@@ -76,18 +76,18 @@ class Settings(BaseSettings):
         storage_path: where Ray Tune keeps experiment state (a directory, or an ``s3://`` URI);
             a resumed sweep restores from here.
         api_token: the bearer token every route but ``/healthz`` requires (see
-            :mod:`service.auth`); never sent to jobs. Without it the API must bind to loopback.
+            :mod:`service.api.auth`); never sent to jobs. Without it the API must bind to loopback.
         env: ``development`` or ``production``; production refuses to start unless
             ``api_token`` and ``ray_auth_token`` are real secrets (set, no placeholder, at
             least 16 characters).
         host, port: where ``sweeps up`` serves the API.
         public_url: the API's public base URL for self links (default ``http://host:port``).
-        job_python: the interpreter a Ray job runs ``-m service.sweep_job`` with.
+        job_python: the interpreter a Ray job runs ``-m service.job`` with.
         cancel_grace_seconds: how long the driver gets to cancel before the API stops its job.
         monitor_interval_seconds: how often the API checks cancellations and vanished jobs.
         max_resumes: how many times a sweep whose job vanished is resubmitted.
         warm_drivers: standby sweep jobs kept started and waiting while no sweep runs, so a
-            submitted sweep skips the job's start-up (see :mod:`service.standby`); 0 starts
+            submitted sweep skips the job's start-up (see :mod:`service.dispatch.standby`); 0 starts
             a job per sweep on demand.
     """
 

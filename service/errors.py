@@ -1,6 +1,6 @@
 """The service's errors, under :class:`toolbox.errors.SweepsError`.
 
-Routes translate them into HTTP responses (see :mod:`service.app`); nothing below the routes
+Routes translate them into HTTP responses (see :mod:`service.api.app`); nothing below the routes
 raises ``HTTPException``.
 """
 

@@ -28,16 +28,20 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from service.stack import free_port, kill_group
+from service.cli.stack import (
+    MLFLOW_ENV,
+    free_port,
+    kill_group,
+    mlflow_server_command,
+    ray_head_command,
+    wait_http,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -57,24 +61,6 @@ class MlflowServer:
     """A running MLflow tracking server."""
 
     uri: str
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status < 500:
-                    return
-        except urllib.error.HTTPError as err:  # e.g. 401: up, and asking for the token
-            if err.code < 500:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{what} not healthy at {url} after {timeout} s")
 
 
 def _kill_processes_mentioning(marker: str) -> None:
@@ -109,12 +95,7 @@ def ray_cluster() -> Iterator[RayCluster]:
     port, dash_port = free_port(), free_port()
     auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
     env = {**os.environ, **auth_env, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
-    cmd = [
-        str(BIN / "ray"), "start", "--head", "--block", f"--port={port}",
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", "--num-cpus=4",
-        "--disable-usage-stats", f"--temp-dir={temp_dir}", "--include-dashboard=true",
-        f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
-    ]  # fmt: skip
+    cmd = ray_head_command(port=port, dashboard_port=dash_port, temp_dir=Path(temp_dir), num_cpus=4)
     log = open(Path(temp_dir, "ray-start.log"), "wb")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
         cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -125,7 +106,7 @@ def ray_cluster() -> Iterator[RayCluster]:
             mp.setenv(key, value)
         _refresh_ray_auth()
         dashboard_url = f"http://127.0.0.1:{dash_port}"
-        _wait_http(f"{dashboard_url}/api/version", proc, timeout=90, what="ray start")
+        wait_http(f"{dashboard_url}/api/version", proc, timeout=90, what="ray start")
         yield RayCluster(f"127.0.0.1:{port}", dashboard_url, token, temp_dir)
     finally:
         mp.undo()
@@ -141,20 +122,15 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
     """A real MLflow tracking server for the whole session."""
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()
-    cmd = [
-        str(BIN / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-        "--default-artifact-root", str(root / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = mlflow_server_command(root, port)
+    env = {**os.environ, **MLFLOW_ENV}
     log = open(root / "server.log", "wb")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
         cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        _wait_http(f"{uri}/health", proc, timeout=60, what="mlflow server")
+        wait_http(f"{uri}/health", proc, timeout=60, what="mlflow server")
         yield MlflowServer(uri)
     finally:
         kill_group(proc)

@@ -94,7 +94,7 @@ def affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
     The (h*w, 3) grid of homogeneous pixel centres is made once per shape, so a batch costs one
     matrix product, (2B, 3) @ (3, h*w), and a transpose: building the grid anew per batch, as
     ``F.affine_grid`` does, costs about as much as the ``grid_sample`` it feeds, and a batched
-    (B, h*w, 3) @ (B, 3, 2) product (B tiny products) took 8 times as long on a 2-core CPU.
+    (B, h*w, 3) @ (B, 3, 2) product is B tiny products, several times slower than one.
 
     Args:
         theta: (B, 2, 3) matrices mapping output to input coordinates.

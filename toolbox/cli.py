@@ -18,7 +18,8 @@ from pydantic import ValidationError
 
 from toolbox.config import TrialConfig, flatten_dict
 from toolbox.errors import SweepsError
-from toolbox.train import EpochMetrics, TrainResult, resolve_device, train
+from toolbox.metrics import EpochMetrics
+from toolbox.train import TrainResult, resolve_device, train
 
 COLUMNS = (
     ("epoch", "epoch", 0),

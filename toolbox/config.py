@@ -21,11 +21,13 @@ Arch = Literal["mlp", "cnn"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Base of every settings model: unknown keys are errors, and instances are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     """Which data set to train on and how to split it.
 
     Attributes:
@@ -44,7 +46,7 @@ class DataConfig(_Strict):
     download: bool = True
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(StrictModel):
     """Training-time augmentation. Every sample draws its own transform.
 
     All probabilities are per sample; a strength of 0 (or probability 0) turns a tool off.
@@ -101,14 +103,25 @@ class AugmentConfig(_Strict):
         )
 
 
-class ModelConfig(_Strict):
-    """The network: an MLP or a small CNN.
+class ModelShape(StrictModel):
+    """The network's architecture and size (the part of :class:`ModelConfig` a sweep fixes).
 
     Attributes:
         arch: ``mlp`` or ``cnn``.
         width: hidden units per layer (MLP) or channels of the first conv block (CNN; each
             block doubles them).
         depth: hidden layers (MLP) or conv blocks (CNN).
+    """
+
+    arch: Arch = "mlp"
+    width: int = Field(128, ge=1, le=4096)
+    depth: int = Field(2, ge=1, le=8)
+
+
+class ModelConfig(ModelShape):
+    """The network: an MLP or a small CNN (its shape, see :class:`ModelShape`, and its layers).
+
+    Attributes:
         norm: hidden-layer normalization; all kinds have learned gamma and beta.
         groups: number of groups for ``norm='group'``; must divide every normalized width.
         dropout: dropout probability on fully connected layers (inverted scaling).
@@ -118,9 +131,6 @@ class ModelConfig(_Strict):
         fc_width: hidden units of the CNN's fully connected head.
     """
 
-    arch: Arch = "mlp"
-    width: int = Field(128, ge=1, le=4096)
-    depth: int = Field(2, ge=1, le=8)
     norm: HiddenNorm = "none"
     groups: int = Field(4, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -159,7 +169,7 @@ def _divisors_hint(n: int) -> str:
     return ", ".join(map(str, divs)) or "1"
 
 
-class OptimConfig(_Strict):
+class OptimConfig(StrictModel):
     """Minibatch SGD with (Nesterov) momentum.
 
     Attributes:
@@ -186,7 +196,7 @@ class OptimConfig(_Strict):
         return self
 
 
-class TrialConfig(_Strict):
+class TrialConfig(StrictModel):
     """Everything one training trial needs.
 
     Attributes:

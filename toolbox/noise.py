@@ -1,24 +1,14 @@
 """Gaussian noise for CPU batches, mixed from two windows of a bank of normal numbers.
 
-torch's CPU generator draws normal numbers one at a time (mt19937, about 4.5 ns each on a 2-core
-x86 machine): noise for 512 CIFAR images is 1.6 million of them, about 7 ms with the addition,
-more than all the other augmentations together. :class:`NoiseBank` draws :data:`BANK_SIZE`
-standard normal numbers once per generator seed and process, and each sample's noise is
-``(s1 * A[a:a+n] + s2 * B[b:b+n]) / sqrt(2)``: one window of each half (A, B) of the bank, at
-offsets ``a`` and ``b`` drawn uniformly for that sample, with random signs ``s1`` and ``s2``.
-That is two copies and a sum: 1.9 ms for the same 512 images.
-
-What the noise keeps: every value is exactly standard normal (a sum of two independent ones,
-scaled), the values within a sample are independent (its two windows never overlap), and there
-are about 10^12 equally likely noise images per image size, so no two samples of a run are
-likely to share one. What it gives up: two samples whose windows overlap share part of their
-noise, shifted to other pixels. For augmentation, which needs noise that a network cannot
-predict or learn, that is immaterial. A GPU generates fresh normal numbers in parallel (Philox),
-so the bank is for the CPU only.
-
-The bank is a pure function of the caller's generator's initial seed, and each call's offsets
-and signs are drawn from that generator: seeded runs repeat exactly, and a run resumed from a
-checkpoint of the generator's state continues exactly.
+Each sample's noise is ``(s1 * A[a:a+n] + s2 * B[b:b+n]) / sqrt(2)``: one window from each half
+(A, B) of a bank of :data:`BANK_SIZE` standard normal numbers, at offsets ``a``, ``b`` and with
+signs ``s1``, ``s2`` drawn for that sample from the caller's generator. Every value is exactly
+standard normal and the values within a sample are independent (its two windows never
+overlap); two samples share (shifted) noise only where their windows overlap, which is
+immaterial for augmentation. It is several times faster than ``torch.randn`` on the CPU, whose
+generator draws normal numbers one at a time. The bank is a pure function of the generator's
+initial seed, cached per process, so seeded runs repeat and resumed runs continue exactly.
+GPU batches, and samples over :data:`_MAX_WINDOW` values, get fresh ``randn`` noise.
 """
 
 from __future__ import annotations

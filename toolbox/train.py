@@ -23,6 +23,7 @@ from torch import nn
 from toolbox.config import TrialConfig
 from toolbox.data import DataSplit, load_split
 from toolbox.errors import ConfigError
+from toolbox.metrics import EpochMetrics
 from toolbox.models import build_model
 from toolbox.optim import build_optimizer
 from toolbox.preprocess import InputNormalizer
@@ -33,39 +34,10 @@ AUGMENT_AHEAD = 512
 """About how many training samples are gathered and augmented per augmenter call (whole batches,
 at least one). Much of the augmenter's cost is per call (a hundred-odd small tensor ops, and
 caches the training step left cold), so augmenting a few batches at once before their steps
-saves most of it; each sample still draws its own transform. 512 CIFAR images are 6 MiB, which
-measured faster on a 2-core CPU than 128 (one batch), 256 or 1024. Without augmentation,
-batches are gathered one at a time."""
+saves most of it; each sample still draws its own transform (bench/RESULTS.md has the sizes
+compared). Without augmentation, batches are gathered one at a time."""
 CHECKPOINT_VERSION = 1
 """Format of the dicts that ``checkpoint()`` returns; ``resume=`` refuses other versions."""
-
-
-@dataclass(frozen=True)
-class EpochMetrics:
-    """What one epoch measured. Field names are the metric names a sweep refers to.
-
-    Attributes:
-        epoch: 1-based epoch number.
-        train_loss: mean cross-entropy over the epoch's training batches (in training mode,
-            with augmentation and dropout, as the weights changed).
-        train_accuracy: share of training samples classified correctly during the epoch.
-        val_loss: mean cross-entropy on the validation split after the epoch, in eval mode.
-        val_accuracy: share of validation samples classified correctly after the epoch.
-        epoch_seconds: wall time of the epoch, training plus evaluation.
-        samples_per_second: training samples divided by the training time alone.
-    """
-
-    epoch: int
-    train_loss: float
-    train_accuracy: float
-    val_loss: float
-    val_accuracy: float
-    epoch_seconds: float
-    samples_per_second: float
-
-    def as_dict(self) -> dict[str, float]:
-        """Return ``{field name: value}``, including ``epoch``."""
-        return dataclasses.asdict(self)
 
 
 Outcome = Literal["completed", "diverged"]

@@ -7,9 +7,11 @@ can show progress without asking Ray or MLflow; the dependency still points serv
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 TrialStatus = Literal[
     "pending",  # created, not yet started
@@ -20,12 +22,40 @@ TrialStatus = Literal[
     "failed",  # raised, or its worker died more often than max_failures allows
     "cancelled",  # the sweep was cancelled while the trial was pending or running
 ]
+TRIAL_STATUSES: tuple[TrialStatus, ...] = get_args(TrialStatus)
 FINAL_TRIAL_STATUSES: frozenset[str] = frozenset(
     {"completed", "stopped", "diverged", "failed", "cancelled"}
 )
 
 SweepStatus = Literal["pending", "running", "cancelling", "completed", "failed", "cancelled"]
+SWEEP_STATUSES: tuple[SweepStatus, ...] = get_args(SweepStatus)
 FINAL_SWEEP_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+def trial_number(key: str) -> int:
+    """A trial's 1-based number from Ray Tune's trial id (``3fa2b_00002`` -> 3), 0 if none.
+
+    The same number names the trial's MLflow run and its row in the service's database.
+    """
+    suffix = key.rsplit("_", 1)[-1]
+    return int(suffix) + 1 if suffix.isdigit() else 0
+
+
+def finite_metrics(
+    values: Mapping[str, Any], names: Iterable[str] | None = None
+) -> dict[str, float]:
+    """The finite numbers of ``values`` (only those in ``names`` when given), as floats.
+
+    Metrics cross JSON (Tune's results, the database, responses), which has no NaN or infinity.
+    """
+    keys = values.keys() if names is None else [n for n in names if n in values]
+    return {
+        str(k): float(values[k])
+        for k in keys
+        if isinstance(values[k], int | float)
+        and not isinstance(values[k], bool)
+        and math.isfinite(values[k])
+    }
 
 
 @dataclass(frozen=True)
@@ -54,7 +84,7 @@ class SweepSink(Protocol):
 
     Contract: the reports (every method but :meth:`cancel_requested`) come in order, one at a
     time, though not all from the same thread: while Tune runs, the driver makes them from its
-    outbox's thread (:mod:`workers.outbox`). :meth:`cancel_requested` comes from Tune's
+    outbox's thread (:mod:`workers.driver.outbox`). :meth:`cancel_requested` comes from Tune's
     controller thread and may overlap a report. Every method is idempotent (a resumed driver
     may repeat an epoch or a status it sent before the restart) and must not raise for a
     repeated call. A final trial status is never replaced by a non-final one. A report that

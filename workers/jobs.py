@@ -1,24 +1,21 @@
-"""A thin client of Ray's Jobs API: each sweep's driver runs as one Ray job.
-
-The driver must not live in the API process (restarting the API must not stop a sweep), so the
-service submits ``python -m service.sweep_job <id>`` as a Ray job and follows it here.
+"""A thin client of Ray's Jobs API (each sweep's driver runs as one Ray job), and the
+:class:`JobClient` protocol that the service's dispatcher and standby pool are written against.
 
 Ray 2.60's ``ray start --head`` turns on token authentication: Jobs API clients send
-``Authorization: Bearer <token>``. The token is an argument (the service reads it from its
-settings); when None, ``~/.ray/auth_token`` (where ``ray start`` writes it) is used if present.
+``Authorization: Bearer <token>``. The token is an argument; the service's settings hold it.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from workers.errors import RayJobsError
 
 JobState = Literal["pending", "running", "succeeded", "failed", "stopped", "missing"]
-DEFAULT_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+LIVE_JOB_STATES: frozenset[str] = frozenset({"pending", "running"})
+"""States of a job that has not ended."""
 _STATES: dict[JobStatus, JobState] = {
     JobStatus.PENDING: "pending",
     JobStatus.RUNNING: "running",
@@ -28,12 +25,18 @@ _STATES: dict[JobStatus, JobState] = {
 }
 
 
-def read_token(path: Path = DEFAULT_TOKEN_FILE) -> str | None:
-    """The cluster token that ``ray start`` wrote to ``path``, or None when there is none."""
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
+class JobClient(Protocol):
+    """Submitting, following and stopping jobs: what the service needs of Ray's Jobs API.
+
+    :class:`RayJobs` is the implementation; every method raises
+    :class:`~workers.errors.RayJobsError` when the cluster cannot be reached or refuses.
+    """
+
+    def submit(self, entrypoint: str, submission_id: str, env_vars: dict[str, str]) -> str: ...
+
+    def status(self, job_id: str) -> JobState: ...
+
+    def stop(self, job_id: str) -> bool: ...
 
 
 class RayJobs:
@@ -45,7 +48,7 @@ class RayJobs:
 
     def __init__(self, dashboard_url: str, token: str | None = None) -> None:
         self.dashboard_url = dashboard_url.rstrip("/")
-        self._token = token if token is not None else read_token()
+        self._token = token
         self._client: JobSubmissionClient | None = None
 
     def _jobs(self) -> JobSubmissionClient:

@@ -1,8 +1,9 @@
 """The sweep specification: what to train, the search space, the search and its budget.
 
 The request body of ``POST /sweeps`` and the YAML file of ``sweeps submit`` are both a
-:class:`SweepSpec`. It is validated once, here, with messages that name the field and the fix;
-every later layer (the API, the Ray driver, the trainable) trusts it.
+:class:`SweepSpec`, validated here with messages that name the field and the fix. The API
+validates a request once and stores what it reports (planned trials, metric) beside it; the
+sweep job validates the stored spec once; each trial gets a ready base configuration.
 
 Parameters are named by the toolbox's dotted setting names (``optim.lr``, ``augment.hflip_p``;
 see :func:`toolbox.config.setting_names`) and written the W&B way::
@@ -17,54 +18,50 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
+from collections.abc import Mapping
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-from toolbox.config import (
-    Arch,
-    DatasetName,
-    TrialConfig,
-    setting_names,
-)
+from toolbox.config import DatasetName, ModelShape, StrictModel, TrialConfig, setting_names
+from toolbox.metrics import METRIC_NAMES
 
 Scalar = bool | int | float | str
-METRIC_NAMES = (
-    "val_accuracy",
-    "val_loss",
-    "train_accuracy",
-    "train_loss",
-    "samples_per_second",
-    "epoch_seconds",
-)
 GRID_LIMIT = 1000
 """A grid that expands past this many trials is refused."""
 _CORNER_LIMIT = 4096
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FixedParam(_Strict):
+class FixedParam(StrictModel):
     """One value for every trial."""
 
     value: Scalar
+
+    @property
+    def varies(self) -> bool:
+        """Whether trials get different values of it."""
+        return False
 
     def candidates(self) -> list[Scalar]:
         return [self.value]
 
 
-class ChoiceParam(_Strict):
+class ChoiceParam(StrictModel):
     """A list of values: enumerated by grid, sampled by random and Bayesian search."""
 
     values: list[Scalar] = Field(min_length=1, max_length=1000)
+
+    @property
+    def varies(self) -> bool:
+        """Whether trials get different values of it (a one-value list is fixed)."""
+        return len(self.values) > 1
 
     def candidates(self) -> list[Scalar]:
         return list(self.values)
 
 
-class RangeParam(_Strict):
+class RangeParam(StrictModel):
     """A distribution: ``uniform`` and ``log_uniform_values`` over [min, max] (floats),
     ``int_uniform`` over the integers min..max inclusive."""
 
@@ -84,6 +81,11 @@ class RangeParam(_Strict):
             raise ValueError("int_uniform needs integer min and max")
         return self
 
+    @property
+    def varies(self) -> bool:
+        """Whether trials get different values of it (always: ``min`` is below ``max``)."""
+        return True
+
     def candidates(self) -> list[Scalar]:
         """The values a grid enumerates (integers only) or the range's corners."""
         if self.distribution == "int_uniform":
@@ -92,9 +94,16 @@ class RangeParam(_Strict):
 
 
 Parameter = Annotated[FixedParam | ChoiceParam | RangeParam, Field(union_mode="left_to_right")]
+PARAMETERS: TypeAdapter[dict[str, Parameter]] = TypeAdapter(dict[str, Parameter])
+"""Reads a stored spec's ``parameters`` alone, without validating the whole spec again."""
 
 
-class MetricSpec(_Strict):
+def varied_keys(parameters: Mapping[str, Parameter]) -> list[str]:
+    """The parameters that differ between trials (they name the trials' runs)."""
+    return [key for key, p in parameters.items() if p.varies]
+
+
+class MetricSpec(StrictModel):
     """The metric that the search and early stopping optimise (per-epoch, last epoch counts)."""
 
     name: Literal[METRIC_NAMES] = "val_accuracy"  # type: ignore[valid-type]
@@ -105,7 +114,7 @@ class MetricSpec(_Strict):
         return "max" if self.goal == "maximize" else "min"
 
 
-class EarlyStoppingSpec(_Strict):
+class EarlyStoppingSpec(StrictModel):
     """Early stopping of unpromising trials (Ray Tune's ASHA or median stopping rule).
 
     ``grace_period`` epochs always run; ASHA keeps the top ``1/reduction_factor`` of trials at
@@ -120,15 +129,7 @@ class EarlyStoppingSpec(_Strict):
     min_samples_required: int = Field(3, ge=1, le=1000)
 
 
-class ModelSpec(_Strict):
-    """The fixed part of the model; any of it can still be varied through ``parameters``."""
-
-    arch: Arch = "mlp"
-    width: int = Field(128, ge=1, le=4096)
-    depth: int = Field(2, ge=1, le=8)
-
-
-class ResourcesSpec(_Strict):
+class ResourcesSpec(StrictModel):
     """Resources of one trial. ``gpu`` may be fractional so several trials share one GPU;
     ``None`` lets the driver choose from the cluster (a GPU share when GPUs exist, else 0)."""
 
@@ -143,12 +144,12 @@ class ResourcesSpec(_Strict):
         return v
 
 
-class SweepSpec(_Strict):
+class SweepSpec(StrictModel):
     """A hyperparameter sweep over the toolbox's settings."""
 
     name: str = Field("sweep", min_length=1, max_length=100, pattern=r"^[\w.\- ]+$")
     dataset: DatasetName = "digits"
-    model: ModelSpec = ModelSpec()
+    model: ModelShape = ModelShape()
     epochs: int = Field(5, ge=1, le=1000)
     parameters: dict[str, Parameter]
     method: Literal["grid", "random", "bayes"] = "random"
@@ -225,8 +226,9 @@ class SweepSpec(_Strict):
             return self.grid_size()
         return self.max_trials or 10
 
+    @cached_property
     def base_config(self) -> TrialConfig:
-        """The trial configuration before any parameter is applied."""
+        """The trial configuration before any parameter is applied (built once per spec)."""
         return TrialConfig.model_validate(
             {
                 "data": {"dataset": self.dataset},
@@ -238,7 +240,7 @@ class SweepSpec(_Strict):
 
     def trial_config(self, params: dict[str, Any]) -> TrialConfig:
         """The configuration of one trial: the base with the sampled ``params`` applied."""
-        return TrialConfig.from_flat(params, base=self.base_config())
+        return TrialConfig.from_flat(params, base=self.base_config)
 
     def _check_configs(self) -> None:
         """Validate every parameter's values, and their combinations where few enough.
@@ -249,7 +251,7 @@ class SweepSpec(_Strict):
         candidate values (a range's corners), so a parameter that is only valid together with
         another one can still be swept.
         """
-        base = self.base_config()
+        base = self.base_config
         for key, p in self.parameters.items():
             for value in p.candidates():
                 _validate(base, {key: value}, prefix=f"parameters.{key}", only_field=key)

@@ -1,23 +1,11 @@
 """MLflow tracking of sweeps: the only module of the project that imports mlflow.
 
-A sweep is a parent run in an experiment; each trial is a child run nested under it (tag
-``mlflow.parentRunId``). Every child logs the trial's whole configuration under the toolbox's
-dotted setting names and every epoch's metrics at ``step=epoch``.
-
-Run status mirrors the outcome (:data:`RUN_STATUS`): a completed, early-stopped or diverged
-trial ran to a conclusion and is FINISHED, its outcome in the tag ``sweeps.outcome``; a failed
-trial is FAILED; a cancelled one KILLED. No run is left RUNNING: a child whose end could not
-be recorded is retried at the end of the sweep, and :func:`close_sweep_runs` closes whatever a
-vanished driver left open.
-
-Tracking is best effort: a failed call is retried, then logged as a warning and dropped, so an
-MLflow outage never stops a sweep (the service's database still has every metric). Pass
-:data:`TRACKING_ENV` to the driver's process so MLflow's own HTTP retries stay short.
-
-Requests are few, because the driver writes what queued up together (:mod:`workers.progress`):
-one ``log_batch`` carries a run's configuration, its new epochs and its outcome. A short trial
-costs three requests (create, one ``log_batch``, close); a long one one more per write of the
-driver that finds new epochs, never more than one per epoch.
+A sweep is a parent run; each trial is a child run nested under it (tag ``mlflow.parentRunId``)
+with the trial's whole configuration as parameters and every epoch's metrics at ``step=epoch``.
+Run status mirrors the outcome (:data:`RUN_STATUS`, the outcome itself in the tag
+``sweeps.outcome``); no run is left RUNNING (:func:`close_sweep_runs` closes what a vanished
+driver left open). Tracking is best effort: a failed call is retried, then logged and dropped.
+Run the driver with :data:`TRACKING_ENV` so MLflow's own HTTP retries stay short.
 """
 
 from __future__ import annotations
@@ -52,8 +40,8 @@ TRACKING_ENV: dict[str, str] = {
 }
 """Environment of the driver process: MLflow's retries last seconds, not minutes, and closing a
 run does not fetch it again only to print its URL (one request per trial)."""
-SWEEP_ID, TRIAL_KEY, ROLE, OUTCOME = (
-    "sweeps.sweep_id",
+SWEEP_UID, TRIAL_KEY, ROLE, OUTCOME = (
+    "sweeps.sweep_uid",
     "sweeps.trial_key",
     "sweeps.role",
     ("sweeps.outcome"),
@@ -100,13 +88,13 @@ def _tags_equal(tags: Mapping[str, str]) -> str:
 class SweepTracker:
     """The MLflow runs of one sweep; not thread safe: the driver calls it from one thread at a time.
 
-    While Tune runs, that is the sweep's outbox thread (see :mod:`workers.progress`).
+    While Tune runs, that is the sweep's outbox thread (see :mod:`workers.driver.progress`).
     """
 
-    def __init__(self, tracking_uri: str, experiment_name: str, sweep_id: str) -> None:
+    def __init__(self, tracking_uri: str, experiment_name: str, sweep_uid: str) -> None:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.experiment_name = experiment_name
-        self.sweep_id = sweep_id
+        self.sweep_uid = sweep_uid
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self._unclosed: dict[str, str] = {}  # run id -> MLflow status still to record
@@ -132,7 +120,7 @@ class SweepTracker:
         if found is None and resumed:
             found = _retry("find sweep run", self._find_parent)
         if found is None:
-            tags = {SWEEP_ID: self.sweep_id, ROLE: "sweep", "sweeps.method": spec.method}
+            tags = {SWEEP_UID: self.sweep_uid, ROLE: "sweep", "sweeps.method": spec.method}
             self.parent_run_id = _retry(
                 "create sweep run", lambda: self._create_run(tags, spec.name)
             )
@@ -149,7 +137,7 @@ class SweepTracker:
         return found.experiment_id if found else self.client.create_experiment(self.experiment_name)
 
     def _find_parent(self) -> str | None:
-        runs = self._search(_tags_equal({SWEEP_ID: self.sweep_id, ROLE: "sweep"}))
+        runs = self._search(_tags_equal({SWEEP_UID: self.sweep_uid, ROLE: "sweep"}))
         return runs[0].info.run_id if runs else None
 
     def _describe_parent(self, run_id: str, spec: SweepSpec) -> None:
@@ -208,12 +196,12 @@ class SweepTracker:
         return max((m.step for m in history), default=0)
 
     def _find_trial(self, trial_key: str) -> str | None:
-        runs = self._search(_tags_equal({SWEEP_ID: self.sweep_id, TRIAL_KEY: trial_key}))
+        runs = self._search(_tags_equal({SWEEP_UID: self.sweep_uid, TRIAL_KEY: trial_key}))
         return runs[0].info.run_id if runs else None
 
     def _create_trial(self, trial_key: str, run_name: str) -> str:
         assert self.experiment_id is not None and self.parent_run_id is not None
-        tags = {PARENT_TAG: self.parent_run_id, SWEEP_ID: self.sweep_id, TRIAL_KEY: trial_key}
+        tags = {PARENT_TAG: self.parent_run_id, SWEEP_UID: self.sweep_uid, TRIAL_KEY: trial_key}
         tags[ROLE] = "trial"
         return self._create_run(tags, run_name)
 
@@ -324,7 +312,7 @@ class SweepTracker:
         experiments = [self.experiment_id] if self.experiment_id else None
         _retry(
             "close leftover runs",
-            lambda: close_sweep_runs(self.client, self.sweep_id, RUN_STATUS[status], experiments),
+            lambda: close_sweep_runs(self.client, self.sweep_uid, RUN_STATUS[status], experiments),
         )
 
     def _terminate(self, run_id: str, status: str) -> None:
@@ -355,7 +343,7 @@ def _headline(spec: SweepSpec) -> dict[str, Any]:
 
 def close_sweep_runs(
     client_or_uri: MlflowClient | str,
-    sweep_id: str,
+    sweep_uid: str,
     status: str = "KILLED",
     experiment_ids: list[str] | None = None,
 ) -> int:
@@ -373,7 +361,7 @@ def close_sweep_runs(
         else client_or_uri
     )
     ids = experiment_ids or [e.experiment_id for e in client.search_experiments()]
-    query = _tags_equal({SWEEP_ID: sweep_id}) + " and attributes.status = 'RUNNING'"
+    query = _tags_equal({SWEEP_UID: sweep_uid}) + " and attributes.status = 'RUNNING'"
     runs = client.search_runs(ids, query, ViewType.ALL, max_results=10000)
     for run in runs:
         client.set_tag(

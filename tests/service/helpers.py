@@ -14,8 +14,6 @@ from mlflow.tracking import MlflowClient
 
 from service.config import Settings
 
-FINAL = {"completed", "failed", "cancelled"}
-
 
 def make_settings(tmp_path: Path, ray_cluster: Any, mlflow_server: Any, **kw: Any) -> Settings:
     """Settings pointing at the session's Ray cluster and MLflow server, state in ``tmp_path``."""
@@ -35,20 +33,6 @@ def make_settings(tmp_path: Path, ray_cluster: Any, mlflow_server: Any, **kw: An
         "warm_drivers": 0,
     }
     return Settings(**(values | kw))
-
-
-def digits(parameters: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    """A request body for a small, fast sweep on digits with a tiny MLP."""
-    body: dict[str, Any] = {
-        "name": "svc-test",
-        "dataset": "digits",
-        "model": {"arch": "mlp", "width": 32, "depth": 1},
-        "epochs": 3,
-        "parameters": parameters,
-        "max_concurrent": 2,
-        "resources_per_trial": {"cpu": 1},
-    }
-    return body | kw
 
 
 def strict_json(text: str) -> Any:
@@ -78,7 +62,7 @@ def mlflow_runs(uri: str, uid: str) -> tuple[MlflowClient, list[Any], list[Any]]
     """The sweep's parent runs and child runs, found by tag in every experiment."""
     client = MlflowClient(tracking_uri=uri)
     ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(ids, f"tags.`sweeps.sweep_id` = '{uid}'", ViewType.ALL)
+    runs = client.search_runs(ids, f"tags.`sweeps.sweep_uid` = '{uid}'", ViewType.ALL)
     parents = [r for r in runs if r.data.tags.get("sweeps.role") == "sweep"]
     children = [r for r in runs if r.data.tags.get("sweeps.role") == "trial"]
     return client, parents, children

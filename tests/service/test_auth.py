@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr, ValidationError
 from starlette.routing import Route
 
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
 
 TOKEN = secrets.token_hex(32)

@@ -139,7 +139,7 @@ def test_api_is_configured_only_by_settings_fields(files: tuple[Path, ...]) -> N
 @needs_compose
 def test_api_runs_the_app_factory_in_one_process() -> None:
     command = _config(COMPOSE)["services"]["api"]["command"]
-    assert "service.app:create_app" in command and "--factory" in command
+    assert "service.api.app:create_app" in command and "--factory" in command
     assert "--workers=1" in command  # the dispatcher assumes one API process per database
 
 

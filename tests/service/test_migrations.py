@@ -12,9 +12,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 
-from service.db import alembic_config, init_db, make_engine
 from service.errors import StorageError
-from service.models import Base
+from service.store.db import alembic_config, init_db, make_engine
+from service.store.models import Base
 
 
 @pytest.fixture

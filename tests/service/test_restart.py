@@ -17,12 +17,14 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service import cli
-from service.app import create_app
+from service.api.app import create_app
+from service.cli import main as cli
+from service.cli.stack import settings_env
 from service.config import Settings
-from service.stack import settings_env
 from tests.conftest import free_port
-from tests.service.helpers import FINAL, digits, make_settings, mlflow_runs, strict_json, wait_for
+from tests.service.helpers import make_settings, mlflow_runs, strict_json, wait_for
+from tests.specs import digits_body
+from workers.events import FINAL_SWEEP_STATUSES
 from workers.jobs import RayJobs
 
 pytestmark = pytest.mark.slow
@@ -40,7 +42,7 @@ class Api:
         )
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app",
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.api.app:create_app",
                "--host", "127.0.0.1", "--port", str(self.settings.port)]  # fmt: skip
         env = {**os.environ, **settings_env(self.settings)}
         with open(self.log, "ab") as out:
@@ -109,7 +111,7 @@ def any_epoch(get: Any, sweep_id: int) -> Any:
 def test_restarting_the_api_mid_sweep_loses_nothing(
     api: Api, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    body = digits({"optim.lr": [0.02, 0.05, 0.1, 0.2]}, method="grid", epochs=5)
+    body = digits_body({"optim.lr": [0.02, 0.05, 0.1, 0.2]}, method="grid", epochs=5)
     created = api.http.post("/sweeps", json=body)
     assert created.status_code == 201, created.text
     sweep_id = created.json()["id"]
@@ -118,7 +120,7 @@ def test_restarting_the_api_mid_sweep_loses_nothing(
     api.kill()  # SIGKILL: no shutdown hook runs
     api.start()
 
-    final = lambda s: s["status"] in FINAL  # noqa: E731
+    final = lambda s: s["status"] in FINAL_SWEEP_STATUSES  # noqa: E731
     sweep = wait_for(lambda: api.get(f"/sweeps/{sweep_id}"), final, 420, "the sweep's end")
     assert sweep["status"] == "completed", sweep
     assert sweep["resumes"] == 0  # the job kept running while the API was down
@@ -146,14 +148,16 @@ def test_a_sweep_whose_job_vanished_is_resumed_from_tune_state(
         # epoch reaches the database a quarter second late (the driver's writes gather), and
         # twenty epochs of a tiny MLP on digits can all finish in that time.
         epochs = 100
-        body = digits({"optim.lr": [0.02, 0.1]}, method="grid", epochs=epochs, max_concurrent=2)
+        body = digits_body(
+            {"optim.lr": [0.02, 0.1]}, method="grid", epochs=epochs, max_concurrent=2
+        )
         sweep_id = client.post("/sweeps", json=body).json()["id"]
         any_epoch(get, sweep_id)
         job_id = get(f"/sweeps/{sweep_id}")["ray_job_id"]
         jobs = RayJobs(ray_cluster.dashboard_url, token=ray_cluster.token)
         assert jobs.stop(job_id)  # the driver dies as if its node went away
 
-        final = lambda s: s["status"] in FINAL  # noqa: E731
+        final = lambda s: s["status"] in FINAL_SWEEP_STATUSES  # noqa: E731
         sweep = wait_for(lambda: get(f"/sweeps/{sweep_id}"), final, 420, "the sweep's end")
         assert sweep["status"] == "completed", sweep
         assert sweep["resumes"] == 1 and sweep["ray_job_id"] != job_id
@@ -174,11 +178,11 @@ def test_a_cancel_the_driver_does_not_finish_in_time_is_completed_by_the_api(
     token = settings.api_token.get_secret_value() if settings.api_token else ""
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {token}"}) as client:
         get = lambda path: strict_json(client.get(path).text)  # noqa: E731
-        body = digits({"optim.lr": [0.02, 0.1]}, method="grid", epochs=200)
+        body = digits_body({"optim.lr": [0.02, 0.1]}, method="grid", epochs=200)
         sweep_id = client.post("/sweeps", json=body).json()["id"]
         any_epoch(get, sweep_id)
         assert client.post(f"/sweeps/{sweep_id}/cancel").status_code == 200
-        final = lambda s: s["status"] in FINAL  # noqa: E731
+        final = lambda s: s["status"] in FINAL_SWEEP_STATUSES  # noqa: E731
         sweep = wait_for(lambda: get(f"/sweeps/{sweep_id}"), final, 30, "the cancel")
         assert sweep["status"] == "cancelled"
         trials = get(f"/sweeps/{sweep_id}/trials")["data"]

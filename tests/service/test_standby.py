@@ -13,12 +13,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service import store
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
-from service.db import init_db, make_engine, make_session_factory, session_scope
-from service.dispatch import Dispatcher
-from service.standby import JOB_PREFIX
-from tests.service.helpers import FINAL, digits, make_settings, strict_json, wait_for
+from service.dispatch.dispatcher import Dispatcher
+from service.dispatch.standby import JOB_PREFIX
+from service.store.db import init_db, make_engine, make_session_factory, session_scope
+from tests.service.helpers import make_settings, strict_json, wait_for
+from tests.specs import digits_body
+from workers.events import FINAL_SWEEP_STATUSES
 from workers.jobs import RayJobs
 
 pytestmark = pytest.mark.slow
@@ -65,10 +67,10 @@ def test_a_sweep_is_handed_to_the_ready_standby_which_is_replaced_once_it_ends(
         standby = one_ready(client)
         assert standby.startswith(JOB_PREFIX) and jobs.status(standby) == "running"
 
-        body = digits({"optim.lr": [0.05, 0.1]}, method="grid", epochs=2)
+        body = digits_body({"optim.lr": [0.05, 0.1]}, method="grid", epochs=2)
         sweep_id = client.post("/sweeps", json=body).json()["id"]
         get = lambda: strict_json(client.get(f"/sweeps/{sweep_id}").text)  # noqa: E731
-        sweep = wait_for(get, lambda s: s["status"] in FINAL, 300, "the sweep's end")
+        sweep = wait_for(get, lambda s: s["status"] in FINAL_SWEEP_STATUSES, 300, "the sweep's end")
 
         assert sweep["status"] == "completed", sweep
         assert sweep["ray_job_id"] == standby and sweep["resumes"] == 0
@@ -87,10 +89,10 @@ def test_a_sweep_submitted_while_the_standby_starts_is_driven_by_it(settings: Se
         rows = wait_for(lambda: standby_rows(settings), bool, 60, "a standby to be started")
         (starting, _, ready_at) = rows[0]
         assert ready_at is None  # it warms up for seconds; the sweep arrives meanwhile
-        body = digits({"optim.lr": [0.1]}, epochs=2)
+        body = digits_body({"optim.lr": [0.1]}, epochs=2)
         sweep_id = client.post("/sweeps", json=body).json()["id"]
         get = lambda: strict_json(client.get(f"/sweeps/{sweep_id}").text)  # noqa: E731
-        sweep = wait_for(get, lambda s: s["status"] in FINAL, 300, "the sweep's end")
+        sweep = wait_for(get, lambda s: s["status"] in FINAL_SWEEP_STATUSES, 300, "the sweep's end")
     assert sweep["status"] == "completed" and sweep["resumes"] == 0, sweep
     assert sweep["ray_job_id"] == starting
 
@@ -103,10 +105,10 @@ def test_a_dead_standby_is_dropped_and_replaced_and_never_handed_a_sweep(
         assert jobs.stop(first)
         wait_for(lambda: jobs.status(first), lambda s: s == "stopped", 60, "the stop")
         # A sweep submitted at once skips the dead standby: it gets a job of its own.
-        body = digits({"optim.lr": [0.1]}, epochs=1)
+        body = digits_body({"optim.lr": [0.1]}, epochs=1)
         sweep_id = client.post("/sweeps", json=body).json()["id"]
         get = lambda: strict_json(client.get(f"/sweeps/{sweep_id}").text)  # noqa: E731
-        sweep = wait_for(get, lambda s: s["status"] in FINAL, 300, "the sweep's end")
+        sweep = wait_for(get, lambda s: s["status"] in FINAL_SWEEP_STATUSES, 300, "the sweep's end")
         assert sweep["status"] == "completed" and sweep["ray_job_id"] != first, sweep
         one_ready(client, other_than=first)
 

@@ -11,15 +11,15 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
-from service.db import init_db, make_engine, make_session_factory, session_scope
 from service.errors import (
     IdempotencyConflictError,
     StorageError,
     SweepFinishedError,
     SweepNotFoundError,
 )
-from service.models import Sweep
-from service.sink import DatabaseSink
+from service.job.sink import DatabaseSink
+from service.store.db import init_db, make_engine, make_session_factory, session_scope
+from service.store.models import Sweep
 from workers.events import TrialUpdate
 from workers.spec import SweepSpec
 

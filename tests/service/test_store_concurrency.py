@@ -21,10 +21,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
-from service.db import init_db, make_engine, make_session_factory, session_scope
-from service.models import Sweep
+from service.store.db import init_db, make_engine, make_session_factory, session_scope
+from service.store.models import Sweep
 from workers.events import TrialUpdate
 from workers.spec import SweepSpec
 

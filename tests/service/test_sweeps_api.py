@@ -12,14 +12,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service import store
-from service.app import create_app
-from service.cli import watch
-from service.client import SweepsClient
+from service.api.app import create_app
+from service.cli.client import SweepsClient
+from service.cli.main import watch
 from service.config import Settings
-from service.db import session_scope
-from service.sink import DatabaseSink
-from tests.service.helpers import FINAL, digits, make_settings, mlflow_runs, strict_json, wait_for
-from workers.events import TrialUpdate
+from service.job.sink import DatabaseSink
+from service.store.db import session_scope
+from tests.service.helpers import make_settings, mlflow_runs, strict_json, wait_for
+from tests.specs import digits_body
+from workers.events import FINAL_SWEEP_STATUSES, TrialUpdate
 from workers.spec import GRID_LIMIT, SweepSpec
 
 
@@ -47,7 +48,7 @@ def sweep_of(client: TestClient, sweep_id: int) -> dict[str, Any]:
 
 
 def wait_final(client: TestClient, sweep_id: int, timeout: float) -> dict[str, Any]:
-    done = lambda s: s["status"] in FINAL  # noqa: E731
+    done = lambda s: s["status"] in FINAL_SWEEP_STATUSES  # noqa: E731
     result: dict[str, Any] = wait_for(lambda: sweep_of(client, sweep_id), done, timeout, "the end")
     return result
 
@@ -61,20 +62,20 @@ def trials_of(client: TestClient, sweep_id: int) -> list[dict[str, Any]]:
 NESTEROV = {"optim.nesterov": True, "optim.momentum": 0.0}
 BIG_GRID = {"optim.batch_size": list(range(1, 40)), "optim.lr": [0.01 * i for i in range(1, 40)]}
 INVALID = [
-    ("unknown-key", digits({"optim.lr": [0.1]}, epochz=3), "epochz", "did you mean epochs"),
-    ("unknown-setting", digits({"optim.lrr": [0.1]}), "parameters", "did you mean optim.lr"),
-    ("range", digits({"optim.lr": [0.1]}, epochs=0), "epochs", "greater than or equal to 1"),
+    ("unknown-key", digits_body({"optim.lr": [0.1]}, epochz=3), "epochz", "did you mean epochs"),
+    ("unknown-setting", digits_body({"optim.lrr": [0.1]}), "parameters", "did you mean optim.lr"),
+    ("range", digits_body({"optim.lr": [0.1]}, epochs=0), "epochs", "greater than or equal to 1"),
     (
         "value-range",
-        digits({"optim.lr": [20.0]}),
+        digits_body({"optim.lr": [20.0]}),
         "parameters.optim.lr",
         "less than or equal to 10",
     ),
-    ("empty-space", digits({}), "parameters", "search space is empty"),
-    ("nesterov", digits(NESTEROV), "parameters", "needs optim.momentum > 0"),
-    ("groups", digits({"model.norm": "group", "model.groups": 3}), "parameters", "divide"),
-    ("grid-limit", digits(BIG_GRID, method="grid"), "parameters", f"limit of {GRID_LIMIT}"),
-    ("param-form", digits({"optim.lr": {"valuez": 1}}), "parameters.optim.lr", "keys: valuez"),
+    ("empty-space", digits_body({}), "parameters", "search space is empty"),
+    ("nesterov", digits_body(NESTEROV), "parameters", "needs optim.momentum > 0"),
+    ("groups", digits_body({"model.norm": "group", "model.groups": 3}), "parameters", "divide"),
+    ("grid-limit", digits_body(BIG_GRID, method="grid"), "parameters", f"limit of {GRID_LIMIT}"),
+    ("param-form", digits_body({"optim.lr": {"valuez": 1}}), "parameters.optim.lr", "keys: valuez"),
 ]
 
 
@@ -105,7 +106,7 @@ def test_unknown_sweep_and_trial_are_404(client: TestClient) -> None:
 
 
 def test_resubmission_with_an_idempotency_key_returns_the_same_sweep(client: TestClient) -> None:
-    body = digits({"optim.lr": [0.05]}, epochs=1)
+    body = digits_body({"optim.lr": [0.05]}, epochs=1)
     first = client.post("/sweeps", json=body, headers={"Idempotency-Key": "abc"})
     again = client.post("/sweeps", json=body, headers={"Idempotency-Key": "abc"})
     assert (first.status_code, again.status_code) == (201, 200)
@@ -121,7 +122,7 @@ def test_resubmission_with_an_idempotency_key_returns_the_same_sweep(client: Tes
 def test_list_is_paginated_and_filtered_by_status(client: TestClient) -> None:
     factory = client.app.state.session_factory  # type: ignore[attr-defined]
 
-    spec = SweepSpec.model_validate(digits({"optim.lr": [0.1]}))
+    spec = SweepSpec.model_validate(digits_body({"optim.lr": [0.1]}))
     with session_scope(factory) as session:
         made = [store.create_sweep(session, spec)[0] for _ in range(5)]
         session.flush()
@@ -146,7 +147,7 @@ def quiet(settings: Settings) -> Iterator[tuple[TestClient, DatabaseSink]]:
     with TestClient(create_app(settings, monitor=False), headers=auth(settings)) as c:
         factory = c.app.state.session_factory  # type: ignore[attr-defined]
         with session_scope(factory) as session:
-            sweep, _ = store.create_sweep(session, SweepSpec.model_validate(digits(LR)))
+            sweep, _ = store.create_sweep(session, SweepSpec.model_validate(digits_body(LR)))
             session.flush()
         yield c, DatabaseSink(factory, sweep.id)
 
@@ -259,7 +260,7 @@ def test_a_sweep_runs_to_the_end_with_every_trial_curve_and_mlflow_runs(
 
 
 def run_a_sweep_to_the_end(client: TestClient, mlflow_server: Any) -> None:
-    body = digits({"optim.lr": [0.02, 0.1], "model.norm": ["none", "batch"]}, method="grid")
+    body = digits_body({"optim.lr": [0.02, 0.1], "model.norm": ["none", "batch"]}, method="grid")
     created = client.post("/sweeps", json=body)
     assert created.status_code == 201, created.text
     sweep_id = created.json()["id"]
@@ -299,7 +300,7 @@ def sweep_parent_id(sweep: dict[str, Any]) -> str:
 def test_cancel_marks_trials_cancelled_and_their_runs_killed(
     client: TestClient, mlflow_server: Any
 ) -> None:
-    body = digits({"optim.lr": [0.01, 0.02, 0.05, 0.1]}, method="grid", epochs=200)
+    body = digits_body({"optim.lr": [0.01, 0.02, 0.05, 0.1]}, method="grid", epochs=200)
     sweep_id = client.post("/sweeps", json=body).json()["id"]
     wait_for(
         lambda: trials_of(client, sweep_id),
@@ -324,7 +325,7 @@ def test_cancel_marks_trials_cancelled_and_their_runs_killed(
 
 @pytest.mark.slow
 def test_a_diverging_trial_is_reported_diverged_and_never_best(client: TestClient) -> None:
-    body = digits(
+    body = digits_body(
         {"optim.lr": [0.05, 10.0]},
         method="grid",
         epochs=2,

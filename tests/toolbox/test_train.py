@@ -11,10 +11,11 @@ import torch
 import toolbox.train
 from toolbox.config import TrialConfig
 from toolbox.data import DataSplit
+from toolbox.metrics import EpochMetrics
 from toolbox.models import build_model
 from toolbox.optim import build_optimizer
 from toolbox.preprocess import InputNormalizer
-from toolbox.train import EpochMetrics, TrainResult, train
+from toolbox.train import TrainResult, train
 
 CURVE = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")  # timings always vary
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import ray
 
 from tests.workers.sweeps import RecordingSink
-from workers.driver import run_sweep
+from workers.driver.sweep import run_sweep
 from workers.spec import SweepSpec
 
 
@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
     run_sweep(
         SweepSpec.model_validate(request["spec"]),
         RecordingSink(on_epoch=note),
-        sweep_id=request["sweep_id"],
+        sweep_uid=request["sweep_uid"],
         tracking_uri=request["tracking_uri"],
         mlflow_experiment=request["mlflow_experiment"],
         storage_path=request["storage_path"],

@@ -14,7 +14,8 @@ from typing import Any
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from workers.driver import run_sweep
+from tests.specs import digits_body
+from workers.driver.sweep import run_sweep
 from workers.events import TrialUpdate
 from workers.spec import SweepSpec
 
@@ -68,39 +69,30 @@ class RecordingSink:
 
 
 def digits_spec(parameters: dict[str, Any], **kw: Any) -> SweepSpec:
-    """A small, fast sweep on digits with a tiny MLP."""
-    base: dict[str, Any] = {
-        "name": "digits-sweep",
-        "dataset": "digits",
-        "model": {"arch": "mlp", "width": 32, "depth": 1},
-        "epochs": 3,
-        "parameters": parameters,
-        "max_concurrent": 2,
-        "resources_per_trial": {"cpu": 1},
-    }
-    return SweepSpec.model_validate({**base, **kw})
+    """The validated :func:`tests.specs.digits_body` sweep."""
+    return SweepSpec.model_validate(digits_body(parameters, **kw))
 
 
 def sweep(spec: SweepSpec, sink: RecordingSink, mlflow_uri: str, tmp: Path) -> tuple[str, str]:
     """Run ``spec`` to its end under a new sweep id; the id and the final status."""
-    sweep_id = uuid.uuid4().hex[:8]
+    sweep_uid = uuid.uuid4().hex[:8]
     status = run_sweep(
         spec,
         sink,
-        sweep_id=sweep_id,
+        sweep_uid=sweep_uid,
         tracking_uri=mlflow_uri,
         mlflow_experiment="worker-tests",
         storage_path=str(tmp),
     )
-    return sweep_id, status
+    return sweep_uid, status
 
 
-def runs_of(uri: str, sweep_id: str):
+def runs_of(uri: str, sweep_uid: str):
     """The MLflow client, the sweep's parent runs and its trial runs."""
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("worker-tests")
     runs = client.search_runs(
-        [exp.experiment_id], f"tags.`sweeps.sweep_id` = '{sweep_id}'", ViewType.ALL
+        [exp.experiment_id], f"tags.`sweeps.sweep_uid` = '{sweep_uid}'", ViewType.ALL
     )
     parents = [r for r in runs if r.data.tags.get("sweeps.role") == "sweep"]
     children = [r for r in runs if r.data.tags.get("sweeps.role") == "trial"]

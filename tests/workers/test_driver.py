@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.workers.sweeps import RecordingSink, digits_spec, runs_of, sweep
-from workers.driver import run_sweep
+from workers.driver.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,7 @@ def test_grid_sweep_completes_every_trial_with_one_run_per_trial(
 ) -> None:
     spec = digits_spec({"optim.lr": [0.01, 0.1], "model.norm": ["none", "batch"]}, method="grid")
     sink = RecordingSink()
-    sweep_id, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
+    sweep_uid, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
 
     assert status == "completed"
     assert sink.ended is not None and sink.ended[0] == "completed"
@@ -33,7 +33,7 @@ def test_grid_sweep_completes_every_trial_with_one_run_per_trial(
     assert len(sink.final_status()) == 4
     for key, epochs in sink.epochs.items():
         assert sorted(epochs) == [1, 2, 3], key
-    client, parents, children = runs_of(mlflow_server.uri, sweep_id)
+    client, parents, children = runs_of(mlflow_server.uri, sweep_uid)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 4
     for child in children:
@@ -64,13 +64,13 @@ def test_random_and_bayes_sweeps_run_their_trials(method, ray_session, mlflow_se
     }
     spec = digits_spec(params, method=method, max_trials=3, epochs=2)
     sink = RecordingSink()
-    sweep_id, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
+    sweep_uid, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
 
     assert status == "completed"
     assert list(sink.final_status().values()) == ["completed"] * 3
     assert all(sorted(e) == [1, 2] for e in sink.epochs.values())
     assert sink.ended is not None and sink.ended[2] in sink.final_status()
-    _, parents, children = runs_of(mlflow_server.uri, sweep_id)
+    _, parents, children = runs_of(mlflow_server.uri, sweep_uid)
     assert len(children) == 3
     assert parents[0].data.tags["sweeps.best_trial_key"] == sink.ended[2]
 
@@ -86,7 +86,7 @@ def test_asha_stops_trials_with_a_terrible_learning_rate(ray_session, mlflow_ser
         early_stopping={"type": "asha", "grace_period": 1, "reduction_factor": 2},
     )
     sink = RecordingSink()
-    sweep_id, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
+    sweep_uid, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
 
     assert status == "completed"
     by_lr = {sink.last_update(k).params["optim.lr"]: k for k in sink.final_status()}
@@ -96,7 +96,7 @@ def test_asha_stops_trials_with_a_terrible_learning_rate(ray_session, mlflow_ser
     for lr in (1e-5, 2e-5):
         if statuses[lr] == "stopped":
             assert len(sink.epochs[by_lr[lr]]) < 4
-    _, _, children = runs_of(mlflow_server.uri, sweep_id)
+    _, _, children = runs_of(mlflow_server.uri, sweep_uid)
     outcomes = {c.data.tags["sweeps.trial_key"]: c.data.tags["sweeps.outcome"] for c in children}
     assert outcomes == sink.final_status()
     assert {c.info.status for c in children} == {"FINISHED"}
@@ -111,7 +111,7 @@ def test_diverging_trial_is_flagged_and_never_best(ray_session, mlflow_server, t
         epochs=2,
     )
     sink = RecordingSink()
-    sweep_id, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
+    sweep_uid, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
 
     assert status == "completed"
     by_lr = {sink.last_update(k).params["optim.lr"]: k for k in sink.final_status()}
@@ -120,7 +120,7 @@ def test_diverging_trial_is_flagged_and_never_best(ray_session, mlflow_server, t
     assert "diverged" in diverged.message
     assert sink.final_status()[by_lr[0.05]] == "completed"
     assert sink.ended is not None and sink.ended[2] == by_lr[0.05]
-    _, parents, children = runs_of(mlflow_server.uri, sweep_id)
+    _, parents, children = runs_of(mlflow_server.uri, sweep_uid)
     run = next(c for c in children if c.data.tags["sweeps.trial_key"] == by_lr[10.0])
     assert run.info.status == "FINISHED" and run.data.tags["sweeps.outcome"] == "diverged"
     assert parents[0].data.tags["sweeps.best_trial_key"] == by_lr[0.05]
@@ -145,7 +145,7 @@ def test_killed_worker_is_retried_from_its_checkpoint(
     epochs = 100
     spec = digits_spec({"optim.lr": [0.05]}, method="grid", epochs=epochs, max_concurrent=1)
     sink = RecordingSink(on_epoch=kill_on_epoch_2)
-    sweep_id, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
+    sweep_uid, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
 
     assert killed, "the worker was never killed"
     assert status == "completed"
@@ -153,7 +153,7 @@ def test_killed_worker_is_retried_from_its_checkpoint(
     last = sink.last_update(key)
     assert last.status == "completed" and last.attempt >= 2
     assert sorted(sink.epochs[key]) == list(range(1, epochs + 1))
-    client, _, children = runs_of(mlflow_server.uri, sweep_id)
+    client, _, children = runs_of(mlflow_server.uri, sweep_uid)
     assert [c.info.status for c in children] == ["FINISHED"]
     history = client.get_metric_history(children[0].info.run_id, "val_accuracy")
     assert sorted(m.step for m in history) == list(range(1, epochs + 1))  # each epoch once
@@ -167,7 +167,7 @@ def test_cancel_marks_running_trials_cancelled_and_runs_killed(
         {"optim.lr": [0.01, 0.02, 0.05, 0.1]}, method="grid", epochs=30, max_concurrent=2
     )
     sink = RecordingSink(cancel_after_epochs=2)
-    sweep_id, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
+    sweep_uid, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
     ended = time.monotonic()
 
     assert status == "cancelled"
@@ -176,7 +176,7 @@ def test_cancel_marks_running_trials_cancelled_and_runs_killed(
     statuses = sink.final_status()
     assert "cancelled" in statuses.values()
     assert set(statuses.values()) <= {"cancelled", "completed"}
-    _, parents, children = runs_of(mlflow_server.uri, sweep_id)
+    _, parents, children = runs_of(mlflow_server.uri, sweep_uid)
     assert parents[0].info.status == "KILLED"
     expected = {"cancelled": "KILLED", "completed": "FINISHED"}  # a fast trial may finish first
     runs = {c.data.tags["sweeps.trial_key"]: c.info.status for c in children}
@@ -209,10 +209,10 @@ def test_sweep_resumed_after_its_driver_was_killed_completes_every_trial(
     ray_cluster, ray_session, mlflow_server, tmp_path
 ):
     spec = digits_spec({"optim.lr": [0.02, 0.05, 0.1]}, method="grid", epochs=5)
-    sweep_id, epochs_file = uuid.uuid4().hex[:8], tmp_path / "epochs.txt"
+    sweep_uid, epochs_file = uuid.uuid4().hex[:8], tmp_path / "epochs.txt"
     request = {
         "spec": spec.model_dump(mode="json"),
-        "sweep_id": sweep_id,
+        "sweep_uid": sweep_uid,
         "tracking_uri": mlflow_server.uri,
         "mlflow_experiment": "worker-tests",
         "storage_path": str(tmp_path / "storage"),
@@ -234,7 +234,7 @@ def test_sweep_resumed_after_its_driver_was_killed_completes_every_trial(
     status = run_sweep(
         spec,
         sink,
-        sweep_id=sweep_id,
+        sweep_uid=sweep_uid,
         tracking_uri=mlflow_server.uri,
         mlflow_experiment="worker-tests",
         storage_path=request["storage_path"],
@@ -249,7 +249,7 @@ def test_sweep_resumed_after_its_driver_was_killed_completes_every_trial(
         if after:  # the resumed driver went on from a checkpoint: repeats allowed, no gaps
             assert after == list(range(after[0], 6)), (key, after)
         assert sorted(set(before.get(key, [])) | set(after)) == [1, 2, 3, 4, 5], (key, before)
-    client, parents, children = runs_of(mlflow_server.uri, sweep_id)
+    client, parents, children = runs_of(mlflow_server.uri, sweep_uid)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(c.data.tags["sweeps.trial_key"] for c in children) == sorted(statuses)
     for child in children:

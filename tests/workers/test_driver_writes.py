@@ -17,7 +17,7 @@ def covered_epochs(experiment_dir: Path) -> dict[str, int]:
     """``trial key -> last epoch`` in the experiment state on storage ({} while there is none)."""
     covered: dict[str, int] = {}
     for name in glob.glob(str(experiment_dir / "experiment_state-*.json")):
-        state = json.loads(Path(name).read_text())  # published whole (workers.storage)
+        state = json.loads(Path(name).read_text())  # published whole (workers.driver.storage)
         for trial_json, metadata_json in state["trial_data"]:
             epoch = (json.loads(metadata_json).get("last_result") or {}).get("epoch")
             if epoch is not None:
@@ -69,7 +69,7 @@ def test_a_failed_database_write_fails_the_sweep_and_leaves_no_run_open(
 
     spec = digits_spec({"optim.lr": [0.05]}, method="grid", epochs=4, max_concurrent=1)
     sink = RecordingSink(on_epoch=database_down)
-    sweep_id, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
+    sweep_uid, status = sweep(spec, sink, mlflow_server.uri, tmp_path)
 
     assert status == "failed"
     assert sink.ended is not None and sink.ended[0] == "failed"
@@ -79,6 +79,6 @@ def test_a_failed_database_write_fails_the_sweep_and_leaves_no_run_open(
     # As when writes were plain calls: the trial's status is whatever the sink last accepted
     # (the database sink's sweep_ended then closes it as failed) or failed by the driver.
     assert sink.final_status()[key] in {"running", "failed"}
-    _, parents, children = runs_of(mlflow_server.uri, sweep_id)
+    _, parents, children = runs_of(mlflow_server.uri, sweep_uid)
     assert [p.info.status for p in parents] == ["FAILED"]
     assert [c.info.status for c in children] == ["FAILED"]

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from workers.outbox import Outbox, OutboxError
+from workers.driver.outbox import Outbox, OutboxError
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from tests.workers.sweeps import digits_spec
-from workers import driver
-from workers.outbox import OutboxError
-from workers.progress import LINGER_S, SweepProgress
-from workers.trainable import DIVERGED, EPOCH
+from workers.driver import sweep as driver
+from workers.driver.outbox import OutboxError
+from workers.driver.progress import LINGER_S, SweepProgress
+from workers.trial.trainable import DIVERGED, EPOCH
 
 SPEC = digits_spec({"optim.lr": [0.01, 0.1]}, method="grid", epochs=3)
 A, B = "abc12_00000", "abc12_00001"
@@ -69,7 +69,7 @@ class SlowSink:
 
 
 class SlowTracker:
-    sweep_id = "abc12"
+    sweep_uid = "abc12"
 
     def __init__(self, journal: Journal, offline_starts: int = 0) -> None:
         self.journal = journal

@@ -10,8 +10,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 from ray.tune.search import Searcher, SearchGenerator
 
 from tests.workers.sweeps import digits_spec
-from workers.resources import default_gpu_share, trial_resources
-from workers.search import build_plan
+from workers.driver.resources import default_gpu_share, trial_resources
+from workers.driver.search import build_plan
 from workers.spec import SweepSpec
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import pytest
 
-from workers.storage import TMP_MARK, local_path, restore_points, storage_filesystem
+from workers.driver.storage import TMP_MARK, local_path, restore_points, storage_filesystem
 
 
 @pytest.fixture

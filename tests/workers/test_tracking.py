@@ -17,13 +17,13 @@ SPEC = digits_spec({"optim.lr": [0.01, 0.1]}, method="grid")
 
 
 def test_resumed_tracker_reuses_parent_and_child_runs(mlflow_server) -> None:
-    sweep_id = uuid.uuid4().hex[:8]
-    first = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_id)
+    sweep_uid = uuid.uuid4().hex[:8]
+    first = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_uid)
     parent = first.start_sweep(SPEC)
     child = first.start_trial("t_00000", "digits-sweep #1 lr=0.01", {"optim.lr": 0.01})
     first.log_trial(child, [(1, {"val_accuracy": 0.5, "val_loss": 1.0})])
 
-    again = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_id)
+    again = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_uid)
     assert again.start_sweep(SPEC) == parent
     assert again.start_trial("t_00000", "digits-sweep #1 lr=0.01", {"optim.lr": 0.01}) == child
     again.log_trial(child, end=("diverged", "diverged at epoch 2"))
@@ -52,19 +52,19 @@ def test_a_sweep_no_driver_ran_before_opens_its_run_without_looking_for_one(
     tracker.client.search_runs = counting  # type: ignore[method-assign]
     parent = tracker.start_sweep(SPEC, resumed=False)
     assert parent is not None and searched == []
-    again = SweepTracker(mlflow_server.uri, "tracking-tests", tracker.sweep_id)
+    again = SweepTracker(mlflow_server.uri, "tracking-tests", tracker.sweep_uid)
     assert again.start_sweep(SPEC) == parent  # a resumed driver finds it
 
 
 def test_resumed_tracker_skips_epochs_the_reopened_run_already_holds(mlflow_server) -> None:
-    sweep_id = uuid.uuid4().hex[:8]
-    first = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_id)
+    sweep_uid = uuid.uuid4().hex[:8]
+    first = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_uid)
     first.start_sweep(SPEC)
     child = first.start_trial("t_00000", "a", {})
     for epoch in (1, 2):
         first.log_trial(child, [(epoch, {"val_accuracy": 0.5, "val_loss": 1.0})])
 
-    again = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_id)
+    again = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_uid)
     again.start_sweep(SPEC)
     assert again.start_trial("t_00000", "a", {}) == child
     for epoch in (2, 3):  # resumed from the checkpoint of epoch 1: epoch 2 comes again
@@ -76,19 +76,19 @@ def test_resumed_tracker_skips_epochs_the_reopened_run_already_holds(mlflow_serv
 
 
 def test_close_sweep_runs_closes_every_open_run_of_the_sweep(mlflow_server) -> None:
-    sweep_id = uuid.uuid4().hex[:8]
-    tracker = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_id)
+    sweep_uid = uuid.uuid4().hex[:8]
+    tracker = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_uid)
     tracker.start_sweep(SPEC)
     tracker.start_trial("t_00000", "a", {})
     tracker.start_trial("t_00001", "b", {})  # the driver vanished: all three stay RUNNING
 
-    assert close_sweep_runs(mlflow_server.uri, sweep_id, "KILLED") == 3
+    assert close_sweep_runs(mlflow_server.uri, sweep_uid, "KILLED") == 3
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     runs = client.search_runs(
-        [tracker.experiment_id or ""], f"tags.`sweeps.sweep_id` = '{sweep_id}'", ViewType.ALL
+        [tracker.experiment_id or ""], f"tags.`sweeps.sweep_uid` = '{sweep_uid}'", ViewType.ALL
     )
     assert {r.info.status for r in runs} == {"KILLED"}
-    assert close_sweep_runs(mlflow_server.uri, sweep_id, "KILLED") == 0
+    assert close_sweep_runs(mlflow_server.uri, sweep_uid, "KILLED") == 0
 
 
 def test_one_request_carries_a_trials_configuration_epochs_and_outcome(mlflow_server) -> None:
@@ -119,8 +119,8 @@ def test_one_request_carries_a_trials_configuration_epochs_and_outcome(mlflow_se
 
 
 def test_a_run_made_by_a_failed_create_request_is_closed_with_the_sweep(mlflow_server) -> None:
-    sweep_id = uuid.uuid4().hex[:8]
-    tracker = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_id)
+    sweep_uid = uuid.uuid4().hex[:8]
+    tracker = SweepTracker(mlflow_server.uri, "tracking-tests", sweep_uid)
     tracker.start_sweep(SPEC)
     create_run = tracker.client.create_run
     lost: list[str] = []

@@ -1,0 +1,72 @@
+"""The FastAPI app factory: settings in, app out; nothing is built at import time.
+
+The lifespan creates the engine, brings the schema up to date, builds the dispatcher and starts
+the monitor, whose first act is to reconcile the database with what Ray is really running; at
+shutdown it retires the warm standby drivers the monitor started.
+Access control is one middleware (:class:`service.api.auth.BearerAuthMiddleware`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.api.auth import BearerAuthMiddleware
+from service.api.error_handlers import install_error_handlers
+from service.api.routes import health, sweeps
+from service.api.views import Views
+from service.config import Settings, load_settings
+from service.dispatch.dispatcher import Dispatcher, make_job_client
+from service.dispatch.monitor import Monitor
+from service.store.db import init_db, make_engine, make_session_factory
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, monitor: bool = True) -> FastAPI:
+    """Build the API for ``settings`` (from the environment when None).
+
+    Args:
+        settings: the configuration; tests pass their own.
+        monitor: run the background reconciliation and cancel-deadline loop.
+    """
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        init_db(engine)
+        factory = make_session_factory(engine)
+        dispatcher = Dispatcher(settings, factory, make_job_client(settings))
+        app.state.settings = settings
+        app.state.session_factory = factory
+        app.state.views = Views(settings)
+        app.state.dispatcher = dispatcher
+        loop = Monitor(dispatcher, settings.monitor_interval_seconds)
+        if monitor:
+            loop.start()
+        try:
+            yield
+        finally:
+            loop.stop()
+            if monitor:  # standbys belong to the loop that started them
+                try:
+                    dispatcher.retire_standbys()
+                except Exception:  # Ray or the database already gone: the standbys exit alone
+                    log.warning("could not retire the standby drivers", exc_info=True)
+            engine.dispose()
+
+    app = FastAPI(
+        title="toolbox-sweeps",
+        summary="Hyperparameter sweeps of PyTorch classifiers on Ray Tune, tracked in MLflow.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BearerAuthMiddleware, token=settings.api_token)
+    install_error_handlers(app)
+    app.include_router(sweeps.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,171 @@
+"""Request and response models of the API (``SweepCreate``, ``SweepPublic``, ``SweepsPublic``…).
+
+Every float that leaves the API is finite: metrics are filtered when stored and again here,
+so no response ever carries NaN or infinity.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+
+from workers.spec import SweepSpec
+
+
+class SweepCreate(SweepSpec):
+    """The body of ``POST /sweeps``: a :class:`workers.spec.SweepSpec`, with finite numbers."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finite_numbers(cls, data: Any) -> Any:
+        _reject_non_finite(data, "")
+        return data
+
+
+def _reject_non_finite(value: Any, path: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path or 'body'}: {value} is not a finite number; give a real value")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _reject_non_finite(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _reject_non_finite(item, f"{path}[{i}]")
+
+
+class Links(BaseModel):
+    """Where to look next: this resource in the API and in MLflow."""
+
+    self: str
+    trials: str | None = None
+    mlflow_experiment: str | None = None
+    mlflow_run: str | None = None
+
+
+class SweepPublic(BaseModel):
+    """A sweep as listed."""
+
+    id: int
+    uid: str = Field(description="the sweep's MLflow tag sweeps.sweep_uid and Tune experiment")
+    name: str
+    status: str
+    message: str
+    planned_trials: int
+    ray_job_id: str | None
+    resumes: int
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    links: Links
+
+
+class SweepsPublic(BaseModel):
+    """A page of sweeps and how many match in all."""
+
+    data: list[SweepPublic]
+    count: int
+
+
+class BestTrial(BaseModel):
+    """The best trial so far by the sweep's metric at its last reported epoch."""
+
+    number: int
+    key: str
+    status: str
+    params: dict[str, Any]
+    metric: str
+    goal: str
+    value: float
+    epoch: int
+    links: Links
+
+
+class SweepDetail(SweepPublic):
+    """A sweep with its specification, trial counts and best trial."""
+
+    spec: dict[str, Any]
+    trial_counts: dict[str, int] = Field(description="trials per status, plus 'total'")
+    best_trial: BestTrial | None
+    version: str = Field(
+        description="changes whenever anything above changes; pass it back as "
+        "GET /sweeps/{id}?wait=S&version=V to be answered only when there is news"
+    )
+
+
+class EpochPublic(BaseModel):
+    """One point of a trial's curve."""
+
+    epoch: int
+    metrics: dict[str, float]
+
+
+class TrialPublic(BaseModel):
+    """A trial as listed: its parameters, status and latest metrics."""
+
+    number: int
+    key: str
+    status: str
+    params: dict[str, Any]
+    attempts: int
+    message: str
+    epochs_done: int
+    last_metrics: dict[str, float]
+    mlflow_run_id: str | None
+    created_at: datetime
+    ended_at: datetime | None
+    links: Links
+
+
+class TrialsPublic(BaseModel):
+    """A page of a sweep's trials and how many match in all."""
+
+    data: list[TrialPublic]
+    count: int
+
+
+class TrialDetail(TrialPublic):
+    """A trial with its whole per-epoch curve."""
+
+    curve: list[EpochPublic]
+
+
+class CancelPublic(BaseModel):
+    """The outcome of ``POST /sweeps/{id}/cancel``."""
+
+    id: int
+    status: str
+    message: str
+
+
+class ErrorItem(BaseModel):
+    """One problem with a request: where (``field``, ``loc``) and what to do (``message``)."""
+
+    field: str
+    message: str
+    loc: list[str | int]
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx/5xx the API produces itself."""
+
+    detail: list[ErrorItem] | str
+
+
+class WarmDriversPublic(BaseModel):
+    """Standby sweep jobs: ready to take a sweep, still starting, and how many are kept."""
+
+    ready: int
+    starting: int
+    wanted: int
+
+
+class ReadyPublic(BaseModel):
+    """Readiness of the API's dependencies, and the warm standby drivers (informational)."""
+
+    ready: bool
+    checks: dict[str, str]
+    warm_drivers: WarmDriversPublic | None = None

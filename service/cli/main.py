@@ -1,0 +1,229 @@
+"""``sweeps``: start the stack, submit sweeps and follow them from the terminal.
+
+Client commands talk to the API over HTTP (``--url`` and ``--token``, defaulting to the
+settings' ``public_url`` and ``api_token``); ``up`` and ``demo`` start the embedded stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from service.cli.client import ApiError, SweepsClient
+from service.config import load_settings
+from workers.events import FINAL_SWEEP_STATUSES, FINAL_TRIAL_STATUSES
+from workers.spec import PARAMETERS, varied_keys
+
+WATCH_WAIT_S = 30.0
+"""How long ``sweeps watch`` lets the API hold each request while nothing changes."""
+console = Console()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``sweeps`` command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+        return code
+    except ApiError as err:
+        console.print(f"[red]error:[/] {err}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sweeps", description=__doc__)
+    parser.add_argument("--url", help="API base URL (default: SWEEPS_PUBLIC_URL)")
+    parser.add_argument("--token", help="API token (default: SWEEPS_API_TOKEN)")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    cmd = sub.add_parser("up", help="start MLflow, a Ray head and the API on loopback")
+    cmd.set_defaults(run=_up)
+    cmd = sub.add_parser("demo", help="start the stack, run one sweep file to its end, stop")
+    cmd.add_argument("file", type=Path)
+    cmd.set_defaults(run=_demo)
+    cmd = sub.add_parser("submit", help="submit a sweep file (YAML)")
+    cmd.add_argument("file", type=Path)
+    cmd.add_argument("--idempotency-key")
+    cmd.add_argument("--watch", action="store_true", help="then follow it to its end")
+    cmd.set_defaults(run=_submit)
+    cmd = sub.add_parser("list", help="list sweeps, newest first")
+    cmd.add_argument("--status")
+    cmd.add_argument("--limit", type=int, default=20)
+    cmd.add_argument("--offset", type=int, default=0)
+    cmd.set_defaults(run=_list)
+    for name, run, text in [
+        ("status", _status, "a sweep's status, trials and best trial"),
+        ("watch", _watch, "follow a sweep live until it ends"),
+        ("cancel", _cancel, "cancel a sweep"),
+    ]:
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("sweep_id", type=int)
+        cmd.set_defaults(run=run)
+    return parser
+
+
+def _client(args: argparse.Namespace) -> SweepsClient:
+    settings = load_settings()
+    token = args.token or (settings.api_token.get_secret_value() if settings.api_token else None)
+    return SweepsClient(args.url or settings.api_url, token)
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise SystemExit(f"{path}: expected a mapping of sweep settings at the top level")
+    return data
+
+
+def _submit(args: argparse.Namespace) -> int:
+    client = _client(args)
+    sweep = client.submit(_read_spec(args.file), args.idempotency_key)
+    console.print(f"sweep [bold]{sweep['id']}[/] ({sweep['name']}): {sweep['links']['self']}")
+    if sweep["links"].get("mlflow_experiment"):
+        console.print(f"MLflow: {sweep['links']['mlflow_experiment']}")
+    return watch(client, sweep["id"]) if args.watch else 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    page = _client(args).list(args.status, args.limit, args.offset)
+    table = Table("id", "name", "status", "trials", "created", "message")
+    for s in page["data"]:
+        table.add_row(
+            str(s["id"]), s["name"], s["status"], str(s["planned_trials"]),
+            s["created_at"][:19], s["message"][:60],
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"{len(page['data'])} of {page['count']}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    client = _client(args)
+    show(client.get(args.sweep_id), client.trials(args.sweep_id)["data"])
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    return watch(_client(args), args.sweep_id)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    answer = _client(args).cancel(args.sweep_id)
+    console.print(f"sweep {answer['id']}: {answer['status']} ({answer['message']})")
+    return 0
+
+
+def show(sweep: dict[str, Any], trials: list[dict[str, Any]]) -> None:
+    """Print a sweep, its trials and its best trial."""
+    console.print(f"[bold]sweep {sweep['id']}[/] {sweep['name']}: {sweep['status']}")
+    if sweep["message"]:
+        console.print(f"  {sweep['message']}")
+    metric = sweep["spec"]["metric"]["name"]
+    keys = varied_keys(PARAMETERS.validate_python(sweep["spec"]["parameters"]))
+    table = Table("#", "status", "epochs", metric, "varied settings")
+    for t in trials:
+        value = t["last_metrics"].get(metric)
+        shown = "" if value is None else f"{value:.4f}"
+        row = [str(t["number"]), t["status"], str(t["epochs_done"]), shown]
+        table.add_row(*row, _params(t["params"], keys))
+    console.print(table)
+    show_best(sweep, keys)
+
+
+def _params(params: dict[str, Any], keys: list[str]) -> str:
+    def short(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    return " ".join(f"{k}={short(params[k])}" for k in keys if k in params)
+
+
+def show_best(sweep: dict[str, Any], keys: list[str]) -> None:
+    """Print the best trial and where to compare the sweep in MLflow."""
+    best = sweep.get("best_trial")
+    if best:
+        console.print(
+            f"best trial #{best['number']}: {best['metric']}={best['value']:.4f} "
+            f"at epoch {best['epoch']} with {_params(best['params'], keys)}"
+        )
+    links = sweep["links"]
+    if links.get("mlflow_experiment"):
+        console.print(f"compare in MLflow: {links['mlflow_experiment']}")
+    if links.get("mlflow_run"):
+        console.print(f"sweep run: {links['mlflow_run']}")
+
+
+def watch(client: SweepsClient, sweep_id: int) -> int:
+    """Show a live progress bar of a sweep's trials until it ends; 0 when it completed.
+
+    Each request is a long poll on the last answer's version: the bar moves as soon as the
+    sweep does, and nothing is asked while nothing changes.
+    """
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("starting", total=None)
+        version = None
+        while True:
+            sweep = client.get(sweep_id, wait=WATCH_WAIT_S if version else 0.0, version=version)
+            version = sweep["version"]
+            counts = sweep["trial_counts"]
+            done = sum(counts.get(s, 0) for s in FINAL_TRIAL_STATUSES)
+            total = max(sweep["planned_trials"], counts["total"])
+            best = sweep.get("best_trial")
+            best_text = f" best {best['metric']}={best['value']:.4f}" if best else ""
+            running = counts.get("running", 0)
+            text = f"sweep {sweep_id} {sweep['status']}: {running} running{best_text}"
+            bar.update(task, description=text, completed=done, total=total)
+            if sweep["status"] in FINAL_SWEEP_STATUSES:
+                break
+    show(sweep, client.trials(sweep_id)["data"])
+    return 0 if sweep["status"] == "completed" else 1
+
+
+def _up(args: argparse.Namespace) -> int:
+    from service.cli.stack import Stack
+
+    stack = Stack(load_settings())
+    settings = stack.start()
+    console.print(f"API     {settings.api_url}  (docs: {settings.api_url}/docs)")
+    console.print(f"MLflow  {settings.mlflow_link_base}")
+    console.print(f"Ray     {settings.ray_dashboard_url}  (logs in {stack.state}/logs)")
+    console.print("Ctrl-C stops the stack.")
+    try:
+        while all(p.proc.poll() is None for p in stack.procs):
+            time.sleep(1)
+        console.print("[red]a process of the stack exited[/]; stopping")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stack.stop()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from service.cli.stack import Stack
+
+    spec = _read_spec(args.file)
+    stack = Stack(load_settings())
+    console.print("starting MLflow, Ray and the API (logs under .sweeps/logs)...")
+    settings = stack.start()
+    try:
+        client = SweepsClient(args.url or settings.api_url, args.token)
+        sweep = client.submit(spec)
+        console.print(f"sweep {sweep['id']} submitted: {sweep['links']['self']}")
+        return watch(client, sweep["id"])
+    finally:
+        console.print("stopping the stack")
+        stack.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The API's background loop: reconcile sweeps with Ray at start-up, then keep cancels on time.
+
+Runs in a daemon thread of the API process (the Jobs API client is synchronous). Every
+``monitor_interval_seconds`` it stops the jobs of cancellations past their grace period and tops
+up the warm standby drivers; every ``RECONCILE_EVERY`` ticks it reconciles again (and checks
+the standbys' jobs), so a job that dies while the API runs is resumed without waiting for a
+restart.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+
+from service.dispatch.dispatcher import Dispatcher
+
+log = logging.getLogger(__name__)
+RECONCILE_EVERY = 5
+
+
+class Monitor:
+    """Starts and stops the background loop around a :class:`Dispatcher`."""
+
+    def __init__(self, dispatcher: Dispatcher, interval: float) -> None:
+        self.dispatcher = dispatcher
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sweeps-monitor", daemon=True)
+
+    def start(self) -> None:
+        """Start the loop; its first act is a full reconciliation."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the loop to end and wait for it."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        tick = 0
+        while not self._stop.is_set():
+            full = tick % RECONCILE_EVERY == 0
+            if full:
+                self._guard(self.dispatcher.reconcile)
+            self._guard(self.dispatcher.enforce_cancel_deadlines)
+            self._guard(functools.partial(self.dispatcher.keep_warm, check_jobs=full))
+            tick += 1
+            self._stop.wait(self.interval)
+
+    @staticmethod
+    def _guard(step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception:  # the loop must survive a database or network hiccup
+            log.exception("monitor step failed")

@@ -1,0 +1,141 @@
+"""The entrypoint of the Ray jobs that drive sweeps.
+
+``python -m service.job <sweep_id> [--resume]`` drives one sweep. ``python -m
+service.job --standby <job_id>`` is a warm standby (see :mod:`service.dispatch.standby`): it
+imports the driver (Ray Tune, MLflow, the database), joins the cluster, marks itself ready, then
+waits for the dispatcher to hand it a sweep (the sweep's ``ray_job_id`` names this job), drives
+that one sweep and exits. A standby whose row disappears without a sweep retires (exit 0).
+
+Either way the job rebuilds the settings from the environment the dispatcher gave it (database
+URL, MLflow URI, storage path; never the API token) and reports through a
+:class:`service.job.sink.DatabaseSink`. A driver error leaves the sweep open with the error as its
+message and exits non-zero: the API's reconciliation then resumes the sweep from Tune's
+experiment state, or fails it once ``max_resumes`` is spent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import store
+from service.config import Settings, load_settings
+from service.errors import StorageError
+from service.job.sink import DatabaseSink
+from service.store.db import make_engine, make_session_factory, session_scope
+from workers.events import FINAL_SWEEP_STATUSES
+from workers.spec import SweepSpec
+
+log = logging.getLogger("service.job")
+STANDBY_POLL_S = 0.1
+"""How often a standby looks for its sweep (one indexed read)."""
+STANDBY_DB_PATIENCE_S = 60.0
+"""A standby that cannot read the database for this long exits; the API replaces it."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Drive one sweep (or wait for one, as a standby); 0 once it has a final status."""
+    parser = argparse.ArgumentParser(prog="python -m service.job")
+    parser.add_argument("sweep_id", type=int, nargs="?", help="the sweep to drive")
+    parser.add_argument("--resume", action="store_true", help="restore Tune's experiment")
+    parser.add_argument("--standby", metavar="JOB_ID", help="wait, warm, for a sweep")
+    args = parser.parse_args(argv)
+    if (args.sweep_id is None) == (args.standby is None):
+        parser.error("give a sweep id or --standby JOB_ID, not both")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    settings = load_settings()
+    factory = make_session_factory(make_engine(settings.database_url))
+    if args.standby is not None:
+        return standby(settings, factory, args.standby)
+    return drive(settings, factory, args.sweep_id, args.resume)
+
+
+def standby(settings: Settings, factory: sessionmaker[Session], job_id: str) -> int:
+    """Warm up, then wait for the sweep the dispatcher hands to ``job_id`` and drive it."""
+    _join_cluster()
+    with session_scope(factory) as session:  # a row already gone was claimed or retired
+        if store.mark_standby_ready(session, job_id):
+            log.info("standby %s is ready", job_id)
+    last_ok = time.monotonic()
+    while True:
+        try:
+            with session_scope(factory) as session:
+                sweep_id = store.sweep_for_job(session, job_id)
+                waiting = sweep_id is None and store.standby_exists(session, job_id)
+            last_ok = time.monotonic()
+        except StorageError as err:
+            if time.monotonic() - last_ok > STANDBY_DB_PATIENCE_S:
+                log.error("standby %s: the database is unreachable; exiting: %s", job_id, err)
+                return 1
+            sweep_id, waiting = None, True
+        if sweep_id is not None:
+            log.info("standby %s drives sweep %s", job_id, sweep_id)
+            return drive(settings, factory, sweep_id, resume=None)
+        if not waiting:
+            log.info("standby %s retired", job_id)
+            return 0
+        time.sleep(STANDBY_POLL_S)
+
+
+def _join_cluster() -> None:
+    """Import the driver and join the Ray cluster this job was submitted to."""
+    import ray
+
+    import workers.driver.sweep  # noqa: F401  (Ray Tune and MLflow: the slow imports, done now)
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)
+
+
+def drive(
+    settings: Settings, factory: sessionmaker[Session], sweep_id: int, resume: bool | None
+) -> int:
+    """Run sweep ``sweep_id`` to its end.
+
+    ``resume`` None means: restore Tune's experiment when the sweep had started before.
+    """
+    with session_scope(factory) as session:
+        sweep = store.get_sweep(session, sweep_id)
+        if sweep.status in FINAL_SWEEP_STATUSES:
+            log.info("sweep %s is already %s; nothing to run", sweep.id, sweep.status)
+            return 0
+        spec = SweepSpec.model_validate(sweep.spec)
+        experiment, parent_run_id, sweep_uid = (
+            sweep.experiment_name,
+            sweep.parent_run_id,
+            sweep.uid,
+        )
+        if resume is None:
+            resume = sweep.started_at is not None
+
+    _join_cluster()
+    from workers.driver.sweep import run_sweep
+
+    sink = DatabaseSink(factory, sweep_id)
+    try:
+        status = run_sweep(
+            spec,
+            sink,
+            sweep_uid=sweep_uid,
+            tracking_uri=settings.mlflow_tracking_uri,
+            mlflow_experiment=experiment,
+            storage_path=settings.storage_path,
+            parent_run_id=parent_run_id,
+            resume=resume,
+        )
+    except Exception as err:
+        log.exception("sweep %s: the driver failed", sweep_id)
+        with session_scope(factory) as session:
+            store.get_sweep(session, sweep_id).message = f"driver error: {err}"
+        return 1
+    log.info("sweep %s ended %s", sweep_id, status)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

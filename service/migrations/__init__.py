@@ -1,1 +1,0 @@
-"""Alembic migrations of the service's schema; :func:`service.db.init_db` applies them."""

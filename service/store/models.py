@@ -1,0 +1,166 @@
+"""The tables: sweeps, their trials, each trial's per-epoch metrics, and warm standby drivers.
+
+Statuses are the strings of :mod:`workers.events`; the spec is stored as the validated JSON of
+:class:`workers.spec.SweepSpec`, so a resumed job rebuilds exactly what was accepted.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+from uuid import uuid4
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+"""Constraint and index names (SQLAlchemy's recommended convention)."""
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC, also on SQLite (which drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the service's tables."""
+
+    # Named constraints, so a later migration can drop or alter them (SQLite's batch mode
+    # cannot touch an unnamed one).
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+class Sweep(Base):
+    """One sweep request and its run state."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uid: Mapped[str] = mapped_column(String(32), unique=True, default=lambda: uuid4().hex)
+    """Globally unique: names the Tune experiment, Ray jobs and MLflow tags, so sweeps of a
+    reset database never meet an older sweep's state on a long-lived cluster or server."""
+    name: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(20), default="pending", index=True)
+    spec: Mapped[dict[str, Any]]
+    """The validated :class:`workers.spec.SweepSpec` as JSON; the sweep job validates it again,
+    once. What the API reports of it is stored in the columns below when the sweep is made."""
+    planned_trials: Mapped[int]
+    metric_name: Mapped[str] = mapped_column(String(64))
+    metric_goal: Mapped[str] = mapped_column(String(16))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    body_hash: Mapped[str] = mapped_column(String(64))
+    ray_job_id: Mapped[str | None] = mapped_column(String(100))
+    resumes: Mapped[int] = mapped_column(default=0)
+    experiment_name: Mapped[str] = mapped_column(String(200))
+    mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
+    parent_run_id: Mapped[str | None] = mapped_column(String(64))
+    experiment_path: Mapped[str | None] = mapped_column(Text)
+    best_trial_key: Mapped[str | None] = mapped_column(String(200))
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None]
+    cancel_requested_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+
+    trials: Mapped[list[Trial]] = relationship(
+        back_populates="sweep", order_by="Trial.number", cascade="all, delete-orphan"
+    )
+
+
+class Trial(Base):
+    """One trial of a sweep, keyed by Ray Tune's trial id."""
+
+    __tablename__ = "trials"
+    __table_args__ = (
+        UniqueConstraint("sweep_id", "key"),
+        UniqueConstraint("sweep_id", "number"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(200))
+    number: Mapped[int]
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(default=0)
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    ended_at: Mapped[datetime | None]
+
+    sweep: Mapped[Sweep] = relationship(back_populates="trials")
+    epochs: Mapped[list[EpochMetric]] = relationship(
+        back_populates="trial", order_by="EpochMetric.epoch", cascade="all, delete-orphan"
+    )
+
+
+class EpochMetric(Base):
+    """The metrics a trial reported at the end of one epoch (re-reports overwrite)."""
+
+    __tablename__ = "epoch_metrics"
+    __table_args__ = (
+        UniqueConstraint("trial_id", "epoch"),
+        Index("ix_epoch_metrics_trial", "trial_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"))
+    epoch: Mapped[int]
+    metrics: Mapped[dict[str, Any]]
+    reported_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    trial: Mapped[Trial] = relationship(back_populates="epochs")
+
+
+class StandbyDriver(Base):
+    """A Ray job started ahead of demand that waits, warm, for a sweep to drive.
+
+    The row exists while the job is unclaimed: the dispatcher deletes it in the transaction
+    that sets a sweep's ``ray_job_id`` to the job, and the job retires when its row is gone
+    and no sweep names it (see :mod:`service.dispatch.standby`).
+    """
+
+    __tablename__ = "standby_drivers"
+
+    job_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ready_at: Mapped[datetime | None]
+    """When the job had imported the driver and joined the cluster; None while it starts."""

@@ -1,0 +1,67 @@
+"""Rows of the warm standby drivers, and the hand-over of a sweep to one.
+
+Every function works inside the caller's session (see :mod:`service.dispatch.standby`).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.store.models import StandbyDriver, Sweep, utcnow
+from workers.events import FINAL_SWEEP_STATUSES
+
+
+def add_standby(session: Session, job_id: str) -> None:
+    """Record a standby driver job before it is submitted (so it can find its row)."""
+    session.add(StandbyDriver(job_id=job_id))
+
+
+def standbys(session: Session) -> list[StandbyDriver]:
+    """The unclaimed standby drivers, oldest first."""
+    stmt = select(StandbyDriver).order_by(StandbyDriver.created_at, StandbyDriver.job_id)
+    return list(session.scalars(stmt))
+
+
+def remove_standby(session: Session, job_id: str) -> None:
+    """Forget a standby driver (gone, retired, or failed to submit); idempotent."""
+    driver = session.get(StandbyDriver, job_id)
+    if driver is not None:
+        session.delete(driver)
+
+
+def claim_standby(session: Session, sweep: Sweep, job_id: str) -> bool:
+    """Hand ``sweep`` to the standby driver ``job_id``; False when it is no longer unclaimed.
+
+    The standby's row goes and the sweep's ``ray_job_id`` names the job in one transaction,
+    so the job sees either itself unclaimed or its sweep, never neither.
+    """
+    driver = session.get(StandbyDriver, job_id)
+    if driver is None:
+        return False
+    session.delete(driver)
+    sweep.ray_job_id = job_id
+    session.flush()
+    return True
+
+
+def mark_standby_ready(session: Session, job_id: str) -> bool:
+    """The standby job is warm; False when its row is gone (it was retired meanwhile)."""
+    driver = session.get(StandbyDriver, job_id)
+    if driver is None:
+        return False
+    driver.ready_at = driver.ready_at or utcnow()
+    return True
+
+
+def standby_exists(session: Session, job_id: str) -> bool:
+    """Whether ``job_id`` is still an unclaimed standby."""
+    return session.get(StandbyDriver, job_id) is not None
+
+
+def sweep_for_job(session: Session, job_id: str) -> int | None:
+    """The id of the open sweep the Ray job ``job_id`` is to drive, if any."""
+    stmt = select(Sweep.id).where(
+        Sweep.ray_job_id == job_id, Sweep.status.not_in(FINAL_SWEEP_STATUSES)
+    )
+    return session.scalars(stmt).first()

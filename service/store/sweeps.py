@@ -1,0 +1,194 @@
+"""Sweep rows: creation (idempotent), lookups, versions and status transitions.
+
+Every function works inside the caller's session. A final sweep status
+(:data:`workers.events.FINAL_SWEEP_STATUSES`) is never replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.errors import IdempotencyConflictError, SweepFinishedError, SweepNotFoundError
+from service.store.models import EpochMetric, Sweep, Trial, utcnow
+from workers.events import FINAL_SWEEP_STATUSES
+from workers.spec import SweepSpec
+
+
+def body_hash(spec: SweepSpec) -> str:
+    """A stable hash of the validated request, to recognise an idempotent resubmission."""
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def create_sweep(
+    session: Session, spec: SweepSpec, idempotency_key: str | None = None
+) -> tuple[Sweep, bool]:
+    """Store a new sweep, or return the one made earlier with the same idempotency key.
+
+    Returns:
+        The sweep and whether it was created by this call.
+
+    Raises:
+        IdempotencyConflictError: the key was used before with a different body.
+    """
+    digest = body_hash(spec)
+    if idempotency_key is not None:
+        earlier = _by_idempotency_key(session, idempotency_key, digest)
+        if earlier is not None:
+            return earlier, False
+    sweep = Sweep(
+        name=spec.name,
+        spec=spec.model_dump(mode="json"),
+        planned_trials=spec.num_trials,
+        metric_name=spec.metric.name,
+        metric_goal=spec.metric.goal,
+        idempotency_key=idempotency_key,
+        body_hash=digest,
+        experiment_name=f"sweeps/{spec.name}",
+    )
+    try:
+        with session.begin_nested():
+            session.add(sweep)
+    except IntegrityError:  # a concurrent request with the same key won the race
+        earlier = _by_idempotency_key(session, str(idempotency_key), digest)
+        if earlier is None:
+            raise
+        return earlier, False
+    return sweep, True
+
+
+def _by_idempotency_key(session: Session, key: str, digest: str) -> Sweep | None:
+    sweep = session.scalar(select(Sweep).where(Sweep.idempotency_key == key))
+    if sweep is not None and sweep.body_hash != digest:
+        raise IdempotencyConflictError(
+            f"Idempotency-Key '{key}' was already used for sweep {sweep.id} with a different "
+            "request body; resend that exact body, or use a new key for a new sweep"
+        )
+    return sweep
+
+
+def get_sweep(session: Session, sweep_id: int, *, lock: bool = False) -> Sweep:
+    """The sweep with this id.
+
+    Raises:
+        SweepNotFoundError: there is none.
+    """
+    stmt = select(Sweep).where(Sweep.id == sweep_id)
+    sweep = session.scalar(stmt.with_for_update() if lock else stmt)
+    if sweep is None:
+        raise SweepNotFoundError(f"sweep {sweep_id} does not exist")
+    return sweep
+
+
+def sweep_status(session: Session, sweep_id: int) -> str:
+    """The sweep's status alone (one indexed read).
+
+    Raises:
+        SweepNotFoundError: there is none.
+    """
+    status = session.scalar(select(Sweep.status).where(Sweep.id == sweep_id))
+    if status is None:
+        raise SweepNotFoundError(f"sweep {sweep_id} does not exist")
+    return status
+
+
+def sweep_version(session: Session, sweep_id: int) -> str:
+    """A token that changes whenever anything the API reports about the sweep changes (its
+    row, its trials' rows, their epochs), in one query.
+
+    Every write to these rows moves an ``updated_at``/``reported_at`` or adds a row, so the
+    version digests the sweep's status and ``updated_at`` with the count and latest timestamp
+    of its trials and of their epochs.
+
+    Raises:
+        SweepNotFoundError: there is none.
+    """
+    of_sweep = Trial.sweep_id == sweep_id
+    trials = select(Trial.id).where(of_sweep)
+    stmt = select(
+        Sweep.status,
+        Sweep.updated_at,
+        select(func.count()).where(of_sweep).scalar_subquery(),
+        select(func.max(Trial.updated_at)).where(of_sweep).scalar_subquery(),
+        select(func.count()).where(EpochMetric.trial_id.in_(trials)).scalar_subquery(),
+        select(func.max(EpochMetric.reported_at))
+        .where(EpochMetric.trial_id.in_(trials))
+        .scalar_subquery(),
+    ).where(Sweep.id == sweep_id)
+    row = session.execute(stmt).first()
+    if row is None:
+        raise SweepNotFoundError(f"sweep {sweep_id} does not exist")
+    return hashlib.sha256(repr(tuple(row)).encode()).hexdigest()[:16]
+
+
+def list_sweeps(
+    session: Session, *, status: str | None, limit: int, offset: int
+) -> tuple[list[Sweep], int]:
+    """A page of sweeps, newest first, and how many match ``status`` in all."""
+    where = [Sweep.status == status] if status else []
+    count = session.scalar(select(func.count()).select_from(Sweep).where(*where)) or 0
+    stmt = select(Sweep).where(*where).order_by(Sweep.id.desc()).limit(limit).offset(offset)
+    return list(session.scalars(stmt)), count
+
+
+def open_sweeps(session: Session) -> list[Sweep]:
+    """Every sweep that has not reached a final status, oldest first."""
+    stmt = select(Sweep).where(Sweep.status.not_in(FINAL_SWEEP_STATUSES)).order_by(Sweep.id)
+    return list(session.scalars(stmt))
+
+
+def record_job(session: Session, sweep: Sweep, job_id: str) -> None:
+    """Remember the Ray job that runs (or will run) the sweep."""
+    sweep.ray_job_id = job_id
+
+
+def mark_started(
+    session: Session, sweep: Sweep, parent_run_id: str | None, experiment_path: str
+) -> None:
+    """The driver runs; keep a requested cancellation and never reopen a final sweep."""
+    if sweep.status == "pending":
+        sweep.status = "running"
+    sweep.started_at = sweep.started_at or utcnow()
+    sweep.parent_run_id = parent_run_id or sweep.parent_run_id
+    sweep.experiment_path = experiment_path
+
+
+def request_cancel(session: Session, sweep: Sweep) -> None:
+    """Ask the driver to cancel (idempotent while cancelling and once cancelled).
+
+    Raises:
+        SweepFinishedError: the sweep already completed or failed.
+    """
+    if sweep.status == "cancelled":
+        return
+    if sweep.status in FINAL_SWEEP_STATUSES:
+        raise SweepFinishedError(f"sweep {sweep.id} already ended ({sweep.status})")
+    if sweep.status != "cancelling":
+        sweep.status = "cancelling"
+        sweep.cancel_requested_at = utcnow()
+
+
+def finish_sweep(
+    session: Session, sweep: Sweep, status: str, message: str = "", best_key: str | None = None
+) -> bool:
+    """Give the sweep its final status unless it has one; returns whether it changed."""
+    assert status in FINAL_SWEEP_STATUSES, status
+    if sweep.status in FINAL_SWEEP_STATUSES:
+        return False
+    sweep.status = status
+    sweep.message = message
+    sweep.best_trial_key = best_key
+    sweep.ended_at = utcnow()
+    return True
+
+
+def cancelling_since(session: Session, before: datetime) -> list[Sweep]:
+    """Sweeps whose cancellation was requested before ``before`` and has not finished."""
+    stmt = select(Sweep).where(Sweep.status == "cancelling", Sweep.cancel_requested_at <= before)
+    return list(session.scalars(stmt))

@@ -1,0 +1,152 @@
+"""Trial rows and their per-epoch metrics: upserts from the driver, pages, the best trial.
+
+Every function works inside the caller's session. A final trial status is never replaced; an
+epoch re-reported after a resume overwrites its earlier row; the best trial is judged by the
+metric at its last reported epoch and is never a diverged or failed trial.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from service.errors import TrialNotFoundError
+from service.store.models import EpochMetric, Sweep, Trial, utcnow
+from workers.events import FINAL_TRIAL_STATUSES, TrialUpdate, finite_metrics, trial_number
+
+NOT_BEST = frozenset({"diverged", "failed"})
+
+
+def close_open_trials(session: Session, sweep: Sweep, status: str, message: str) -> int:
+    """Give every trial without a final status ``status``; returns how many changed."""
+    assert status in FINAL_TRIAL_STATUSES, status
+    stmt = select(Trial).where(
+        Trial.sweep_id == sweep.id, Trial.status.not_in(FINAL_TRIAL_STATUSES)
+    )
+    trials = list(session.scalars(stmt))
+    for trial in trials:
+        trial.status, trial.message, trial.ended_at = status, message, utcnow()
+    return len(trials)
+
+
+def upsert_trial(session: Session, sweep_id: int, update: TrialUpdate) -> Trial:
+    """Create or update a trial from the driver's report; a final status is never replaced."""
+    trial = _trial_by_key(session, sweep_id, update.key)
+    if trial.status in FINAL_TRIAL_STATUSES:
+        return trial
+    trial.status = update.status
+    trial.params = update.params or trial.params
+    trial.mlflow_run_id = update.mlflow_run_id or trial.mlflow_run_id
+    trial.attempts = max(trial.attempts, update.attempt)
+    trial.message = update.message or trial.message
+    if update.status in FINAL_TRIAL_STATUSES:
+        trial.ended_at = utcnow()
+    return trial
+
+
+def record_epoch(
+    session: Session, sweep_id: int, trial_key: str, epoch: int, metrics: dict[str, Any]
+) -> EpochMetric:
+    """Store one epoch's finite metrics, overwriting an earlier report of the same epoch."""
+    trial = _trial_by_key(session, sweep_id, trial_key)
+    clean = finite_metrics(metrics)
+    row = session.scalar(
+        select(EpochMetric).where(EpochMetric.trial_id == trial.id, EpochMetric.epoch == epoch)
+    )
+    if row is None:
+        row = EpochMetric(trial_id=trial.id, epoch=epoch, metrics=clean)
+        session.add(row)
+    else:
+        row.metrics = clean
+    session.flush()
+    return row
+
+
+def _trial_by_key(session: Session, sweep_id: int, key: str) -> Trial:
+    trial = session.scalar(select(Trial).where(Trial.sweep_id == sweep_id, Trial.key == key))
+    if trial is None:
+        trial = Trial(sweep_id=sweep_id, key=key, number=_number(session, sweep_id, key))
+        session.add(trial)
+        session.flush()
+    return trial
+
+
+def _number(session: Session, sweep_id: int, key: str) -> int:
+    """The trial's number from its key (:func:`workers.events.trial_number`), else the next free."""
+    taken = set(session.scalars(select(Trial.number).where(Trial.sweep_id == sweep_id)))
+    wanted = trial_number(key)
+    return wanted if wanted > 0 and wanted not in taken else max(taken, default=0) + 1
+
+
+def list_trials(
+    session: Session, sweep: Sweep, *, status: str | None, limit: int, offset: int
+) -> tuple[list[Trial], int]:
+    """A page of the sweep's trials in creation order, with their epochs loaded."""
+    where = [Trial.sweep_id == sweep.id] + ([Trial.status == status] if status else [])
+    count = session.scalar(select(func.count()).select_from(Trial).where(*where)) or 0
+    stmt = (
+        select(Trial)
+        .where(*where)
+        .options(selectinload(Trial.epochs))
+        .order_by(Trial.number)
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(session.scalars(stmt)), count
+
+
+def get_trial(session: Session, sweep: Sweep, number: int) -> Trial:
+    """The sweep's trial with this number (1-based, in creation order).
+
+    Raises:
+        TrialNotFoundError: there is none.
+    """
+    stmt = select(Trial).where(Trial.sweep_id == sweep.id, Trial.number == number)
+    trial = session.scalar(stmt.options(selectinload(Trial.epochs)))
+    if trial is None:
+        raise TrialNotFoundError(f"sweep {sweep.id} has no trial {number}")
+    return trial
+
+
+def trial_counts(session: Session, sweep: Sweep) -> dict[str, int]:
+    """How many of the sweep's trials are in each status."""
+    stmt = (
+        select(Trial.status, func.count()).where(Trial.sweep_id == sweep.id).group_by(Trial.status)
+    )
+    return {status: int(n) for status, n in session.execute(stmt)}
+
+
+@dataclass(frozen=True)
+class Best:
+    """The best trial so far and its metric value at its last reported epoch."""
+
+    trial: Trial
+    value: float
+    epoch: int
+
+
+def best_trial(session: Session, sweep: Sweep, metric: str, goal: str) -> Best | None:
+    """The best trial by ``metric`` at its last epoch; diverged and failed trials never count."""
+    last = (
+        select(EpochMetric.trial_id, func.max(EpochMetric.epoch).label("epoch"))
+        .join(Trial)
+        .where(Trial.sweep_id == sweep.id, Trial.status.not_in(NOT_BEST))
+        .group_by(EpochMetric.trial_id)
+        .subquery()
+    )
+    stmt = select(EpochMetric).join(
+        last, (EpochMetric.trial_id == last.c.trial_id) & (EpochMetric.epoch == last.c.epoch)
+    )
+    best: Best | None = None
+    sign = 1.0 if goal == "maximize" else -1.0
+    for row in session.scalars(stmt.options(selectinload(EpochMetric.trial))):
+        value = row.metrics.get(metric)
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            continue
+        if best is None or sign * value > sign * best.value:
+            best = Best(trial=row.trial, value=float(value), epoch=row.epoch)
+    return best

@@ -1,0 +1,300 @@
+"""The sweep driver: one Ray Tune experiment per sweep, reported to a sink and to MLflow.
+
+:func:`run_sweep` is the entry point; it runs in the sweep's Ray job after ``ray.init()``.
+Tune's callbacks feed a :class:`~workers.driver.progress.SweepProgress`, whose writes run behind
+Tune's controller and are flushed before every snapshot of the experiment state; a
+:class:`CancelStopper` polls the sink for a cancel. Tune pickles its run configuration, so the
+callbacks hold only the sweep's uid and find the live progress in :data:`_LIVE`. Why each
+setting is what it is (snapshots, checkpoints kept, flushes): ARCHITECTURE.md, "Resume".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.experiment import Trial
+
+from workers.driver.progress import SweepProgress
+from workers.driver.resources import trial_resources
+from workers.driver.search import build_plan
+from workers.driver.storage import local_path, storage_filesystem
+from workers.events import SweepSink, SweepStatus
+from workers.spec import SweepSpec
+from workers.tracking import SweepTracker
+from workers.trial.trainable import TrialSetup, run_trial
+
+log = logging.getLogger(__name__)
+CANCEL_POLL_S = 1.0
+SNAPSHOT_PERIOD_S = 2.0
+"""How often Tune snapshots the experiment state (the most training a killed driver loses)."""
+SNAPSHOT_MARGIN_S = 0.1
+"""``stop_all`` flushes the writes this long before a snapshot is due, and from then on.
+``snapshot_at`` is taken in ``get_state()``, inside Tune's save, so by our clock a snapshot is
+due no later than by Tune's; the margin covers the moments between ``stop_all`` and Tune's look
+at its clock in the same step."""
+TUNE_ENV = {
+    "TUNE_GLOBAL_CHECKPOINT_S": str(SNAPSHOT_PERIOD_S),
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+}
+"""Read by Tune when ``fit()`` builds its controller: snapshot every :data:`SNAPSHOT_PERIOD_S`
+seconds, and write no per-trial result files (every result is in the sink and MLflow; the
+TensorBoard logger would import torch into the driver)."""
+# Tune's result grid looks for the result files the disabled loggers would have written, and
+# warns for every trial that it found none: nothing is missing (the results are in the sink).
+logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+_LIVE: dict[str, SweepProgress] = {}
+"""Sweep uid -> the progress of the sweep this process is driving."""
+
+
+def experiment_name(sweep_uid: str) -> str:
+    """Name of the sweep's Tune experiment directory under the storage path."""
+    return f"sweep-{sweep_uid}"
+
+
+def run_sweep(
+    spec: SweepSpec,
+    sink: SweepSink,
+    *,
+    sweep_uid: str,
+    tracking_uri: str,
+    mlflow_experiment: str,
+    storage_path: str,
+    parent_run_id: str | None = None,
+    resume: bool = False,
+) -> SweepStatus:
+    """Run the sweep ``spec`` to its end and return its final status.
+
+    Args:
+        spec: the validated sweep.
+        sink: receives every trial's progress (the service's database).
+        sweep_uid: the sweep's globally unique id; names the Tune experiment and tags the
+            MLflow runs.
+        tracking_uri: the MLflow server.
+        mlflow_experiment: MLflow experiment that holds the sweep's parent run.
+        storage_path: absolute directory (or URI) of Tune's experiment state and checkpoints.
+        parent_run_id: an MLflow parent run opened beforehand; found by tag when None.
+        resume: continue the sweep's Tune experiment when its state exists under
+            ``storage_path`` (a restarted job); a fresh experiment otherwise.
+
+    Returns:
+        ``completed``, ``failed`` (no trial succeeded, or Tune itself failed) or ``cancelled``;
+        ``sink.sweep_ended`` has been told the same, with the best trial.
+    """
+    t_start = time.perf_counter()
+    tracker = SweepTracker(tracking_uri, mlflow_experiment, sweep_uid)
+    storage_path = local_path(storage_path)
+    path = str(Path(storage_path, experiment_name(sweep_uid)))
+    sink.sweep_started(parent_run_id, path)
+    progress = SweepProgress(spec, sink, tracker)
+    progress.open_sweep(parent_run_id, path, resumed=resume)  # MLflow's run, as Tune starts
+    _LIVE[sweep_uid] = progress
+    error = ""
+    t_tune = t_fit = time.perf_counter()
+    try:
+        with _environ(TUNE_ENV):
+            tuner = _tuner(spec, sweep_uid, storage_path, path, resume)
+            t_fit = time.perf_counter()
+            tuner.fit()
+    except Exception as err:  # Tune itself, or a write, failed: the sweep fails
+        log.exception("sweep %s: Tune failed", sweep_uid)
+        error = f"{type(err).__name__}: {err}"
+    finally:
+        _LIVE.pop(sweep_uid, None)
+        t_done = time.perf_counter()
+        failed_write = progress.close()  # every queued write is made, even on the way out
+    if failed_write is not None and not error:  # it failed after Tune's last look
+        error = str(failed_write)  # names the write and its error
+    t_close = time.perf_counter()
+    status = _finish(progress, error)
+    log.info(
+        "sweep %s %s: set-up %.2f s, Tuner %.2f s, fit %.2f s, flush %.2f s, wrap-up %.2f s",
+        sweep_uid, status, t_tune - t_start, t_fit - t_tune, t_done - t_fit,
+        t_close - t_done, time.perf_counter() - t_close,
+    )  # fmt: skip
+    return status
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block (Tune reads some settings only from there)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _finish(progress: SweepProgress, error: str) -> SweepStatus:
+    """End the sweep: trials, MLflow runs, the sink. Writes are plain calls by now (closed)."""
+    status: SweepStatus
+    if progress.cancelled:
+        status = "cancelled"
+        progress.end_all("cancelled", "the sweep was cancelled")
+    elif error:
+        status = "failed"
+        progress.end_all("failed", error)
+    else:
+        progress.end_all("failed", "Tune ended the sweep before this trial finished")
+        ok = any(r.status != "failed" for r in progress.trials.values())
+        status = "completed" if ok else "failed"
+    best = progress.best()
+    message = "; ".join(m for m in (error, progress.summary()) if m)
+    best_info: dict[str, Any] | None = None
+    if best is not None:
+        best_info = {
+            "trial_key": best.key,
+            "run_id": best.run_id,
+            "value": best.value,
+            "params": best.params,
+        }
+    progress.tracker.end_sweep(status, best_info, progress.spec.metric.name)
+    progress.sink.sweep_ended(status, message, best.key if best else None)
+    return status
+
+
+def trainable(spec: SweepSpec) -> Any:
+    """``run_trial`` as Tune runs it for ``spec``: bound to the sweep's :class:`TrialSetup`
+    (built once here) and asking the connected cluster for each trial's resources."""
+    resources = trial_resources(spec, ray.cluster_resources())
+    setup = TrialSetup(
+        base=spec.base_config,
+        metric=spec.metric.name,
+        mode=spec.metric.mode,
+        cpus=resources.cpu,
+        gpus=resources.gpu,
+    )
+    return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources.as_tune())
+
+
+def _tuner(spec: SweepSpec, sweep_uid: str, storage_path: str, path: str, resume: bool) -> Any:
+    fs = storage_filesystem(storage_path)
+    if resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
+        return tune.Tuner.restore(
+            path,
+            trainable(spec),
+            resume_unfinished=True,
+            resume_errored=True,
+            storage_filesystem=fs,
+        )
+    plan = build_plan(spec)
+    tune_config = tune.TuneConfig(
+        metric=spec.metric.name,
+        mode=spec.metric.mode,
+        search_alg=plan.search_alg,
+        scheduler=plan.scheduler,
+        num_samples=plan.num_samples,
+        reuse_actors=True,  # the data set and torch stay loaded between trials of a worker
+    )
+    run_config = tune.RunConfig(
+        name=experiment_name(sweep_uid),
+        storage_path=storage_path,
+        storage_filesystem=fs,
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # pruned by the storage
+        callbacks=[ProgressCallback(sweep_uid)],
+        stop=CancelStopper(sweep_uid),
+        verbose=0,
+    )
+    return tune.Tuner(
+        trainable(spec),
+        param_space=plan.param_space,
+        tune_config=tune_config,
+        run_config=run_config,
+    )
+
+
+class ProgressCallback(tune.Callback):
+    """Forwards Tune's trial events to the sweep's :class:`SweepProgress`."""
+
+    def __init__(self, sweep_uid: str) -> None:
+        self.sweep_uid = sweep_uid
+
+    @property
+    def progress(self) -> SweepProgress:
+        return _LIVE[self.sweep_uid]
+
+    def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        for trial in trials:  # a restored trial brings the last result it reported
+            self.progress.seen(trial.trial_id, trial.config, trial.run_metadata.last_result)
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        self.progress.started(trial.trial_id, trial.config, attempt=trial.num_failures + 1)
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        why = _error_line(trial) or "the trial's worker failed"
+        message = f"{why}; retrying from the last checkpoint"
+        self.progress.restarting(trial.trial_id, trial.num_failures + 1, message)
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result, **info):
+        self.progress.result(trial.trial_id, result)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        self.progress.finished(trial.trial_id)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        attempts = trial.num_failures
+        message = f"{_error_line(trial) or 'the trial failed'} (after {attempts} attempts)"
+        self.progress.end(trial.trial_id, "failed", message)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        for trial in trials:  # stop_all ends trials without on_trial_complete
+            if trial.status == Trial.TERMINATED:
+                self.progress.finished(trial.trial_id)
+
+    def get_state(self) -> None:
+        """Called as Tune snapshots the experiment: make every queued write first.
+
+        No state of its own (the sink and MLflow hold it), so Tune saves no callback file.
+        """
+        self.progress.flush()
+        self.progress.snapshot_at = time.monotonic()
+        return None
+
+
+class CancelStopper(tune.Stopper):
+    """Stops the whole experiment once the sink reports a cancel request (polled ~1/s).
+
+    Also the last hook Tune calls before it snapshots the experiment state: it flushes the
+    sweep's progress writes first (see the module docstring).
+    """
+
+    def __init__(self, sweep_uid: str) -> None:
+        self.sweep_uid = sweep_uid
+        self._last_poll = 0.0
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        progress = _LIVE.get(self.sweep_uid)
+        if progress is None:
+            return False
+        since = time.monotonic() - progress.snapshot_at
+        if since >= SNAPSHOT_PERIOD_S - SNAPSHOT_MARGIN_S:  # Tune may snapshot next (docstring)
+            progress.flush()
+        if progress.cancelled:
+            return True
+        if time.monotonic() - self._last_poll >= CANCEL_POLL_S:
+            self._last_poll = time.monotonic()
+            progress.cancelled = bool(progress.sink.cancel_requested())
+        return progress.cancelled
+
+
+def _error_line(trial: Trial) -> str:
+    """The last line of the trial's error (the exception itself), or ''."""
+    text = trial.get_error()
+    lines = [ln.strip() for ln in str(text or "").splitlines() if ln.strip()]
+    return lines[-1][:2000] if lines else ""

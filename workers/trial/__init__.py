@@ -1,0 +1,1 @@
+"""What runs in Ray's trial worker processes: the trainable Tune calls for each trial."""

@@ -1,0 +1,143 @@
+"""The function Ray Tune runs for every trial: train one configuration, report every epoch.
+
+Each epoch is reported with a checkpoint, so Tune's failure handling (``max_failures``) restarts
+a trial whose worker died from its last epoch instead of from scratch.
+
+A diverged trial (NaN or infinite loss) is a normal outcome, not an error: it reports one last
+result with ``diverged=True`` and the metric set to :func:`worst_value`, a finite number no
+real result can beat, and returns. Tune's searchers and schedulers then rank it last, and the
+JSON that Tune and the sink carry never holds a NaN or an infinity.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from ray import tune
+
+from toolbox.config import TrialConfig
+from workers.events import finite_metrics
+
+if TYPE_CHECKING:
+    from toolbox.metrics import EpochMetrics
+
+# torch (and toolbox.train, which needs it) is imported inside the functions that train: the
+# sweep's driver imports this module for run_trial and the result keys below, never trains, and
+# would otherwise pay torch's import (seconds) on every job's start-up.
+
+CHECKPOINT_FILE = "trial_state.pt"
+DIVERGED = "diverged"
+"""Result key: True on the last result of a diverged trial."""
+EPOCH = "epoch"
+PID = "pid"
+"""Result key: the worker process id (tests kill it to exercise recovery)."""
+WORST = 1e30
+"""Magnitude of the stand-in metric of a diverged trial; finite, and beyond any real value."""
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of a sweep shares, built once by the driver.
+
+    Attributes:
+        base: the validated configuration before the trial's sampled parameters.
+        metric: the sweep's metric, which every report must carry.
+        mode: ``max`` or ``min``: which way the metric improves.
+        cpus: the CPUs Ray gives each trial (its torch threads).
+        gpus: the GPU share Ray gives each trial; above 0 the trial trains on CUDA.
+    """
+
+    base: TrialConfig
+    metric: str
+    mode: Literal["max", "min"]
+    cpus: float
+    gpus: float
+
+
+def worst_value(mode: str) -> float:
+    """The metric value that ranks a trial last when the search ``mode`` is max or min."""
+    return -WORST if mode == "max" else WORST
+
+
+def trial_config(setup: TrialSetup, params: dict[str, Any]) -> TrialConfig:
+    """The trial's configuration: ``params`` on the base, on the device Ray gave the trial.
+
+    Raises:
+        pydantic.ValidationError: the combination is invalid (the trial fails with it).
+    """
+    import torch
+
+    device = "cuda" if setup.gpus > 0 and torch.cuda.is_available() else "cpu"
+    return TrialConfig.from_flat({**params, "device": device}, base=setup.base)
+
+
+def run_trial(params: dict[str, Any], *, setup: TrialSetup) -> None:
+    """Train one trial with the sampled ``params``.
+
+    Ray Tune calls this with the trial's config; ``setup`` is bound by ``tune.with_parameters``
+    in the driver.
+    """
+    import torch
+
+    from toolbox.train import train
+
+    cfg = trial_config(setup, params)
+    torch.set_num_threads(max(1, int(setup.cpus)))  # the trial's CPU share, not the machine
+    state = _load_checkpoint()
+
+    def on_epoch(metrics: EpochMetrics, checkpoint: Any) -> None:
+        report: dict[str, Any] = {**finite_metrics(metrics.as_dict()), EPOCH: metrics.epoch}
+        if setup.metric not in report:  # NaN or infinite: Tune needs the metric every time
+            raise _Diverged(metrics.epoch, f"{setup.metric} is not finite at epoch {metrics.epoch}")
+        with tempfile.TemporaryDirectory(prefix="trial-ckpt-") as tmp:
+            torch.save(checkpoint(), Path(tmp, CHECKPOINT_FILE))
+            # report() copies the directory to the run's storage before returning.
+            tune.report(
+                {**report, PID: os.getpid()}, checkpoint=tune.Checkpoint.from_directory(tmp)
+            )
+
+    try:
+        result = train(cfg, on_epoch=on_epoch, resume=state)
+    except _Diverged as err:
+        _report_diverged(setup, epoch=err.epoch, message=str(err))
+        return
+    if result.outcome == "diverged":
+        last = result.history[-1].epoch if result.history else 0
+        _report_diverged(setup, epoch=last + 1, message=result.message)
+
+
+class _Diverged(Exception):
+    """Raised from ``on_epoch`` to stop a trial whose metric stopped being finite."""
+
+    def __init__(self, epoch: int, message: str) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+
+
+def _report_diverged(setup: TrialSetup, epoch: int, message: str) -> None:
+    """The last result of a diverged trial: flagged, with a metric that ranks it last."""
+    tune.report(
+        {
+            setup.metric: worst_value(setup.mode),
+            EPOCH: epoch,
+            PID: os.getpid(),
+            DIVERGED: True,
+            "message": message or "diverged",
+        }
+    )
+
+
+def _load_checkpoint() -> dict[str, Any] | None:
+    import torch
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as path:
+        # Our own file, written by on_epoch above; it holds optimizer and RNG state too.
+        state: dict[str, Any] = torch.load(Path(path, CHECKPOINT_FILE), weights_only=False)
+    return state
