@@ -10,11 +10,13 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 
 from service.errors import StorageError
 from service.store.db import alembic_config, init_db, make_engine
 from service.store.models import Base
+from tests.specs import digits_body
+from workers.spec import SweepSpec
 
 
 @pytest.fixture
@@ -88,3 +90,43 @@ def test_concurrent_init_db_calls_all_succeed_on_postgres(pg_database_url: str) 
     assert errors == []
     assert _diff(engine) == []
     engine.dispose()
+
+
+def test_upgrade_fills_the_summary_columns_of_existing_sweeps(engine: Engine) -> None:
+    """Sweeps stored before revision 0004 get the trial count and metric their spec gives."""
+    grid = SweepSpec.model_validate(
+        digits_body(
+            {"optim.lr": [0.01, 0.1], "seed": {"distribution": "int_uniform", "min": 0, "max": 2}},
+            method="grid",
+        )
+    )
+    random = SweepSpec.model_validate(
+        digits_body(
+            {"optim.lr": {"distribution": "log_uniform_values", "min": 0.001, "max": 0.1}},
+            max_trials=7,
+            metric={"name": "val_loss", "goal": "minimize"},
+        )
+    )
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0003")
+    with engine.begin() as conn:
+        for n, spec in enumerate((grid, random), start=1):
+            conn.execute(
+                text(
+                    "INSERT INTO sweeps (id, uid, name, status, spec, body_hash, resumes, "
+                    "experiment_name, message, created_at, updated_at) VALUES (:id, :uid, "
+                    "'old', 'completed', :spec, '', 0, 'sweeps/old', '', :now, :now)"
+                ),
+                {"id": n, "uid": f"uid{n}", "spec": spec.model_dump_json(), "now": "2026-01-01"},
+            )
+    init_db(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT planned_trials, metric_name, metric_goal FROM sweeps ORDER BY id")
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        (grid.num_trials, "val_accuracy", "maximize"),
+        (7, "val_loss", "minimize"),
+    ]
+    assert grid.num_trials == 6
+    assert _diff(engine) == []

@@ -22,11 +22,11 @@ down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-COLUMNS = (
-    sa.Column("planned_trials", sa.Integer(), nullable=True),
-    sa.Column("metric_name", sa.String(length=64), nullable=True),
-    sa.Column("metric_goal", sa.String(length=16), nullable=True),
-)
+COLUMNS: dict[str, sa.types.TypeEngine[Any]] = {
+    "planned_trials": sa.Integer(),
+    "metric_name": sa.String(length=64),
+    "metric_goal": sa.String(length=16),
+}
 
 
 def _planned(spec: dict[str, Any]) -> int:
@@ -47,8 +47,8 @@ def _planned(spec: dict[str, Any]) -> int:
 
 def upgrade() -> None:
     with op.batch_alter_table("sweeps", schema=None) as batch_op:
-        for column in COLUMNS:
-            batch_op.add_column(column.copy())
+        for name, type_ in COLUMNS.items():
+            batch_op.add_column(sa.Column(name, type_, nullable=True))
     bind = op.get_bind()
     for sweep_id, raw in bind.execute(sa.text("SELECT id, spec FROM sweeps")).all():
         spec = json.loads(raw) if isinstance(raw, str) else raw
@@ -66,11 +66,11 @@ def upgrade() -> None:
             },
         )
     with op.batch_alter_table("sweeps", schema=None) as batch_op:
-        for column in COLUMNS:
-            batch_op.alter_column(column.name, existing_type=column.type, nullable=False)
+        for name, type_ in COLUMNS.items():
+            batch_op.alter_column(name, existing_type=type_, nullable=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("sweeps", schema=None) as batch_op:
-        for column in reversed(COLUMNS):
-            batch_op.drop_column(column.name)
+        for name in reversed(COLUMNS):
+            batch_op.drop_column(name)
