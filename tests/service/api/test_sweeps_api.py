@@ -138,6 +138,44 @@ def test_list_is_paginated_and_filtered_by_status(client: TestClient) -> None:
     assert client.get("/sweeps", params={"status": "nope"}).status_code == 422
 
 
+def test_reading_sweeps_never_validates_a_stored_spec(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lists, details and long polls answer from the stored columns (planned trials, metric)."""
+    with TestClient(create_app(settings, monitor=False), headers=auth(settings)) as client:
+        _read_sweeps_without_validating(client, monkeypatch)
+
+
+def _read_sweeps_without_validating(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    factory = client.app.state.session_factory  # type: ignore[attr-defined]
+    grid = {"optim.lr": [0.01 * i for i in range(1, 33)], "seed": list(range(20))}
+    spec = SweepSpec.model_validate(
+        digits_body(grid, method="grid", metric={"name": "val_loss", "goal": "minimize"})
+    )
+    with session_scope(factory) as session:
+        made = [store.create_sweep(session, spec)[0] for _ in range(3)]
+        session.flush()
+        ids = [sweep.id for sweep in made]
+        sink = DatabaseSink(factory, ids[0])
+    sink.trial_updated(TrialUpdate(key="t_00000", status="running", params={"optim.lr": 0.01}))
+    sink.epoch_reported("t_00000", 1, {"val_loss": 0.5, "val_accuracy": 0.9})
+    validated: list[SweepSpec] = []
+    check = SweepSpec._check_configs
+    monkeypatch.setattr(
+        SweepSpec, "_check_configs", lambda self: validated.append(self) or check(self)
+    )
+
+    listed = client.get("/sweeps").json()
+    detail = client.get(f"/sweeps/{ids[0]}", params={"wait": 0.3, "version": "old"}).json()
+    client.get(f"/sweeps/{ids[1]}", params={"wait": 0.2})
+    client.get(f"/sweeps/{ids[0]}/trials")
+    assert validated == []
+    assert [s["planned_trials"] for s in listed["data"]] == [640] * 3
+    assert detail["best_trial"]["metric"] == "val_loss"
+    assert detail["best_trial"]["goal"] == "minimize"
+    assert detail["best_trial"]["value"] == 0.5
+
+
 LR = {"optim.lr": [0.1]}
 
 

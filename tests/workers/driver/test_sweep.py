@@ -197,7 +197,7 @@ def reported_epochs(path: Path) -> dict[str, list[int]]:
 def start_driver_process(address: str, request: dict, tmp: Path) -> subprocess.Popen[bytes]:
     request_file = tmp / "request.json"
     request_file.write_text(json.dumps(request))
-    cmd = [sys.executable, "-m", "tests.workers.driver_process", address, str(request_file)]
+    cmd = [sys.executable, "-m", "tests.workers.driver.driver_process", address, str(request_file)]
     with open(tmp / "driver.log", "wb") as log:
         return subprocess.Popen(
             cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -1,7 +1,7 @@
 """A sweep's progress writes leave Tune's callbacks at once, gather, and still land in order.
 
 The sink and the tracker here are slow recorders sharing one journal: the real ones are
-exercised end to end in ``test_driver.py``; these tests need writes slow enough to be caught
+exercised end to end in ``test_sweep.py``; these tests need writes slow enough to be caught
 in flight, and a failing write on demand.
 """
 

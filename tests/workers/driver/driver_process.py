@@ -1,9 +1,9 @@
 """A sweep driver in a process of its own, for tests that kill it as a vanished Ray job would.
 
-``python -m tests.workers.driver_process <ray address> <request.json>`` runs ``run_sweep`` with
-the request's spec, sweep id, MLflow server and storage path, and appends ``<trial key>
-<epoch>`` to the request's ``epochs_file`` (flushed) for every epoch the driver reports, so the
-test knows when to kill it.
+``python -m tests.workers.driver.driver_process <ray address> <request.json>`` runs
+``run_sweep`` with the request's spec, sweep uid, MLflow server and storage path, and appends
+``<trial key> <epoch>`` to the request's ``epochs_file`` (flushed) for every epoch the driver
+reports, so the test knows when to kill it.
 """
 
 from __future__ import annotations
