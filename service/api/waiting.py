@@ -1,17 +1,9 @@
 """Long polling: ``GET /sweeps/{id}?wait=S`` holds the request until there is news.
 
-A client that wants to follow a sweep (``sweeps watch``, a script waiting for the result) would
-otherwise poll: every poll builds the whole response (trial counts, best trial, links) to say,
-mostly, that nothing changed, and the news waits for the next poll. A held request instead
-looks at the sweep every :data:`CHECK_INTERVAL_S` (one small query: its status, or its
-version, :func:`service.store.sweep_version`) and answers as soon as there is news:
-
-* with ``version`` (from an earlier response): when the sweep's version differs from it;
-* without: when the sweep is final (completed, failed or cancelled);
-
-and at the latest after ``wait`` seconds, with the sweep as it is then. The sweep job writes
-from another process, so the database is the only place to look; each check is its own short
-transaction, so a held request never keeps a transaction (or a SQLite read snapshot) open.
+A held request looks at the sweep every :data:`CHECK_INTERVAL_S` (one small query in its own
+short transaction) and is answered as soon as there is news: with ``version`` (from an earlier
+response), when the sweep's version differs from it; without, when the sweep is final; and at
+the latest after ``wait`` seconds, with the sweep as it is then.
 """
 
 from __future__ import annotations
