@@ -16,7 +16,7 @@ import pytest
 from tests.workers.sweeps import RecordingSink, digits_spec, runs_of, sweep
 from workers.driver.sweep import run_sweep
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.slow
