@@ -28,7 +28,6 @@ FINAL_TRIAL_STATUSES: frozenset[str] = frozenset(
 )
 
 SweepStatus = Literal["pending", "running", "cancelling", "completed", "failed", "cancelled"]
-SWEEP_STATUSES: tuple[SweepStatus, ...] = get_args(SweepStatus)
 FINAL_SWEEP_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 

@@ -39,7 +39,7 @@ class WarmCount:
 class StandbyPool:
     """Starts, checks, hands out and retires the standby drivers of one database.
 
-    Not thread-safe on its own: the :class:`~service.dispatch.dispatcher.Dispatcher` calls it under its lock.
+    Not thread-safe on its own: the :class:`~.dispatcher.Dispatcher` calls it under its lock.
     """
 
     def __init__(self, settings: Settings, factory: sessionmaker[Session], jobs: JobClient) -> None:
