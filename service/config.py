@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     monitor_interval_seconds: float = Field(2.0, gt=0)
     max_resumes: int = Field(3, ge=0)
     warm_drivers: int = Field(1, ge=0, le=16)
+    db_patience_seconds: float = Field(300.0, gt=0)
+    heartbeat_seconds: float = Field(5.0, gt=0)
+    stuck_after_seconds: float = Field(120.0, gt=0)
+    ray_grace_seconds: float = Field(300.0, gt=0)
+    tracking_backoff_seconds: float = Field(30.0, gt=0)
 
     @model_validator(mode="after")
     def _fill_links(self) -> Settings:
@@ -118,6 +123,16 @@ class Settings(BaseSettings):
             self.mlflow_ui_url = self.mlflow_tracking_uri
         if self.public_url is None:
             self.public_url = f"http://{self.host}:{self.port}"
+        return self
+
+    @model_validator(mode="after")
+    def _check_liveness(self) -> Settings:
+        if self.stuck_after_seconds <= 2 * self.heartbeat_seconds:
+            raise ValueError(
+                f"SWEEPS_STUCK_AFTER_SECONDS={self.stuck_after_seconds} must exceed twice "
+                f"SWEEPS_HEARTBEAT_SECONDS={self.heartbeat_seconds}, or a live driver between "
+                "two beats would be taken for stuck; raise it or beat more often"
+            )
         return self
 
     @model_validator(mode="after")
@@ -158,6 +173,8 @@ class Settings(BaseSettings):
             "SWEEPS_MLFLOW_UI_URL": self.mlflow_link_base,
             "SWEEPS_STORAGE_PATH": self.storage_path,
             "SWEEPS_RAY_ADDRESS": self.ray_address,
+            "SWEEPS_DB_PATIENCE_SECONDS": str(self.db_patience_seconds),
+            "SWEEPS_HEARTBEAT_SECONDS": str(self.heartbeat_seconds),
         }
 
 

@@ -5,3 +5,16 @@ from toolbox.errors import SweepsError
 
 class RayJobsError(SweepsError):
     """Ray's Jobs API refused a request or could not be reached; the message says which."""
+
+
+class SinkUnavailableError(SweepsError):
+    """The sink cannot store a report for now (its database is unreachable): the driver retries
+    for a while, then gives up without ending the sweep, so that the sweep is resumed later."""
+
+
+class TrackingError(SweepsError):
+    """MLflow could not take a request (down, timed out, failing): worth trying again."""
+
+
+class TrackingRejectedError(TrackingError):
+    """MLflow answered that it will not take the request (a 4xx): sending it again is useless."""

@@ -65,7 +65,9 @@ class TrialUpdate:
         key: Ray Tune's trial id, unique within the sweep.
         status: the new status.
         params: the trial's sampled parameters (dotted names), sent with the first update.
-        mlflow_run_id: the trial's MLflow child run.
+        run_name: the name of the trial's MLflow run, sent with the first update.
+        config: the trial's whole configuration (dotted names), its MLflow run's parameters,
+            sent with the first update.
         message: why it ended (error text, divergence epoch), empty otherwise.
         attempt: how many times the trial has been (re)started.
     """
@@ -73,7 +75,8 @@ class TrialUpdate:
     key: str
     status: TrialStatus
     params: dict[str, Any] = field(default_factory=dict)
-    mlflow_run_id: str | None = None
+    run_name: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
     message: str = ""
     attempt: int = 0
 
@@ -86,12 +89,13 @@ class SweepSink(Protocol):
     outbox's thread (:mod:`workers.driver.outbox`). :meth:`cancel_requested` comes from Tune's
     controller thread and may overlap a report. Every method is idempotent (a resumed driver
     may repeat an epoch or a status it sent before the restart) and must not raise for a
-    repeated call. A final trial status is never replaced by a non-final one. A report that
-    raises fails the sweep.
+    repeated call. A final trial status is never replaced by a non-final one. A method that
+    raises :class:`~workers.errors.SinkUnavailableError` may be called again later (the
+    driver retries for a while); any other error fails the sweep.
     """
 
-    def sweep_started(self, mlflow_run_id: str | None, experiment_path: str) -> None:
-        """The driver is running (again, after a resume); the sweep's parent MLflow run."""
+    def sweep_started(self, experiment_path: str) -> None:
+        """The driver is running (again, after a resume); Tune's experiment directory."""
 
     def trial_updated(self, update: TrialUpdate) -> None:
         """A trial was created, started, restarted or ended."""

@@ -1,8 +1,10 @@
 """The FastAPI app factory: settings in, app out; nothing is built at import time.
 
-The lifespan creates the engine, brings the schema up to date, builds the dispatcher and starts
-the monitor, whose first act is to reconcile the database with what Ray is really running; at
-shutdown it retires the warm standby drivers the monitor started.
+The lifespan creates the engine, brings the schema up to date (in the background while the
+database cannot be reached: the API starts anyway, and answers 503 meanwhile), builds the
+dispatcher and starts the monitor, whose first act is to reconcile the database with what Ray
+is really running, and the tracking sender; at shutdown it retires the warm standby drivers the
+monitor started.
 Access control is one middleware (:class:`service.api.auth.BearerAuthMiddleware`).
 """
 
@@ -21,38 +23,56 @@ from service.api.views import Views
 from service.config import Settings, load_settings
 from service.dispatch.dispatcher import Dispatcher, make_job_client
 from service.dispatch.monitor import Monitor
-from service.store.db import init_db, make_engine, make_session_factory
+from service.dispatch.tracking import TrackingSender
+from service.store.db import Schema, make_engine, make_session_factory
+from workers.tracking import MlflowRuns
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, *, monitor: bool = True) -> FastAPI:
+def create_app(settings: Settings | None = None, *, background: bool = True) -> FastAPI:
     """Build the API for ``settings`` (from the environment when None).
 
     Args:
         settings: the configuration; tests pass their own.
-        monitor: run the background reconciliation and cancel-deadline loop.
+        background: run the monitor (reconciliation, liveness, cancel deadlines, standbys)
+            and the tracking sender (deliveries to MLflow).
     """
     settings = settings or load_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url)
-        init_db(engine)
         factory = make_session_factory(engine)
         dispatcher = Dispatcher(settings, factory, make_job_client(settings))
+        schema = Schema(engine)
         app.state.settings = settings
+        app.state.schema = schema
         app.state.session_factory = factory
         app.state.views = Views(settings)
         app.state.dispatcher = dispatcher
         loop = Monitor(dispatcher, settings.monitor_interval_seconds)
-        if monitor:
-            loop.start()
+        sender = TrackingSender(
+            factory,
+            MlflowRuns(settings.mlflow_tracking_uri),
+            backoff_s=(0.5, settings.tracking_backoff_seconds),
+        )
+
+        def start_background() -> None:
+            if background:
+                loop.start()
+                sender.start()
+
+        schema.ensure(on_ready=start_background)  # the API serves even while the database is down
         try:
             yield
         finally:
+            schema.stop()
             loop.stop()
-            if monitor:  # standbys belong to the loop that started them
+            sender.stop()
+            if (
+                background and schema.ready.is_set()
+            ):  # standbys belong to the loop that started them
                 try:
                     dispatcher.retire_standbys()
                 except Exception:  # Ray or the database already gone: the standbys exit alone

@@ -12,7 +12,8 @@ from service import store
 from service.api.views import Views
 from service.config import Settings
 from service.dispatch.dispatcher import Dispatcher
-from service.store.db import session_scope
+from service.errors import StorageError
+from service.store.db import Schema, session_scope
 from service.store.models import Sweep
 
 
@@ -22,16 +23,23 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """One transaction per request, committed before the response is sent."""
-    with session_scope(request.app.state.session_factory) as session:
-        yield session
-
-
 def get_session_factory(request: Request) -> sessionmaker[Session]:
-    """The session factory, for routes that open their own short transactions."""
+    """The session factory, for routes that open their own short transactions.
+
+    Raises:
+        StorageError: the schema is not up to date yet (the database was down at start-up).
+    """
+    schema: Schema = request.app.state.schema
+    if not schema.ready.is_set():
+        raise StorageError(f"the database is not ready: {schema.error}")
     factory: sessionmaker[Session] = request.app.state.session_factory
     return factory
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One transaction per request, committed before the response is sent."""
+    with session_scope(get_session_factory(request)) as session:
+        yield session
 
 
 def get_views(request: Request) -> Views:

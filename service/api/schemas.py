@@ -93,6 +93,11 @@ class SweepDetail(SweepPublic):
         description="changes whenever anything above changes; pass it back as "
         "GET /sweeps/{id}?wait=S&version=V to be answered only when there is news"
     )
+    mlflow_pending: int = Field(
+        description="writes MLflow does not have yet (run creations, configurations, epochs, "
+        "closes): MLflow is behind by this many; 0 once it has everything"
+    )
+    mlflow_error: str = Field(description="why the last delivery to MLflow failed; '' if none")
 
 
 class EpochPublic(BaseModel):

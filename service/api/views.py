@@ -18,6 +18,7 @@ from service.api.schemas import (
     TrialPublic,
 )
 from service.config import Settings
+from service.store import tracking
 from service.store.models import Sweep, Trial
 from workers.events import TRIAL_STATUSES, finite_metrics
 
@@ -100,6 +101,8 @@ class Views:
             trial_counts=counts,
             best_trial=best_public,
             version=version,
+            mlflow_pending=tracking.backlog(session, sweep),
+            mlflow_error=sweep.mlflow_error,
         )
 
     def trial_links(self, sweep: Sweep, trial: Trial) -> Links:

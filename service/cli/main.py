@@ -24,6 +24,8 @@ from workers.spec import PARAMETERS, varied_keys
 
 WATCH_WAIT_S = 30.0
 """How long ``sweeps watch`` lets the API hold each request while nothing changes."""
+TRACKED_WAIT_S = 30.0
+"""How long ``sweeps watch`` waits, once the sweep ended, for MLflow to have all of it."""
 console = Console()
 
 
@@ -154,6 +156,10 @@ def show_best(sweep: dict[str, Any], keys: list[str]) -> None:
             f"best trial #{best['number']}: {best['metric']}={best['value']:.4f} "
             f"at epoch {best['epoch']} with {_params(best['params'], keys)}"
         )
+    behind = sweep.get("mlflow_pending", 0)
+    if behind:
+        error = sweep.get("mlflow_error")
+        console.print(f"MLflow is behind by {behind} writes" + (f" ({error})" if error else ""))
     links = sweep["links"]
     if links.get("mlflow_experiment"):
         console.print(f"compare in MLflow: {links['mlflow_experiment']}")
@@ -161,11 +167,12 @@ def show_best(sweep: dict[str, Any], keys: list[str]) -> None:
         console.print(f"sweep run: {links['mlflow_run']}")
 
 
-def watch(client: SweepsClient, sweep_id: int) -> int:
+def watch(client: SweepsClient, sweep_id: int, *, tracked_wait_s: float = TRACKED_WAIT_S) -> int:
     """Show a live progress bar of a sweep's trials until it ends; 0 when it completed.
 
     Each request is a long poll on the last answer's version: the bar moves as soon as the
-    sweep does, and nothing is asked while nothing changes.
+    sweep does, and nothing is asked while nothing changes. Once it ended, waits up to
+    ``tracked_wait_s`` for MLflow to have all of it.
     """
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeElapsedColumn(), console=console) as bar:
@@ -184,8 +191,17 @@ def watch(client: SweepsClient, sweep_id: int) -> int:
             bar.update(task, description=text, completed=done, total=total)
             if sweep["status"] in FINAL_SWEEP_STATUSES:
                 break
+    sweep = _until_tracked(client, sweep, tracked_wait_s)
     show(sweep, client.trials(sweep_id)["data"])
     return 0 if sweep["status"] == "completed" else 1
+
+
+def _until_tracked(client: SweepsClient, sweep: dict[str, Any], wait_s: float) -> dict[str, Any]:
+    """The ended sweep once MLflow has all of it, or as it is after ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    while sweep.get("mlflow_pending") and (left := deadline - time.monotonic()) > 0:
+        sweep = client.get(sweep["id"], wait=min(5.0, left), version=sweep["version"])
+    return sweep
 
 
 def _up(args: argparse.Namespace) -> int:

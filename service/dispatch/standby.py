@@ -21,7 +21,6 @@ from service.errors import DispatchError
 from service.store.db import session_scope
 from workers.errors import RayJobsError
 from workers.jobs import LIVE_JOB_STATES, JobClient
-from workers.tracking import TRACKING_ENV
 
 log = logging.getLogger(__name__)
 JOB_PREFIX = "sweeps-standby-"
@@ -109,7 +108,7 @@ class StandbyPool:
         job_id = f"{JOB_PREFIX}{uuid.uuid4().hex[:12]}"
         with session_scope(self.factory) as session:
             store.add_standby(session, job_id)
-        env = self.settings.job_env() | TRACKING_ENV
+        env = self.settings.job_env()
         try:
             self.jobs.submit(standby_command(self.settings.job_python, job_id), job_id, env)
         except (DispatchError, RayJobsError) as err:

@@ -2,15 +2,16 @@
 
 ``python -m service.job <sweep_id> [--resume]`` drives one sweep. ``python -m
 service.job --standby <job_id>`` is a warm standby (see :mod:`service.dispatch.standby`): it
-imports the driver (Ray Tune, MLflow, the database), joins the cluster, marks itself ready, then
-waits for the dispatcher to hand it a sweep (the sweep's ``ray_job_id`` names this job), drives
-that one sweep and exits. A standby whose row disappears without a sweep retires (exit 0).
+imports the driver (Ray Tune, the database), joins the cluster, marks itself ready, then waits
+for the dispatcher to hand it a sweep (the sweep's ``ray_job_id`` names this job), drives that
+one sweep and exits. A standby whose row disappears without a sweep retires (exit 0).
 
 Either way the job rebuilds the settings from the environment the dispatcher gave it (database
-URL, MLflow URI, storage path; never the API token) and reports through a
-:class:`service.job.sink.DatabaseSink`. A driver error leaves the sweep open with the error as its
-message and exits non-zero: the API's reconciliation then resumes the sweep from Tune's
-experiment state, or fails it once ``max_resumes`` is spent.
+URL, storage path, patience, heartbeat; never the API token), reports through a
+:class:`service.job.sink.DatabaseSink` and beats the sweep's heartbeat while it drives. A driver
+error, or a database unreachable for longer than ``db_patience_seconds``, leaves the sweep open
+and exits non-zero: the API's reconciliation then resumes the sweep from Tune's experiment
+state, or fails it once ``max_resumes`` is spent.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 import time
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +29,7 @@ from service.config import Settings, load_settings
 from service.errors import StorageError
 from service.job.sink import DatabaseSink
 from service.store.db import make_engine, make_session_factory, session_scope
+from workers.errors import SinkUnavailableError
 from workers.events import FINAL_SWEEP_STATUSES
 from workers.spec import SweepSpec
 
@@ -95,7 +98,7 @@ def _join_cluster() -> None:
 def drive(
     settings: Settings, factory: sessionmaker[Session], sweep_id: int, resume: bool | None
 ) -> int:
-    """Run sweep ``sweep_id`` to its end.
+    """Run sweep ``sweep_id`` to its end, beating the sweep's heartbeat meanwhile.
 
     ``resume`` None means: restore Tune's experiment when the sweep had started before.
     """
@@ -105,36 +108,77 @@ def drive(
             log.info("sweep %s is already %s; nothing to run", sweep.id, sweep.status)
             return 0
         spec = SweepSpec.model_validate(sweep.spec)
-        experiment, parent_run_id, sweep_uid = (
-            sweep.experiment_name,
-            sweep.parent_run_id,
-            sweep.uid,
-        )
+        sweep_uid = sweep.uid
         if resume is None:
             resume = sweep.started_at is not None
 
     _join_cluster()
     from workers.driver.sweep import run_sweep
 
-    sink = DatabaseSink(factory, sweep_id)
+    heart = Heartbeat(factory, sweep_id, settings.heartbeat_seconds)
+    heart.start()
     try:
         status = run_sweep(
             spec,
-            sink,
+            DatabaseSink(factory, sweep_id),
             sweep_uid=sweep_uid,
-            tracking_uri=settings.mlflow_tracking_uri,
-            mlflow_experiment=experiment,
             storage_path=settings.storage_path,
-            parent_run_id=parent_run_id,
             resume=resume,
+            patience_s=settings.db_patience_seconds,
         )
+    except SinkUnavailableError as err:
+        log.error(
+            "sweep %s: the database stayed unreachable; exiting to be resumed: %s", sweep_id, err
+        )
+        return 1
     except Exception as err:
         log.exception("sweep %s: the driver failed", sweep_id)
-        with session_scope(factory) as session:
-            store.get_sweep(session, sweep_id).message = f"driver error: {err}"
+        _note(factory, sweep_id, f"driver error: {err}")
         return 1
+    finally:
+        heart.stop()
     log.info("sweep %s ended %s", sweep_id, status)
     return 0
+
+
+def _note(factory: sessionmaker[Session], sweep_id: int, message: str) -> None:
+    try:
+        with session_scope(factory) as session:
+            store.get_sweep(session, sweep_id).message = message
+    except StorageError:
+        log.warning("sweep %s: could not record: %s", sweep_id, message)
+
+
+class Heartbeat:
+    """Records every ``interval`` seconds, on a daemon thread, that the driver is alive.
+
+    A frozen or hung process stops beating, which the API's monitor notices. A beat that fails
+    (the database is down) is skipped; the next one tries again.
+    """
+
+    def __init__(self, factory: sessionmaker[Session], sweep_id: int, interval: float) -> None:
+        self.factory, self.sweep_id, self.interval = factory, sweep_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
+        """Beat now, then every ``interval`` seconds."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating."""
+        self._stop.set()
+        self._thread.join(self.interval + 5)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                with session_scope(self.factory) as session:
+                    store.beat(session, self.sweep_id)
+            except StorageError as err:
+                log.warning("sweep %s: heartbeat not recorded: %s", self.sweep_id, err)
+            if self._stop.wait(self.interval):
+                return
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 Each call is its own short transaction, or all the calls of a :meth:`DatabaseSink.batch` block
 share one, so the API (another process) sees progress as it happens, and a crash loses at most
-the transaction in flight. Every call is idempotent, as the sink
-contract requires: a resumed driver may repeat what it sent before.
+the transaction in flight. Every call is idempotent, as the sink contract requires: a resumed
+driver may repeat what it sent before. A database that cannot be reached (or a transaction
+that lost its connection) raises :class:`~workers.errors.SinkUnavailableError`, which the
+driver retries.
 """
 
 from __future__ import annotations
@@ -12,11 +14,37 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
+from service.errors import StorageError
 from service.store.db import session_scope
+from workers.errors import SinkUnavailableError
 from workers.events import SweepStatus, TrialUpdate
+
+OUTAGES = (OperationalError, DisconnectionError, PoolTimeoutError)
+"""Database errors that pass: the server is down, restarting, unreachable or busy."""
+
+
+def is_outage(err: BaseException) -> bool:
+    """Whether ``err`` (or the database error it wraps) says the database is unreachable for
+    now, as opposed to a statement that will fail again."""
+    cause = err.__cause__ if isinstance(err, StorageError) else err
+    return isinstance(cause, OUTAGES) or (
+        isinstance(cause, DBAPIError) and bool(cause.connection_invalidated)
+    )
+
+
+@contextlib.contextmanager
+def _outage_is_unavailable() -> Iterator[None]:
+    try:
+        yield
+    except (StorageError, DBAPIError, DisconnectionError, PoolTimeoutError) as err:
+        if is_outage(err):
+            raise SinkUnavailableError(f"the database is unreachable: {err}") from err
+        raise
 
 
 class DatabaseSink:
@@ -33,7 +61,7 @@ class DatabaseSink:
         if getattr(self._batch, "session", None) is not None:  # nested: the outer one holds
             yield
             return
-        with session_scope(self._factory) as session:
+        with _outage_is_unavailable(), session_scope(self._factory) as session:
             self._batch.session = session
             try:
                 yield
@@ -46,14 +74,13 @@ class DatabaseSink:
         if session is not None:
             yield session
         else:
-            with session_scope(self._factory) as session:
+            with _outage_is_unavailable(), session_scope(self._factory) as session:
                 yield session
 
-    def sweep_started(self, mlflow_run_id: str | None, experiment_path: str) -> None:
-        """Mark the sweep running and remember its parent MLflow run and Tune experiment."""
-        with session_scope(self._factory) as session:
-            sweep = store.get_sweep(session, self.sweep_id)
-            store.mark_started(session, sweep, mlflow_run_id, experiment_path)
+    def sweep_started(self, experiment_path: str) -> None:
+        """Mark the sweep running (unless cancelling) and remember its Tune experiment."""
+        with self._session() as session:
+            store.mark_started(session, self.sweep_id, experiment_path)
 
     def trial_updated(self, update: TrialUpdate) -> None:
         """Create or update the trial's row."""
@@ -67,14 +94,14 @@ class DatabaseSink:
 
     def sweep_ended(self, status: SweepStatus, message: str, best_trial_key: str | None) -> None:
         """Give the sweep its final status; trials still open end with it."""
-        with session_scope(self._factory) as session:
-            sweep = store.get_sweep(session, self.sweep_id)
+        with self._session() as session:
             trial_status = "cancelled" if status == "cancelled" else "failed"
-            store.close_open_trials(session, sweep, trial_status, message or f"sweep {status}")
-            store.finish_sweep(session, sweep, status, message, best_trial_key)
+            closing = message or f"sweep {status}"
+            store.close_open_trials(session, self.sweep_id, trial_status, closing)
+            store.finish_sweep(session, self.sweep_id, status, message, best_trial_key)
 
     def cancel_requested(self) -> bool:
         """Whether the sweep is being (or has been) cancelled."""
-        with session_scope(self._factory) as session:
-            status = store.get_sweep(session, self.sweep_id).status
+        with self._session() as session:
+            status = store.sweep_status(session, self.sweep_id)
         return status in ("cancelling", "cancelled")

@@ -1,8 +1,9 @@
 """The service's database, used by the API process and by the sweep jobs.
 
 ``db`` (engine, schema migrations, the session scope), ``models`` (tables), and the state
-transitions and queries of each table (``sweeps``, ``trials``, ``standbys``), which every caller
-runs inside its own session. The package re-exports those functions: ``store.get_sweep(...)``.
+transitions and queries of each table (``sweeps``, ``trials``, ``standbys``; ``tracking`` for
+the MLflow sender), which every caller runs inside its own session. The package re-exports
+the functions of the first three: ``store.get_sweep(...)``.
 """
 
 from service.store.standbys import (
@@ -15,6 +16,7 @@ from service.store.standbys import (
     sweep_for_job,
 )
 from service.store.sweeps import (
+    beat,
     body_hash,
     cancelling_since,
     create_sweep,
@@ -23,8 +25,8 @@ from service.store.sweeps import (
     list_sweeps,
     mark_started,
     open_sweeps,
-    record_job,
     request_cancel,
+    set_job,
     sweep_status,
     sweep_version,
 )
@@ -35,6 +37,7 @@ from service.store.trials import (
     get_trial,
     list_trials,
     record_epoch,
+    set_trial_run,
     trial_counts,
     upsert_trial,
 )
@@ -42,6 +45,7 @@ from service.store.trials import (
 __all__ = [
     "Best",
     "add_standby",
+    "beat",
     "best_trial",
     "body_hash",
     "cancelling_since",
@@ -57,9 +61,10 @@ __all__ = [
     "mark_started",
     "open_sweeps",
     "record_epoch",
-    "record_job",
     "remove_standby",
     "request_cancel",
+    "set_job",
+    "set_trial_run",
     "standby_exists",
     "standbys",
     "sweep_for_job",

@@ -1,4 +1,5 @@
-"""The tables: sweeps, their trials, each trial's per-epoch metrics, and warm standby drivers.
+"""The tables: sweeps, their trials, each trial's per-epoch metrics, what MLflow has been told
+of each run, and warm standby drivers.
 
 Statuses are the strings of :mod:`workers.events`; the spec is stored as the validated JSON of
 :class:`workers.spec.SweepSpec`, so a resumed job rebuilds exactly what was accepted.
@@ -98,6 +99,12 @@ class Sweep(Base):
     started_at: Mapped[datetime | None]
     cancel_requested_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    """Last sign of life of the sweep's driver (the sweep job beats while it drives)."""
+    mlflow_done: Mapped[bool] = mapped_column(default=False, index=True)
+    """Everything about the sweep has reached MLflow, its parent run closed last."""
+    mlflow_error: Mapped[str] = mapped_column(Text, default="")
+    """Why the last delivery to MLflow failed; empty once one succeeds."""
 
     trials: Mapped[list[Trial]] = relationship(
         back_populates="sweep", order_by="Trial.number", cascade="all, delete-orphan"
@@ -119,6 +126,9 @@ class Trial(Base):
     number: Mapped[int]
     status: Mapped[str] = mapped_column(String(20), default="pending")
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    run_name: Mapped[str] = mapped_column(String(500), default="")
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """The trial's whole configuration (dotted names): its MLflow run's parameters."""
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(default=0)
     message: Mapped[str] = mapped_column(Text, default="")
@@ -148,6 +158,26 @@ class EpochMetric(Base):
     reported_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     trial: Mapped[Trial] = relationship(back_populates="epochs")
+
+
+class MlflowRun(Base):
+    """What MLflow has been told of one run of a sweep: its parent run (``key`` empty) or a
+    trial's (``key`` the trial's). The tracking sender moves these forward, one MLflow request
+    at a time, and only after MLflow accepted the request."""
+
+    __tablename__ = "mlflow_runs"
+    __table_args__ = (UniqueConstraint("sweep_id", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(200))
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    create_attempts: Mapped[int] = mapped_column(default=0)
+    """Create requests sent; after one that may have made the run, the next looks for it."""
+    params_sent: Mapped[bool] = mapped_column(default=False)
+    logged_step: Mapped[int] = mapped_column(default=0)
+    """The last epoch whose metrics MLflow has."""
+    closed: Mapped[bool] = mapped_column(default=False)
 
 
 class StandbyDriver(Base):

@@ -5,10 +5,12 @@ Every function works inside the caller's session (see :mod:`service.dispatch.sta
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from service.store.db import affected
 from service.store.models import StandbyDriver, Sweep, utcnow
+from service.store.sweeps import set_job
 from workers.events import FINAL_SWEEP_STATUSES
 
 
@@ -30,18 +32,21 @@ def remove_standby(session: Session, job_id: str) -> None:
         session.delete(driver)
 
 
-def claim_standby(session: Session, sweep: Sweep, job_id: str) -> bool:
-    """Hand ``sweep`` to the standby driver ``job_id``; False when it is no longer unclaimed.
+def claim_standby(
+    session: Session, sweep_id: int, job_id: str, old_job: str | None, *, count: bool
+) -> bool:
+    """Hand the sweep to the standby driver ``job_id`` in place of its job ``old_job``
+    (counting a resume when ``count``); False, with nothing changed, when the standby is no
+    longer unclaimed or someone else acted on the sweep first.
 
     The standby's row goes and the sweep's ``ray_job_id`` names the job in one transaction,
     so the job sees either itself unclaimed or its sweep, never neither.
     """
-    driver = session.get(StandbyDriver, job_id)
-    if driver is None:
+    if not set_job(session, sweep_id, old_job, job_id, count=count):
         return False
-    session.delete(driver)
-    sweep.ray_job_id = job_id
-    session.flush()
+    if not affected(session, delete(StandbyDriver).where(StandbyDriver.job_id == job_id)):
+        session.rollback()
+        return False
     return True
 
 

@@ -1,7 +1,9 @@
 """Sweep rows: creation (idempotent), lookups, versions and status transitions.
 
-Every function works inside the caller's session. A final sweep status
-(:data:`workers.events.FINAL_SWEEP_STATUSES`) is never replaced.
+Every function works inside the caller's session. Status transitions are compare-and-set
+(``UPDATE … WHERE status …``), so whoever writes concurrently, a final sweep status
+(:data:`workers.events.FINAL_SWEEP_STATUSES`) is never replaced and an accepted cancel is never
+lost: a sweep that is ``cancelling`` ends ``cancelled`` whatever status its end reports.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.errors import IdempotencyConflictError, SweepFinishedError, SweepNotFoundError
+from service.store.db import affected
 from service.store.models import EpochMetric, Sweep, Trial, utcnow
 from workers.events import FINAL_SWEEP_STATUSES
 from workers.spec import SweepSpec
@@ -73,14 +77,13 @@ def _by_idempotency_key(session: Session, key: str, digest: str) -> Sweep | None
     return sweep
 
 
-def get_sweep(session: Session, sweep_id: int, *, lock: bool = False) -> Sweep:
+def get_sweep(session: Session, sweep_id: int) -> Sweep:
     """The sweep with this id.
 
     Raises:
         SweepNotFoundError: there is none.
     """
-    stmt = select(Sweep).where(Sweep.id == sweep_id)
-    sweep = session.scalar(stmt.with_for_update() if lock else stmt)
+    sweep = session.scalar(select(Sweep).where(Sweep.id == sweep_id))
     if sweep is None:
         raise SweepNotFoundError(f"sweep {sweep_id} does not exist")
     return sweep
@@ -143,49 +146,101 @@ def open_sweeps(session: Session) -> list[Sweep]:
     return list(session.scalars(stmt))
 
 
-def record_job(session: Session, sweep: Sweep, job_id: str) -> None:
-    """Remember the Ray job that runs (or will run) the sweep."""
-    sweep.ray_job_id = job_id
+def set_job(
+    session: Session, sweep_id: int, old_job: str | None, new_job: str, *, count: bool
+) -> bool:
+    """Name the Ray job that runs (or will run) the sweep in place of ``old_job``, counting a
+    resume when ``count``; False, with nothing changed, when someone acted on the sweep first
+    (its job is no longer ``old_job``, or it ended)."""
+    values: dict[str, Any] = {"ray_job_id": new_job, "heartbeat_at": None}
+    if count:
+        values["resumes"] = Sweep.resumes + 1
+    changed = affected(
+        session,
+        update(Sweep)
+        .where(
+            Sweep.id == sweep_id,
+            Sweep.ray_job_id.is_(None) if old_job is None else Sweep.ray_job_id == old_job,
+            Sweep.status.not_in(FINAL_SWEEP_STATUSES),
+        )
+        .values(**values)
+        .execution_options(synchronize_session="fetch"),
+    )
+    return bool(changed)
 
 
-def mark_started(
-    session: Session, sweep: Sweep, parent_run_id: str | None, experiment_path: str
-) -> None:
-    """The driver runs; keep a requested cancellation and never reopen a final sweep."""
-    if sweep.status == "pending":
-        sweep.status = "running"
-    sweep.started_at = sweep.started_at or utcnow()
-    sweep.parent_run_id = parent_run_id or sweep.parent_run_id
-    sweep.experiment_path = experiment_path
+def mark_started(session: Session, sweep_id: int, experiment_path: str) -> None:
+    """The driver runs: ``pending`` becomes ``running``; any other status stays as it is."""
+    now = utcnow()
+    session.execute(
+        update(Sweep)
+        .where(Sweep.id == sweep_id, Sweep.status == "pending")
+        .values(status="running")
+        .execution_options(synchronize_session="fetch")
+    )
+    session.execute(
+        update(Sweep)
+        .where(Sweep.id == sweep_id)
+        .values(
+            started_at=func.coalesce(Sweep.started_at, now),
+            experiment_path=experiment_path,
+            heartbeat_at=now,
+        )
+        .execution_options(synchronize_session="fetch")
+    )
 
 
-def request_cancel(session: Session, sweep: Sweep) -> None:
-    """Ask the driver to cancel (idempotent while cancelling and once cancelled).
+def beat(session: Session, sweep_id: int) -> None:
+    """The sweep's driver is alive (a heartbeat); does not move the sweep's version."""
+    session.execute(
+        update(Sweep)
+        .where(Sweep.id == sweep_id)
+        .values(heartbeat_at=utcnow(), updated_at=Sweep.updated_at)
+        .execution_options(synchronize_session="fetch")
+    )
+
+
+def request_cancel(session: Session, sweep_id: int) -> str:
+    """Ask the driver to cancel; returns the status after the request (``cancelling``, or
+    ``cancelled`` when it already was).
 
     Raises:
+        SweepNotFoundError: there is no such sweep.
         SweepFinishedError: the sweep already completed or failed.
     """
-    if sweep.status == "cancelled":
-        return
-    if sweep.status in FINAL_SWEEP_STATUSES:
-        raise SweepFinishedError(f"sweep {sweep.id} already ended ({sweep.status})")
-    if sweep.status != "cancelling":
-        sweep.status = "cancelling"
-        sweep.cancel_requested_at = utcnow()
+    session.execute(
+        update(Sweep)
+        .where(Sweep.id == sweep_id, Sweep.status.in_(("pending", "running")))
+        .values(status="cancelling", cancel_requested_at=utcnow())
+        .execution_options(synchronize_session="fetch")
+    )
+    status = sweep_status(session, sweep_id)
+    if status not in ("cancelling", "cancelled"):
+        raise SweepFinishedError(f"sweep {sweep_id} already ended ({status})")
+    return status
 
 
 def finish_sweep(
-    session: Session, sweep: Sweep, status: str, message: str = "", best_key: str | None = None
+    session: Session, sweep_id: int, status: str, message: str = "", best_key: str | None = None
 ) -> bool:
-    """Give the sweep its final status unless it has one; returns whether it changed."""
+    """Give the sweep its final status unless it has one; returns whether it changed.
+
+    A sweep being cancelled ends ``cancelled`` whatever ``status`` says.
+    """
     assert status in FINAL_SWEEP_STATUSES, status
-    if sweep.status in FINAL_SWEEP_STATUSES:
-        return False
-    sweep.status = status
-    sweep.message = message
-    sweep.best_trial_key = best_key
-    sweep.ended_at = utcnow()
-    return True
+    changed = affected(
+        session,
+        update(Sweep)
+        .where(Sweep.id == sweep_id, Sweep.status.not_in(FINAL_SWEEP_STATUSES))
+        .values(
+            status=case((Sweep.status == "cancelling", "cancelled"), else_=status),
+            message=message,
+            best_trial_key=best_key,
+            ended_at=utcnow(),
+        )
+        .execution_options(synchronize_session="fetch"),
+    )
+    return bool(changed)
 
 
 def cancelling_since(session: Session, before: datetime) -> list[Sweep]:

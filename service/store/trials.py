@@ -11,41 +11,58 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from service.errors import TrialNotFoundError
+from service.store.db import affected
 from service.store.models import EpochMetric, Sweep, Trial, utcnow
 from workers.events import FINAL_TRIAL_STATUSES, TrialUpdate, finite_metrics, trial_number
 
 NOT_BEST = frozenset({"diverged", "failed"})
 
 
-def close_open_trials(session: Session, sweep: Sweep, status: str, message: str) -> int:
+def close_open_trials(session: Session, sweep_id: int, status: str, message: str) -> int:
     """Give every trial without a final status ``status``; returns how many changed."""
     assert status in FINAL_TRIAL_STATUSES, status
-    stmt = select(Trial).where(
-        Trial.sweep_id == sweep.id, Trial.status.not_in(FINAL_TRIAL_STATUSES)
+    changed = affected(
+        session,
+        update(Trial)
+        .where(Trial.sweep_id == sweep_id, Trial.status.not_in(FINAL_TRIAL_STATUSES))
+        .values(status=status, message=message, ended_at=utcnow())
+        .execution_options(synchronize_session="fetch"),
     )
-    trials = list(session.scalars(stmt))
-    for trial in trials:
-        trial.status, trial.message, trial.ended_at = status, message, utcnow()
-    return len(trials)
+    return changed
 
 
-def upsert_trial(session: Session, sweep_id: int, update: TrialUpdate) -> Trial:
-    """Create or update a trial from the driver's report; a final status is never replaced."""
-    trial = _trial_by_key(session, sweep_id, update.key)
-    if trial.status in FINAL_TRIAL_STATUSES:
-        return trial
-    trial.status = update.status
-    trial.params = update.params or trial.params
-    trial.mlflow_run_id = update.mlflow_run_id or trial.mlflow_run_id
-    trial.attempts = max(trial.attempts, update.attempt)
-    trial.message = update.message or trial.message
-    if update.status in FINAL_TRIAL_STATUSES:
-        trial.ended_at = utcnow()
-    return trial
+def upsert_trial(session: Session, sweep_id: int, update_: TrialUpdate) -> None:
+    """Create or update a trial from the driver's report; a final status is never replaced
+    (the update is compare-and-set on the trial's status)."""
+    trial_id = _trial_by_key(session, sweep_id, update_.key).id
+    values: dict[str, Any] = {
+        "status": update_.status,
+        "attempts": case((Trial.attempts < update_.attempt, update_.attempt), else_=Trial.attempts),
+    }
+    fields = ("params", "run_name", "config", "message")
+    values |= {name: getattr(update_, name) for name in fields if getattr(update_, name)}
+    if update_.status in FINAL_TRIAL_STATUSES:
+        values["ended_at"] = utcnow()
+    session.execute(
+        update(Trial)
+        .where(Trial.id == trial_id, Trial.status.not_in(FINAL_TRIAL_STATUSES))
+        .values(**values)
+        .execution_options(synchronize_session="fetch")
+    )
+
+
+def set_trial_run(session: Session, sweep_id: int, key: str, run_id: str) -> None:
+    """Remember the MLflow run of the sweep's trial ``key``."""
+    session.execute(
+        update(Trial)
+        .where(Trial.sweep_id == sweep_id, Trial.key == key)
+        .values(mlflow_run_id=run_id)
+        .execution_options(synchronize_session="fetch")
+    )
 
 
 def record_epoch(

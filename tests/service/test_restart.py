@@ -5,76 +5,30 @@ The API runs as a real uvicorn process where the test kills it; otherwise in-pro
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
 from service.cli import main as cli
-from service.cli.stack import settings_env
 from service.config import Settings
 from tests.conftest import free_port
-from tests.service.helpers import make_settings, mlflow_runs, strict_json, wait_for
+from tests.service.helpers import (
+    Api,
+    make_settings,
+    mlflow_runs,
+    strict_json,
+    wait_for,
+    wait_tracked,
+)
 from tests.specs import digits_body
 from workers.events import FINAL_SWEEP_STATUSES
 from workers.jobs import RayJobs
 
 pytestmark = pytest.mark.slow
-
-
-class Api:
-    """A uvicorn process serving the app for ``settings``; killed and restarted at will."""
-
-    def __init__(self, settings: Settings, log: Path) -> None:
-        self.settings, self.log = settings, log
-        self.proc: subprocess.Popen[bytes] | None = None
-        token = settings.api_token.get_secret_value() if settings.api_token else ""
-        self.http = httpx.Client(
-            base_url=settings.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-        )
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.api.app:create_app",
-               "--host", "127.0.0.1", "--port", str(self.settings.port)]  # fmt: skip
-        env = {**os.environ, **settings_env(self.settings)}
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        wait_for(self._healthy, bool, 90, f"the API to start (log: {self.log})")
-
-    def _healthy(self) -> bool:
-        try:
-            return self.http.get("/healthz").status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
-
-    def stop(self) -> None:
-        """SIGTERM: uvicorn's graceful shutdown, which retires the standby drivers."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def get(self, path: str) -> Any:
-        r = self.http.get(path)
-        assert r.status_code == 200, r.text
-        return strict_json(r.text)
 
 
 @pytest.fixture
@@ -162,6 +116,7 @@ def test_a_sweep_whose_job_vanished_is_resumed_from_tune_state(
         assert sweep["status"] == "completed", sweep
         assert sweep["resumes"] == 1 and sweep["ray_job_id"] != job_id
         assert curves(get, sweep_id) == {n: list(range(1, epochs + 1)) for n in (1, 2)}
+        wait_tracked(get, sweep_id)
         trials = get(f"/sweeps/{sweep_id}/trials")["data"]
     # The resumed driver restores Tune's state: every trial finishes from its checkpoint.
     assert [t["status"] for t in trials] == ["completed", "completed"]
@@ -189,5 +144,6 @@ def test_a_cancel_the_driver_does_not_finish_in_time_is_completed_by_the_api(
         assert {t["status"] for t in trials} == {"cancelled"}
         job = RayJobs(ray_cluster.dashboard_url, token=ray_cluster.token)
         wait_for(lambda: job.status(sweep["ray_job_id"]), lambda s: s != "running", 30, "stop")
+        wait_tracked(get, sweep_id)
     _, parents, children = mlflow_runs(mlflow_server.uri, sweep["uid"])
     assert {r.info.status for r in [*parents, *children]} == {"KILLED"}

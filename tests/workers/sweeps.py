@@ -1,5 +1,5 @@
 """Helpers of the worker tests: a recording sink (the tests' observer), sweep specs, and
-running a sweep into the tests' MLflow experiment."""
+running a sweep."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import ViewType
-from mlflow.tracking import MlflowClient
-
 from tests.specs import digits_body
 from workers.driver.sweep import run_sweep
+from workers.errors import SinkUnavailableError
 from workers.events import TrialUpdate
 from workers.spec import SweepSpec
 
@@ -32,17 +30,30 @@ class RecordingSink:
     epoch_write_s: float = 0.0
     updates: list[TrialUpdate] = field(default_factory=list)
     epochs: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
-    started: list[tuple[str | None, str]] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
     ended: tuple[str, str, str | None] | None = None
     cancel_at: float | None = None
+    down_since: float = 0.0
+    down_until: float = 0.0
 
-    def sweep_started(self, mlflow_run_id: str | None, experiment_path: str) -> None:
-        self.started.append((mlflow_run_id, experiment_path))
+    def down_for(self, seconds: float) -> None:
+        """Every report of the next ``seconds`` finds the database unreachable."""
+        self.down_since = time.monotonic()
+        self.down_until = self.down_since + seconds
+
+    def _reachable(self) -> None:
+        if time.monotonic() < self.down_until:
+            raise SinkUnavailableError("the database is unreachable (test)")
+
+    def sweep_started(self, experiment_path: str) -> None:
+        self.started.append(experiment_path)
 
     def trial_updated(self, update: TrialUpdate) -> None:
+        self._reachable()
         self.updates.append(update)
 
     def epoch_reported(self, trial_key: str, epoch: int, metrics: dict[str, float]) -> None:
+        self._reachable()
         time.sleep(self.epoch_write_s)
         self.epochs.setdefault(trial_key, {})[epoch] = metrics
         if self.on_epoch is not None:
@@ -58,6 +69,7 @@ class RecordingSink:
         return contextlib.nullcontext()
 
     def cancel_requested(self) -> bool:
+        self._reachable()
         return self.cancel_at is not None
 
     def final_status(self) -> dict[str, str]:
@@ -73,27 +85,19 @@ def digits_spec(parameters: dict[str, Any], **kw: Any) -> SweepSpec:
     return SweepSpec.model_validate(digits_body(parameters, **kw))
 
 
-def sweep(spec: SweepSpec, sink: RecordingSink, mlflow_uri: str, tmp: Path) -> tuple[str, str]:
-    """Run ``spec`` to its end under a new sweep id; the id and the final status."""
+def sweep(spec: SweepSpec, sink: RecordingSink, tmp: Path) -> tuple[str, str]:
+    """Run ``spec`` to its end under a new sweep uid; the uid and the final status."""
     sweep_uid = uuid.uuid4().hex[:8]
-    status = run_sweep(
-        spec,
-        sink,
-        sweep_uid=sweep_uid,
-        tracking_uri=mlflow_uri,
-        mlflow_experiment="worker-tests",
-        storage_path=str(tmp),
-    )
-    return sweep_uid, status
+    return sweep_uid, run_sweep(spec, sink, sweep_uid=sweep_uid, storage_path=str(tmp))
 
 
-def runs_of(uri: str, sweep_uid: str):
-    """The MLflow client, the sweep's parent runs and its trial runs."""
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("worker-tests")
-    runs = client.search_runs(
-        [exp.experiment_id], f"tags.`sweeps.sweep_uid` = '{sweep_uid}'", ViewType.ALL
-    )
-    parents = [r for r in runs if r.data.tags.get("sweeps.role") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("sweeps.role") == "trial"]
-    return client, parents, children
+def alive_trial_worker_pids(address: str) -> list[int]:
+    """Process ids of the live Tune trial actors (the workers running ``run_trial``)."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True)
+    return [
+        a.pid
+        for a in actors
+        if "run_trial" in (a.class_name or "") or "ImplicitFunc" in (a.class_name or "")
+    ]

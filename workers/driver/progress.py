@@ -1,30 +1,37 @@
-"""A running sweep's bookkeeping: each trial's state, forwarded to the sink and to MLflow.
+"""A running sweep's bookkeeping: each trial's state, written to the sink behind Tune.
 
 :class:`SweepProgress` lives in the driver process and is fed by the Tune callback of
 :mod:`workers.driver.sweep`, so every call comes from Tune's controller thread, in order, as
 the :class:`~workers.events.SweepSink` contract requires.
 
 Writes leave Tune's controller thread: every event queues what it must write, and the sweep's
-outbox (:mod:`workers.driver.outbox`) writes what has queued up, in order, in one go: one
-database transaction (:meth:`~workers.events.SweepSink.batch`) and, per trial, one MLflow
-request for all its new epochs and its outcome. The writer lingers :data:`LINGER_S` for events
-to gather (a trial's epochs come every few milliseconds on small data); a
-:meth:`SweepProgress.flush` cuts the wait short.
+outbox (:mod:`workers.driver.outbox`) writes what has queued up, in order, in one sink batch
+(one database transaction). The writer lingers :data:`LINGER_S` for events to gather (a trial's
+epochs come every few milliseconds on small data); a :meth:`SweepProgress.flush` cuts the wait
+short. A batch the sink cannot store for now (:class:`~workers.errors.SinkUnavailableError`) is
+retried with backoff for ``patience_s`` seconds. The driver never talks to MLflow: the service
+delivers what the sink stored (run names, configurations, epochs, outcomes) to MLflow itself.
 
 Final statuses: a trial that reported every epoch is ``completed``; one Tune ended sooner
-(ASHA, median rule) is ``stopped``; one that flagged divergence is ``diverged``; one that errored
-past ``max_failures`` is ``failed``; one still pending or running when the sweep was cancelled
-is ``cancelled``.
+(ASHA, median rule) is ``stopped``; one that flagged divergence is ``diverged``; one whose
+configuration is invalid, or that errored past ``max_failures``, is ``failed``; one still
+pending or running when the sweep was cancelled is ``cancelled``.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from toolbox.metrics import METRIC_NAMES
 from workers.driver.outbox import Outbox, OutboxError
+from workers.errors import SinkUnavailableError
 from workers.events import (
     FINAL_TRIAL_STATUSES,
     SweepSink,
@@ -34,11 +41,13 @@ from workers.events import (
     trial_number,
 )
 from workers.spec import SweepSpec, varied_keys
-from workers.tracking import SweepTracker
-from workers.trial.trainable import DIVERGED, EPOCH
+from workers.trial.trainable import DIVERGED, EPOCH, INVALID
 
+log = logging.getLogger(__name__)
 LINGER_S = 0.25
 """How long the writer waits for more events before it writes what has queued up."""
+RETRY_FIRST_S, RETRY_MAX_S = 0.2, 10.0
+"""Backoff between tries of a batch the sink could not store: doubling, capped."""
 
 
 @dataclass
@@ -48,24 +57,17 @@ class TrialRecord:
     key: str
     number: int
     params: dict[str, Any]
+    run_name: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
     status: TrialStatus = "pending"
-    run_id: str | None = None  # written and read by the outbox's thread only, until it closes
     attempt: int = 0
     last_epoch: int = 0
     value: float | None = None  # the sweep metric at the last reported epoch
     message: str = ""
-    history: dict[int, dict[str, float]] = field(default_factory=dict)
 
     @property
     def final(self) -> bool:
         return self.status in FINAL_TRIAL_STATUSES
-
-
-@dataclass(frozen=True)
-class _Open:
-    """Open the trial's MLflow run, unless it has one."""
-
-    rec: TrialRecord
 
 
 @dataclass(frozen=True)
@@ -80,43 +82,38 @@ class _Update:
 
 @dataclass(frozen=True)
 class _Epoch:
-    """An epoch's metrics; ``repeated``: the run logged it before a retry (MLflow skips it)."""
+    """An epoch's metrics (a retry resumed from an earlier checkpoint may repeat one)."""
 
     rec: TrialRecord
     epoch: int
     metrics: dict[str, float]
-    repeated: bool
 
 
-@dataclass(frozen=True)
-class _End:
-    """Close the trial's MLflow run with its final status."""
-
-    rec: TrialRecord
-    status: TrialStatus
-    message: str
-
-
-_Write = _Open | _Update | _Epoch | _End
+_Write = _Update | _Epoch
 
 
 class SweepProgress:
-    """Trial records of one sweep, reported to ``sink`` and ``tracker`` as they change.
+    """Trial records of one sweep, reported to ``sink`` as they change.
 
-    A write that raises fails the sweep: the next event or :meth:`flush` raises
+    A write that raises (other than for a while :class:`~workers.errors.SinkUnavailableError`)
+    fails the sweep: the next event or :meth:`flush` raises
     :class:`~workers.driver.outbox.OutboxError`, and the writes queued after the failed one are
-    dropped. MLflow errors never get this far: the tracker retries, then logs and skips them.
+    dropped.
     """
 
-    def __init__(self, spec: SweepSpec, sink: SweepSink, tracker: SweepTracker) -> None:
+    def __init__(
+        self, spec: SweepSpec, sink: SweepSink, name: str, *, patience_s: float = 300.0
+    ) -> None:
+        """``name`` (the sweep's uid) names the outbox in logs; ``patience_s`` is how long a
+        batch the sink cannot store is retried before the driver gives up."""
         self.spec = spec
         self.sink = sink
-        self.tracker = tracker
+        self.patience_s = patience_s
         self.trials: dict[str, TrialRecord] = {}
         self.cancelled = False
         self.snapshot_at = float("-inf")
         """``time.monotonic()`` of Tune's last experiment-state snapshot (the driver sets it)."""
-        self.outbox = Outbox(f"sweep {tracker.sweep_uid}")
+        self.outbox = Outbox(f"sweep {name}")
         self._lock = threading.Lock()
         self._queued: list[_Write] = []
         self._scheduled = False  # a write of the queue is in the outbox and has not begun
@@ -143,22 +140,6 @@ class SweepProgress:
         with self._lock:  # what a failed write left queued is dropped, as its batch was
             self._queued, self._scheduled = [], False
         return self.outbox.failure()
-
-    def open_sweep(
-        self, parent_run_id: str | None, experiment_path: str, *, resumed: bool = True
-    ) -> None:
-        """Queue the opening of the sweep's MLflow parent run, before any trial's run.
-
-        The sink hears of the run's id once it exists (``sweep_started`` again). ``resumed``
-        False: no driver ran the sweep before (no parent run to look for).
-        """
-
-        def open_parent() -> None:
-            parent = self.tracker.start_sweep(self.spec, parent_run_id, resumed=resumed)
-            if parent is not None and parent != parent_run_id:
-                self.sink.sweep_started(parent, experiment_path)
-
-        self.outbox.submit(open_parent, "opening the sweep's MLflow run")
 
     def _queue(self, write: _Write) -> None:
         """Queue a write; the outbox makes it with the others queued by then.
@@ -187,41 +168,37 @@ class SweepProgress:
         self._write(writes)
 
     def _write(self, writes: list[_Write]) -> None:
-        """Runs on the outbox's thread: MLflow runs, then the database, then MLflow metrics.
+        """Runs on the outbox's thread: one sink batch, retried while the sink is unavailable."""
 
-        A trial's run opens before the database hears of it, so every update carries the run
-        id once there is one; its configuration, epochs and end follow in one request.
-        """
-        for w in writes:
-            if isinstance(w, _Open) and w.rec.run_id is None:
-                self._writing = f"opening the MLflow run of {w.rec.key}"
-                config = self.spec.trial_config(w.rec.params).flatten()
-                w.rec.run_id = self.tracker.start_trial(
-                    w.rec.key, self.run_name(w.rec), config, defer_params=True
-                )
-        stored = [w for w in writes if isinstance(w, _Update | _Epoch)]
-        if stored:
+        def batch() -> None:
             with self.sink.batch():
-                for w in stored:
+                for w in writes:
                     self._store(w)
-                self._writing = f"the transaction of {len(stored)} progress writes"  # commit
-        tracked: dict[str, tuple[TrialRecord, list[tuple[int, dict[str, float]]], list[_End]]] = {}
-        for w in writes:
-            if isinstance(w, _Epoch | _End):
-                rec, epochs, ends = tracked.setdefault(w.rec.key, (w.rec, [], []))
-                if isinstance(w, _End):
-                    ends.append(w)
-                elif not w.repeated:  # MLflow would keep both points of the step
-                    epochs.append((w.epoch, w.metrics))
-        for rec, epochs, ends in tracked.values():
-            self._writing = f"the MLflow metrics of {rec.key}"
-            self.tracker.log_trial(
-                rec.run_id, epochs, (ends[0].status, ends[0].message) if ends else None
-            )
-        self._writing = "the configuration of new MLflow runs"
-        self.tracker.send_due_params()  # runs opened with nothing else to log yet
+                self._writing = f"the transaction of {len(writes)} progress writes"
 
-    def _store(self, w: _Update | _Epoch) -> None:
+        self.retrying(batch)
+
+    def retrying(self, call: Callable[[], object]) -> None:
+        """Make ``call``, again with backoff while it raises
+        :class:`~workers.errors.SinkUnavailableError`, for at most ``patience_s`` seconds.
+
+        Raises:
+            SinkUnavailableError: the sink stayed unavailable that long.
+        """
+        deadline = time.monotonic() + self.patience_s
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                call()
+                return
+            except SinkUnavailableError as err:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s: the sink is unavailable (%s); retrying", self.outbox.name, err)
+                time.sleep(delay)
+                delay = min(2 * delay, RETRY_MAX_S)
+
+    def _store(self, w: _Write) -> None:
         """One report to the sink (in the batch's transaction)."""
         if isinstance(w, _Epoch):
             self._writing = f"epoch {w.epoch} of {w.rec.key}"
@@ -232,7 +209,8 @@ class SweepProgress:
             key=w.rec.key,
             status=w.status,
             params=w.rec.params,
-            mlflow_run_id=w.rec.run_id,
+            run_name=w.rec.run_name,
+            config=w.rec.config,
             message=w.message,
             attempt=w.attempt,
         )
@@ -247,7 +225,10 @@ class SweepProgress:
         epoch counts, so a trial that had finished is judged completed, not stopped.
         """
         if key not in self.trials:
-            rec = self.trials[key] = TrialRecord(key, trial_number(key), dict(params))
+            number = trial_number(key)
+            rec = self.trials[key] = TrialRecord(
+                key, number, dict(params), self.run_name(number, params), self._config(params)
+            )
             if last_result and EPOCH in last_result and not last_result.get(DIVERGED):
                 rec.last_epoch = int(last_result[EPOCH])
                 rec.value = finite_metrics(last_result, METRIC_NAMES).get(self.spec.metric.name)
@@ -255,11 +236,10 @@ class SweepProgress:
         return self.trials[key]
 
     def started(self, key: str, params: dict[str, Any], attempt: int) -> None:
-        """The trial (re)started; its child run opens on the first start."""
+        """The trial (re)started."""
         rec = self.seen(key, params)
         if rec.final:
             return
-        self._queue(_Open(rec))  # on every start: a run MLflow could not open is tried again
         rec.status, rec.attempt = "running", attempt
         self._update(rec)
 
@@ -272,19 +252,22 @@ class SweepProgress:
         self._update(rec)
 
     def result(self, key: str, result: dict[str, Any]) -> None:
-        """A result from the trial: an epoch's metrics, or its divergence."""
+        """A result from the trial: an epoch's metrics, its divergence, or an invalid
+        configuration."""
         rec = self.trials.get(key)
         if rec is None or rec.final:
+            return
+        if result.get(INVALID):
+            self.end(key, "failed", str(result.get("message", "invalid configuration")))
             return
         if result.get(DIVERGED):
             self.end(key, "diverged", str(result.get("message", "diverged")))
             return
         epoch = int(result[EPOCH])
         metrics = finite_metrics(result, METRIC_NAMES)
-        repeated = epoch in rec.history  # a retry resumed from an earlier checkpoint
-        rec.last_epoch, rec.history[epoch] = epoch, metrics
+        rec.last_epoch = epoch
         rec.value = metrics.get(self.spec.metric.name, rec.value)
-        self._queue(_Epoch(rec, epoch, metrics, repeated))
+        self._queue(_Epoch(rec, epoch, metrics))
 
     def finished(self, key: str) -> None:
         """Tune ended the trial without error: all epochs run, or stopped early."""
@@ -294,13 +277,12 @@ class SweepProgress:
             self.end(key, "completed" if done else ("cancelled" if self.cancelled else "stopped"))
 
     def end(self, key: str, status: TrialStatus, message: str = "") -> None:
-        """Give the trial its final ``status`` (once) and close its child run."""
+        """Give the trial its final ``status`` (once)."""
         rec = self.trials[key]
         if rec.final:
             return
         rec.status, rec.message = status, message or rec.message
         self._update(rec)
-        self._queue(_End(rec, status, rec.message))
 
     def end_all(self, status: TrialStatus, message: str = "") -> None:
         """End every trial that has no final status yet (cancel, or a driver error)."""
@@ -316,15 +298,23 @@ class SweepProgress:
         sign = 1.0 if self.spec.metric.mode == "max" else -1.0
         return max(ranked, key=lambda r: sign * (r.value or 0.0))
 
-    def run_name(self, rec: TrialRecord) -> str:
+    def run_name(self, number: int, params: dict[str, Any]) -> str:
         """``<sweep> #<n> lr=0.01 norm=batch``: the settings that set this trial apart."""
         keys = varied_keys(self.spec.parameters)
         leaves = [k.rsplit(".", 1)[-1] for k in keys]
         parts = [
-            f"{leaf if leaves.count(leaf) == 1 else key}={_short(rec.params.get(key))}"
+            f"{leaf if leaves.count(leaf) == 1 else key}={_short(params.get(key))}"
             for key, leaf in zip(keys, leaves, strict=True)
         ]
-        return " ".join([f"{self.spec.name} #{rec.number}", *parts])
+        return " ".join([f"{self.spec.name} #{number}", *parts])
+
+    def _config(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The trial's whole configuration; its sampled parameters alone when they are an
+        invalid combination (the trial then fails with the reason)."""
+        try:
+            return self.spec.trial_config(params).flatten()
+        except ValidationError:
+            return dict(params)
 
     def summary(self) -> str:
         """``6 trials: 4 completed, 2 stopped``."""
@@ -335,7 +325,7 @@ class SweepProgress:
         return f"{len(self.trials)} trials: {detail}" if detail else "no trials ran"
 
     def _update(self, rec: TrialRecord) -> None:
-        """Queue the record's state as it is now; the run id is the one when the write runs."""
+        """Queue the record's state as it is now."""
         self._queue(_Update(rec, rec.status, rec.message, rec.attempt))
 
 

@@ -26,9 +26,9 @@ from workers.driver.progress import SweepProgress
 from workers.driver.resources import trial_resources
 from workers.driver.search import build_plan
 from workers.driver.storage import local_path, storage_filesystem
+from workers.errors import SinkUnavailableError
 from workers.events import SweepSink, SweepStatus
 from workers.spec import SweepSpec
-from workers.tracking import SweepTracker
 from workers.trial.trainable import TrialSetup, run_trial
 
 log = logging.getLogger(__name__)
@@ -64,39 +64,36 @@ def run_sweep(
     sink: SweepSink,
     *,
     sweep_uid: str,
-    tracking_uri: str,
-    mlflow_experiment: str,
     storage_path: str,
-    parent_run_id: str | None = None,
     resume: bool = False,
+    patience_s: float = 300.0,
 ) -> SweepStatus:
     """Run the sweep ``spec`` to its end and return its final status.
 
     Args:
         spec: the validated sweep.
         sink: receives every trial's progress (the service's database).
-        sweep_uid: the sweep's globally unique id; names the Tune experiment and tags the
-            MLflow runs.
-        tracking_uri: the MLflow server.
-        mlflow_experiment: MLflow experiment that holds the sweep's parent run.
+        sweep_uid: the sweep's globally unique id; names the Tune experiment.
         storage_path: absolute directory (or URI) of Tune's experiment state and checkpoints.
-        parent_run_id: an MLflow parent run opened beforehand; found by tag when None.
         resume: continue the sweep's Tune experiment when its state exists under
             ``storage_path`` (a restarted job); a fresh experiment otherwise.
+        patience_s: how long reports the sink cannot store are retried.
 
     Returns:
         ``completed``, ``failed`` (no trial succeeded, or Tune itself failed) or ``cancelled``;
         ``sink.sweep_ended`` has been told the same, with the best trial.
+
+    Raises:
+        SinkUnavailableError: the sink stayed unavailable for ``patience_s`` seconds. The sweep
+            is left open, as the last snapshot on storage and the sink agree, to be resumed.
     """
     t_start = time.perf_counter()
-    tracker = SweepTracker(tracking_uri, mlflow_experiment, sweep_uid)
     storage_path = local_path(storage_path)
     path = str(Path(storage_path, experiment_name(sweep_uid)))
-    sink.sweep_started(parent_run_id, path)
-    progress = SweepProgress(spec, sink, tracker)
-    progress.open_sweep(parent_run_id, path, resumed=resume)  # MLflow's run, as Tune starts
+    progress = SweepProgress(spec, sink, sweep_uid, patience_s=patience_s)
+    progress.retrying(lambda: sink.sweep_started(path))
     _LIVE[sweep_uid] = progress
-    error = ""
+    error, unavailable = "", None
     t_tune = t_fit = time.perf_counter()
     try:
         with _environ(TUNE_ENV):
@@ -105,11 +102,14 @@ def run_sweep(
             tuner.fit()
     except Exception as err:  # Tune itself, or a write, failed: the sweep fails
         log.exception("sweep %s: Tune failed", sweep_uid)
-        error = f"{type(err).__name__}: {err}"
+        error, unavailable = f"{type(err).__name__}: {err}", _sink_unavailable(err)
     finally:
         _LIVE.pop(sweep_uid, None)
         t_done = time.perf_counter()
         failed_write = progress.close()  # every queued write is made, even on the way out
+    unavailable = unavailable or _sink_unavailable(failed_write)
+    if unavailable is not None:
+        raise unavailable
     if failed_write is not None and not error:  # it failed after Tune's last look
         error = str(failed_write)  # names the write and its error
     t_close = time.perf_counter()
@@ -120,6 +120,17 @@ def run_sweep(
         t_close - t_done, time.perf_counter() - t_close,
     )  # fmt: skip
     return status
+
+
+def _sink_unavailable(err: BaseException | None) -> SinkUnavailableError | None:
+    """The :class:`SinkUnavailableError` behind ``err`` (its cause or context), if any."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, SinkUnavailableError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 @contextlib.contextmanager
@@ -138,7 +149,7 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
 
 
 def _finish(progress: SweepProgress, error: str) -> SweepStatus:
-    """End the sweep: trials, MLflow runs, the sink. Writes are plain calls by now (closed)."""
+    """End the sweep: its open trials, then the sink. Writes are plain calls by now (closed)."""
     status: SweepStatus
     if progress.cancelled:
         status = "cancelled"
@@ -152,16 +163,8 @@ def _finish(progress: SweepProgress, error: str) -> SweepStatus:
         status = "completed" if ok else "failed"
     best = progress.best()
     message = "; ".join(m for m in (error, progress.summary()) if m)
-    best_info: dict[str, Any] | None = None
-    if best is not None:
-        best_info = {
-            "trial_key": best.key,
-            "run_id": best.run_id,
-            "value": best.value,
-            "params": best.params,
-        }
-    progress.tracker.end_sweep(status, best_info, progress.spec.metric.name)
-    progress.sink.sweep_ended(status, message, best.key if best else None)
+    key = best.key if best else None
+    progress.retrying(lambda: progress.sink.sweep_ended(status, message, key))
     return status
 
 
@@ -268,12 +271,14 @@ class CancelStopper(tune.Stopper):
     """Stops the whole experiment once the sink reports a cancel request (polled ~1/s).
 
     Also the last hook Tune calls before it snapshots the experiment state: it flushes the
-    sweep's progress writes first (see the module docstring).
+    sweep's progress writes first (see the module docstring). A poll the sink cannot answer
+    counts as no cancel, for the sweep's ``patience_s``; then the driver gives up.
     """
 
     def __init__(self, sweep_uid: str) -> None:
         self.sweep_uid = sweep_uid
         self._last_poll = 0.0
+        self._last_answer = time.monotonic()
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         return False
@@ -289,8 +294,19 @@ class CancelStopper(tune.Stopper):
             return True
         if time.monotonic() - self._last_poll >= CANCEL_POLL_S:
             self._last_poll = time.monotonic()
-            progress.cancelled = bool(progress.sink.cancel_requested())
+            progress.cancelled = self._poll(progress)
         return progress.cancelled
+
+    def _poll(self, progress: SweepProgress) -> bool:
+        try:
+            cancelled = bool(progress.sink.cancel_requested())
+        except SinkUnavailableError:
+            if time.monotonic() - self._last_answer > progress.patience_s:
+                raise
+            log.warning("sweep %s: cannot poll for a cancel; trying again", self.sweep_uid)
+            return False
+        self._last_answer = time.monotonic()
+        return cancelled
 
 
 def _error_line(trial: Trial) -> str:

@@ -6,7 +6,9 @@ a trial whose worker died from its last epoch instead of from scratch.
 A diverged trial (NaN or infinite loss) is a normal outcome, not an error: it reports one last
 result with ``diverged=True`` and the metric set to :func:`worst_value`, a finite number no
 real result can beat, and returns. Tune's searchers and schedulers then rank it last, and the
-JSON that Tune and the sink carry never holds a NaN or an infinity.
+JSON that Tune and the sink carry never holds a NaN or an infinity. A trial whose sampled
+parameters make an invalid configuration reports the same way, flagged ``invalid``, with the
+validation message: it fails alone, at once, and is not retried.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import ValidationError
 from ray import tune
 
 from toolbox.config import TrialConfig
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
 CHECKPOINT_FILE = "trial_state.pt"
 DIVERGED = "diverged"
 """Result key: True on the last result of a diverged trial."""
+INVALID = "invalid"
+"""Result key: True on the only result of a trial whose configuration is invalid."""
 EPOCH = "epoch"
 PID = "pid"
 """Result key: the worker process id (tests kill it to exercise recovery)."""
@@ -85,7 +90,11 @@ def run_trial(params: dict[str, Any], *, setup: TrialSetup) -> None:
 
     from toolbox.train import train
 
-    cfg = trial_config(setup, params)
+    try:
+        cfg = trial_config(setup, params)
+    except ValidationError as err:
+        _report_last(setup, epoch=0, flag=INVALID, message=_validation_message(err))
+        return
     torch.set_num_threads(max(1, int(setup.cpus)))  # the trial's CPU share, not the machine
     state = _load_checkpoint()
 
@@ -103,11 +112,11 @@ def run_trial(params: dict[str, Any], *, setup: TrialSetup) -> None:
     try:
         result = train(cfg, on_epoch=on_epoch, resume=state)
     except _Diverged as err:
-        _report_diverged(setup, epoch=err.epoch, message=str(err))
+        _report_last(setup, epoch=err.epoch, flag=DIVERGED, message=str(err))
         return
     if result.outcome == "diverged":
         last = result.history[-1].epoch if result.history else 0
-        _report_diverged(setup, epoch=last + 1, message=result.message)
+        _report_last(setup, epoch=last + 1, flag=DIVERGED, message=result.message)
 
 
 class _Diverged(Exception):
@@ -118,17 +127,24 @@ class _Diverged(Exception):
         self.epoch = epoch
 
 
-def _report_diverged(setup: TrialSetup, epoch: int, message: str) -> None:
-    """The last result of a diverged trial: flagged, with a metric that ranks it last."""
+def _report_last(setup: TrialSetup, epoch: int, flag: str, message: str) -> None:
+    """The last result of a diverged or invalid trial: flagged, with a metric that ranks it
+    last."""
     tune.report(
         {
             setup.metric: worst_value(setup.mode),
             EPOCH: epoch,
             PID: os.getpid(),
-            DIVERGED: True,
-            "message": message or "diverged",
+            flag: True,
+            "message": message or flag,
         }
     )
+
+
+def _validation_message(err: ValidationError) -> str:
+    """``invalid configuration: optim.nesterov: ...``: where and what, first error first."""
+    parts = [f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in err.errors()]
+    return "invalid configuration: " + "; ".join(parts)
 
 
 def _load_checkpoint() -> dict[str, Any] | None:

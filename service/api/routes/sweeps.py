@@ -140,9 +140,8 @@ def read_trial(sweep: SweepDep, session: SessionDep, views: ViewsDep, number: in
 @router.post("/{sweep_id}/cancel", response_model=CancelPublic, responses=ERRORS)
 def cancel_sweep(sweep: SweepDep, session: SessionDep) -> CancelPublic:
     """Ask the sweep to stop; its trials end as cancelled within 30 seconds."""
-    store.request_cancel(session, sweep)
     return CancelPublic(
         id=sweep.id,
-        status=sweep.status,
+        status=store.request_cancel(session, sweep.id),
         message="cancellation requested; the trials stop within 30 seconds",
     )

@@ -37,7 +37,7 @@ def _settings(tmp_path: Path, **overrides: object) -> Settings:
 
 @pytest.fixture
 def app(tmp_path: Path) -> FastAPI:
-    return create_app(_settings(tmp_path), monitor=False)
+    return create_app(_settings(tmp_path), background=False)
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_healthz_needs_no_token(client: TestClient) -> None:
 
 
 def test_without_an_api_token_local_mode_is_open(tmp_path: Path) -> None:
-    app = create_app(_settings(tmp_path, api_token=None), monitor=False)
+    app = create_app(_settings(tmp_path, api_token=None), background=False)
     with TestClient(app) as client:
         assert client.get("/openapi.json").status_code == 200
         assert client.get("/sweeps/1").status_code != 401

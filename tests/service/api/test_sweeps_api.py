@@ -18,7 +18,13 @@ from service.cli.main import watch
 from service.config import Settings
 from service.job.sink import DatabaseSink
 from service.store.db import session_scope
-from tests.service.helpers import make_settings, mlflow_runs, strict_json, wait_for
+from tests.service.helpers import (
+    make_settings,
+    mlflow_runs,
+    strict_json,
+    wait_for,
+    wait_tracked,
+)
 from tests.specs import digits_body
 from workers.events import FINAL_SWEEP_STATUSES, TrialUpdate
 from workers.spec import GRID_LIMIT, SweepSpec
@@ -41,7 +47,11 @@ def auth(settings: Settings) -> dict[str, str]:
 
 
 def sweep_of(client: TestClient, sweep_id: int) -> dict[str, Any]:
-    r = client.get(f"/sweeps/{sweep_id}")
+    return sweep_of_path(client, f"/sweeps/{sweep_id}")
+
+
+def sweep_of_path(client: TestClient, path: str) -> dict[str, Any]:
+    r = client.get(path)
     assert r.status_code == 200, r.text
     body: dict[str, Any] = strict_json(r.text)
     return body
@@ -127,10 +137,10 @@ def test_list_is_paginated_and_filtered_by_status(client: TestClient) -> None:
         made = [store.create_sweep(session, spec)[0] for _ in range(5)]
         session.flush()
         for sweep in made[:2]:
-            store.finish_sweep(session, sweep, "failed", "test")
+            store.finish_sweep(session, sweep.id, "failed", "test")
             sweep.ray_job_id = "none"
         for sweep in made[2:]:
-            store.finish_sweep(session, sweep, "cancelled", "test")
+            store.finish_sweep(session, sweep.id, "cancelled", "test")
     page = client.get("/sweeps", params={"limit": 2, "offset": 1}).json()
     assert page["count"] == 5 and [s["id"] for s in page["data"]] == [4, 3]
     failed = client.get("/sweeps", params={"status": "failed"}).json()
@@ -142,7 +152,7 @@ def test_reading_sweeps_never_validates_a_stored_spec(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Lists, details and long polls answer from the stored columns (planned trials, metric)."""
-    with TestClient(create_app(settings, monitor=False), headers=auth(settings)) as client:
+    with TestClient(create_app(settings, background=False), headers=auth(settings)) as client:
         _read_sweeps_without_validating(client, monkeypatch)
 
 
@@ -182,7 +192,7 @@ LR = {"optim.lr": [0.1]}
 @pytest.fixture
 def quiet(settings: Settings) -> Iterator[tuple[TestClient, DatabaseSink]]:
     """An API without dispatcher loop, one stored sweep, and the sink a sweep job writes with."""
-    with TestClient(create_app(settings, monitor=False), headers=auth(settings)) as c:
+    with TestClient(create_app(settings, background=False), headers=auth(settings)) as c:
         factory = c.app.state.session_factory  # type: ignore[attr-defined]
         with session_scope(factory) as session:
             sweep, _ = store.create_sweep(session, SweepSpec.model_validate(digits_body(LR)))
@@ -259,7 +269,7 @@ def test_sweeps_watch_follows_a_sweep_to_its_end_asking_only_on_news(
 
     api.get = counted  # type: ignore[method-assign]
     writes = [
-        lambda: sink.sweep_started("run1", "/tmp/exp"),
+        lambda: sink.sweep_started("/tmp/exp"),
         lambda: sink.trial_updated(TrialUpdate("t_00000", "running", LR)),
         lambda: sink.epoch_reported("t_00000", 1, {"val_accuracy": 0.5}),
         lambda: sink.epoch_reported("t_00000", 2, {"val_accuracy": 0.75}),
@@ -267,7 +277,7 @@ def test_sweeps_watch_follows_a_sweep_to_its_end_asking_only_on_news(
         lambda: sink.sweep_ended("completed", "", None),
     ]
     writer = later(*writes, every=1.0)
-    assert watch(api, sink.sweep_id) == 0
+    assert watch(api, sink.sweep_id, tracked_wait_s=0.0) == 0  # no tracking sender here
     writer.join()
     # one question to start, then one per write at most: held requests, no polling
     assert asked[0] is None and len(asked) <= 1 + len(writes)
@@ -276,11 +286,11 @@ def test_sweeps_watch_follows_a_sweep_to_its_end_asking_only_on_news(
 
 
 def test_readiness_names_the_dependency_that_is_down(settings: Settings) -> None:
-    with TestClient(create_app(settings, monitor=False), headers=auth(settings)) as c:
+    with TestClient(create_app(settings, background=False), headers=auth(settings)) as c:
         ok = c.get("/readyz")
         assert ok.status_code == 200, ok.text
     broken = settings.model_copy(update={"mlflow_tracking_uri": "http://127.0.0.1:9"})
-    with TestClient(create_app(broken, monitor=False), headers=auth(settings)) as c:
+    with TestClient(create_app(broken, background=False), headers=auth(settings)) as c:
         r = c.get("/readyz")
         assert c.get("/healthz").status_code == 200
     assert r.status_code == 503
@@ -302,9 +312,10 @@ def run_a_sweep_to_the_end(client: TestClient, mlflow_server: Any) -> None:
     created = client.post("/sweeps", json=body)
     assert created.status_code == 201, created.text
     sweep_id = created.json()["id"]
-    assert created.json()["links"]["mlflow_experiment"].startswith(mlflow_server.uri)
 
-    sweep = wait_final(client, sweep_id, timeout=420)
+    wait_final(client, sweep_id, timeout=420)
+    sweep = wait_tracked(lambda p: sweep_of_path(client, p), sweep_id)
+    assert sweep["links"]["mlflow_experiment"].startswith(mlflow_server.uri)
     assert sweep["status"] == "completed", sweep
     assert sweep["trial_counts"]["completed"] == 4 == sweep["trial_counts"]["total"]
     trials = trials_of(client, sweep_id)
@@ -354,6 +365,8 @@ def test_cancel_marks_trials_cancelled_and_their_runs_killed(
     assert trials and {t["status"] for t in trials} == {"cancelled"}
     assert client.post(f"/sweeps/{sweep_id}/cancel").status_code == 200  # idempotent
 
+    wait_tracked(lambda p: sweep_of_path(client, p), sweep_id)
+    trials = trials_of(client, sweep_id)
     _, parents, children = mlflow_runs(mlflow_server.uri, sweep["uid"])
     started = [t for t in trials if t["mlflow_run_id"]]
     assert len(children) == len(started) > 0

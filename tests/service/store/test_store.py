@@ -143,7 +143,7 @@ def test_the_sweep_version_changes_with_every_write_and_only_then(factory) -> No
     seen = [version()]
     assert version() == seen[0]  # reading changes nothing
     for write in (
-        lambda: sink.sweep_started("run1", "/tmp/exp"),
+        lambda: sink.sweep_started("/tmp/exp"),
         lambda: sink.trial_updated(TrialUpdate("t_00000", "running", {"optim.lr": 0.1})),
         lambda: sink.epoch_reported("t_00000", 1, {"val_accuracy": 0.5}),
         lambda: sink.epoch_reported("t_00000", 1, {"val_accuracy": 0.6}),  # overwritten
@@ -182,13 +182,13 @@ def test_best_trial_uses_the_last_epoch_and_never_a_diverged_trial(factory) -> N
 
 def test_sweep_end_closes_open_trials_and_is_final(factory) -> None:
     sink = DatabaseSink(factory, new_sweep(factory))
-    sink.sweep_started("run123", "/tmp/exp")
+    sink.sweep_started("/tmp/exp")
     sink.trial_updated(TrialUpdate("t_00000", "running"))
     sink.sweep_ended("cancelled", "cancelled by user", None)
     sink.sweep_ended("completed", "late duplicate", None)
     with session_scope(factory) as session:
         sweep = store.get_sweep(session, sink.sweep_id)
-        assert (sweep.status, sweep.parent_run_id) == ("cancelled", "run123")
+        assert sweep.status == "cancelled"
         assert store.trial_counts(session, sweep) == {"cancelled": 1}
 
 
@@ -196,12 +196,12 @@ def test_cancel_request_is_seen_by_the_sink_and_refused_once_completed(factory) 
     sink = DatabaseSink(factory, new_sweep(factory))
     assert not sink.cancel_requested()
     with session_scope(factory) as session:
-        store.request_cancel(session, store.get_sweep(session, sink.sweep_id))
+        store.request_cancel(session, sink.sweep_id)
     assert sink.cancel_requested()
     done = DatabaseSink(factory, new_sweep(factory))
     done.sweep_ended("completed", "", None)
     with pytest.raises(SweepFinishedError), session_scope(factory) as session:
-        store.request_cancel(session, store.get_sweep(session, done.sweep_id))
+        store.request_cancel(session, done.sweep_id)
 
 
 def test_pagination_and_status_filter(factory) -> None:

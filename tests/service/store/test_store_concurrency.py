@@ -116,7 +116,7 @@ class TestConcurrentSubmissions:
                     store.upsert_trial(session, target, update)
                     store.record_epoch(session, target, f"t_{i:05d}", 1, {"val_acc": i / 100})
                 else:
-                    store.request_cancel(session, store.get_sweep(session, target, lock=True))
+                    store.request_cancel(session, target)
 
         run_at_once(THREADS, work)
         assert self.count(factory) == len(running_ids) + THREADS // 3
@@ -137,7 +137,7 @@ class TestConcurrentSubmissions:
             api_token=token,
         )
         headers = {"Authorization": f"Bearer {token}"}
-        with TestClient(create_app(settings, monitor=False), headers=headers) as client:
+        with TestClient(create_app(settings, background=False), headers=headers) as client:
 
             def post(i: int) -> int:
                 body = spec(i).model_dump(mode="json")

@@ -1,7 +1,7 @@
 """A sweep driver in a process of its own, for tests that kill it as a vanished Ray job would.
 
 ``python -m tests.workers.driver.driver_process <ray address> <request.json>`` runs
-``run_sweep`` with the request's spec, sweep uid, MLflow server and storage path, and appends
+``run_sweep`` with the request's spec, sweep uid and storage path, and appends
 ``<trial key> <epoch>`` to the request's ``epochs_file`` (flushed) for every epoch the driver
 reports, so the test knows when to kill it.
 """
@@ -33,8 +33,6 @@ def main(argv: list[str]) -> int:
         SweepSpec.model_validate(request["spec"]),
         RecordingSink(on_epoch=note),
         sweep_uid=request["sweep_uid"],
-        tracking_uri=request["tracking_uri"],
-        mlflow_experiment=request["mlflow_experiment"],
         storage_path=request["storage_path"],
     )
     return 0

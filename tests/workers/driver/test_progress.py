@@ -1,8 +1,8 @@
 """A sweep's progress writes leave Tune's callbacks at once, gather, and still land in order.
 
-The sink and the tracker here are slow recorders sharing one journal: the real ones are
-exercised end to end in ``test_sweep.py``; these tests need writes slow enough to be caught
-in flight, and a failing write on demand.
+The sink here is a slow recorder: the real one is exercised end to end in ``test_sweep.py``
+and the service's tests; these tests need writes slow enough to be caught in flight, and a
+failing or unavailable sink on demand.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from tests.workers.sweeps import digits_spec
 from workers.driver import sweep as driver
 from workers.driver.outbox import OutboxError
 from workers.driver.progress import LINGER_S, SweepProgress
-from workers.trial.trainable import DIVERGED, EPOCH
+from workers.errors import SinkUnavailableError
+from workers.trial.trainable import DIVERGED, EPOCH, INVALID
 
 SPEC = digits_spec({"optim.lr": [0.01, 0.1]}, method="grid", epochs=3)
 A, B = "abc12_00000", "abc12_00001"
@@ -27,16 +28,24 @@ WRITE_S = 0.03
 
 
 class Journal:
-    """Every write of the sink and the tracker, in the order made, each taking ``delay``."""
+    """Every write of the sink, in the order made, each taking ``delay``; ``fail`` raises for
+    the calls it picks (a broken write), ``down`` makes the next that many calls find the
+    sink unavailable (a database outage)."""
 
-    def __init__(self, delay: float = WRITE_S, fail: Callable[[tuple], bool] | None = None):
+    def __init__(
+        self, delay: float = WRITE_S, fail: Callable[[tuple], bool] | None = None, down: int = 0
+    ):
         self.delay = delay
         self.fail = fail
+        self.down = down
         self.calls: list[tuple] = []
         self.threads: set[str] = set()
 
     def note(self, *call: Any) -> None:
         time.sleep(self.delay)
+        if self.down:
+            self.down -= 1
+            raise SinkUnavailableError("the database is unreachable")
         if self.fail is not None and self.fail(call):
             raise RuntimeError(f"database is locked ({call[0]})")
         self.calls.append(call)
@@ -47,8 +56,8 @@ class SlowSink:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
 
-    def sweep_started(self, mlflow_run_id: str | None, experiment_path: str) -> None:
-        self.journal.note("sweep_started", mlflow_run_id)
+    def sweep_started(self, experiment_path: str) -> None:
+        self.journal.note("sweep_started", experiment_path)
 
     def trial_updated(self, update: Any) -> None:
         self.journal.note("trial_updated", update)
@@ -61,43 +70,20 @@ class SlowSink:
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
+        mark = len(self.journal.calls)
         self.journal.calls.append(("batch",))
-        yield
+        try:
+            yield
+        except SinkUnavailableError:
+            del self.journal.calls[mark:]  # the transaction rolled back
+            raise
 
     def cancel_requested(self) -> bool:
         return False
 
 
-class SlowTracker:
-    sweep_uid = "abc12"
-
-    def __init__(self, journal: Journal, offline_starts: int = 0) -> None:
-        self.journal = journal
-        self.offline_starts = offline_starts  # the first starts find MLflow down
-
-    def start_trial(
-        self, trial_key: str, run_name: str, config: dict[str, Any], *, defer_params: bool
-    ) -> str | None:
-        self.journal.note("start_trial", trial_key, run_name)
-        if self.offline_starts:
-            self.offline_starts -= 1
-            return None
-        return f"run-{trial_key}"
-
-    def send_due_params(self) -> None:
-        pass
-
-    def log_trial(
-        self,
-        run_id: str | None,
-        epochs: list[tuple[int, dict[str, float]]],
-        end: tuple[str, str] | None = None,
-    ) -> None:
-        self.journal.note("log_trial", run_id, [e for e, _ in epochs], end)
-
-
-def progress_of(journal: Journal, **tracker_kw: Any) -> SweepProgress:
-    return SweepProgress(SPEC, SlowSink(journal), SlowTracker(journal, **tracker_kw))  # type: ignore[arg-type]
+def progress_of(journal: Journal, patience_s: float = 60.0) -> SweepProgress:
+    return SweepProgress(SPEC, SlowSink(journal), "abc12", patience_s=patience_s)
 
 
 def epoch(n: int, accuracy: float) -> dict[str, Any]:
@@ -137,12 +123,6 @@ def database_writes(journal: Journal) -> list[tuple[Any, str]]:
     ]
 
 
-def mlflow_writes(journal: Journal, run_id: str) -> tuple[list[int], list[tuple[str, str]]]:
-    """The epochs the run was sent, in order, and the ends it was given."""
-    logs = [c for c in journal.calls if c[0] == "log_trial" and c[1] == run_id]
-    return [e for c in logs for e in c[2]], [c[3] for c in logs if c[3] is not None]
-
-
 def test_tune_callbacks_return_at_once_and_every_write_lands_in_order() -> None:
     journal = Journal()
     progress = progress_of(journal)
@@ -154,13 +134,8 @@ def test_tune_callbacks_return_at_once_and_every_write_lands_in_order() -> None:
 
     assert in_callbacks < 0.25 * len(DB_WRITES) * WRITE_S, in_callbacks
     assert database_writes(journal) == DB_WRITES
-    assert mlflow_writes(journal, f"run-{A}") == ([1, 2, 3], [("completed", "")])
-    # B's epoch 1 came twice (a retry from an earlier checkpoint): MLflow gets it once.
-    assert mlflow_writes(journal, f"run-{B}") == ([1], [("diverged", "diverged at epoch 2")])
-    assert [c[1] for c in journal.calls if c[0] == "start_trial"] == [A, B]
     assert journal.threads == {"outbox sweep abc12"}
     progress.close()
-    assert progress.trials[A].run_id == f"run-{A}"
     assert (progress.trials[A].status, progress.trials[B].status) == ("completed", "diverged")
 
 
@@ -171,8 +146,6 @@ def test_writes_that_queue_up_go_out_together() -> None:
     progress.flush()
 
     assert journal.calls.count(("batch",)) == 1  # one database transaction
-    logs = [c for c in journal.calls if c[0] == "log_trial"]
-    assert len(logs) == 2  # one MLflow request per trial: its epochs and its end
     progress.close()
 
 
@@ -187,44 +160,57 @@ def test_a_flush_does_not_wait_for_more_writes_to_gather() -> None:
     progress.close()
 
 
-def test_the_run_id_reaches_every_write_after_the_run_opened() -> None:
-    journal = Journal()
+def test_every_update_names_the_trials_run_and_carries_its_whole_configuration() -> None:
+    journal = Journal(delay=0)
     progress = progress_of(journal)
-    progress.seen(A, {"optim.lr": 0.01})
-    progress.flush()  # A's pending state is written before its run exists
     tune_events(progress)
     progress.flush()
 
-    updates = [c[1] for c in journal.calls if c[0] == "trial_updated" and c[1].key == A]
-    assert [(u.status, u.mlflow_run_id) for u in updates] == [
-        ("pending", None),
-        ("running", f"run-{A}"),
-        ("completed", f"run-{A}"),
-    ]
-    opened = journal.calls.index(("start_trial", A, "digits-sweep #1 lr=0.01"))
-    first_log = next(i for i, c in enumerate(journal.calls) if c[:2] == ("log_trial", f"run-{A}"))
-    assert opened < first_log
+    updates = [c[1] for c in journal.calls if c[0] == "trial_updated"]
+    assert {u.run_name for u in updates if u.key == A} == {"digits-sweep #1 lr=0.01"}
+    assert {u.run_name for u in updates if u.key == B} == {"digits-sweep #2 lr=0.1"}
+    config = next(u.config for u in updates if u.key == A)
+    assert config == SPEC.trial_config({"optim.lr": 0.01}).flatten()
+    assert config["model.width"] == 32 and config["epochs"] == 3
     progress.close()
 
 
-def test_a_run_mlflow_could_not_open_is_opened_at_the_trials_next_start() -> None:
-    journal = Journal()
-    progress = progress_of(journal, offline_starts=1)  # A's first start finds MLflow down
-    lr_a, lr_b = {"optim.lr": 0.01}, {"optim.lr": 0.1}
-    progress.started(A, lr_a, attempt=1)
-    progress.started(B, lr_b, attempt=1)
-    progress.result(A, epoch(1, 0.5))
+def test_an_invalid_configuration_fails_its_trial_with_the_reason() -> None:
+    journal = Journal(delay=0)
+    progress = progress_of(journal)
+    bad = {"optim.nesterov": True, "optim.momentum": 0.0}
+    progress.started(A, bad, attempt=1)
+    message = "invalid configuration: optim: Value error, optim.nesterov=true needs momentum"
+    progress.result(A, {EPOCH: 0, INVALID: True, "message": message})
     progress.flush()
-    assert progress.trials[A].run_id is None and progress.trials[B].run_id == f"run-{B}"
-    assert ("log_trial", None, [1], None) in journal.calls  # the tracker skips it
 
-    progress.restarting(A, 2, "worker died")
-    progress.started(A, lr_a, attempt=2)
-    progress.started(B, lr_b, attempt=2)  # B has its run: not opened again
-    progress.flush()
-    assert [c[1] for c in journal.calls if c[0] == "start_trial"] == [A, B, A]
-    assert progress.trials[A].run_id == f"run-{A}"
+    last = [c[1] for c in journal.calls if c[0] == "trial_updated"][-1]
+    assert (last.status, last.message, last.config) == ("failed", message, bad)
     progress.close()
+
+
+def test_writes_the_sink_cannot_store_for_now_are_retried_until_it_can() -> None:
+    journal = Journal(delay=0, down=3)  # three tries find the database down
+    progress = progress_of(journal)
+    tune_events(progress)
+    progress.flush()
+
+    assert database_writes(journal) == DB_WRITES  # everything, once, in order
+    assert journal.calls.count(("batch",)) == 1
+    assert progress.close() is None
+
+
+def test_a_sink_unavailable_past_the_patience_gives_up_without_ending_the_sweep() -> None:
+    journal = Journal(delay=0, down=1000)
+    progress = progress_of(journal, patience_s=0.5)
+    progress.seen(A, {"optim.lr": 0.01})
+    with pytest.raises(OutboxError):
+        progress.flush()
+    failure = progress.close()
+
+    unavailable = driver._sink_unavailable(failure)
+    assert isinstance(unavailable, SinkUnavailableError)  # run_sweep raises it: no sweep end
+    assert journal.calls == []
 
 
 def test_a_failed_write_fails_the_next_event_and_later_writes_are_dropped() -> None:
@@ -237,7 +223,7 @@ def test_a_failed_write_fails_the_next_event_and_later_writes_are_dropped() -> N
     progress.result(A, epoch(2, 0.6))  # in the failing write's batch: never made
 
     with pytest.raises(OutboxError, match=f"epoch 1 of {A} failed: RuntimeError: database is"):
-        progress.flush()  # Tune's snapshot hooks: the sweep fails, as it did
+        progress.flush()  # Tune's snapshot hooks: the sweep fails
     with pytest.raises(OutboxError):
         progress.result(A, epoch(3, 0.7))  # so does any later event
     with pytest.raises(OutboxError):
@@ -247,11 +233,10 @@ def test_a_failed_write_fails_the_next_event_and_later_writes_are_dropped() -> N
     assert isinstance(failure, OutboxError) and isinstance(failure.__cause__, RuntimeError)
     assert f"epoch 1 of {A} failed" in str(failure)
     assert database_writes(journal) == [("pending", A), ("running", A)]
-    assert not [c for c in journal.calls if c[0] == "log_trial"]
+    assert driver._sink_unavailable(failure) is None  # a broken write, not an outage
     progress.end_all("failed", "the sweep failed")  # the driver's end: plain calls now
-    update, end = journal.calls[-2:]
-    assert (update[1].status, update[1].mlflow_run_id) == ("failed", f"run-{A}")
-    assert end == ("log_trial", f"run-{A}", [], ("failed", "the sweep failed"))
+    update = journal.calls[-1][1]
+    assert (update.key, update.status, update.message) == (A, "failed", "the sweep failed")
 
 
 def test_tune_snapshots_only_after_every_queued_write(monkeypatch) -> None:

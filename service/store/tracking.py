@@ -1,0 +1,126 @@
+"""What MLflow has been told of each sweep: the tracking sender's state, and its backlog.
+
+The sweeps, trials and epochs tables are the journal of what MLflow must hold; ``mlflow_runs``
+records, per run, how much of it MLflow has accepted. Every function works inside the
+caller's session; the sender never keeps one open across a request to MLflow.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import and_, case, func, select, update
+from sqlalchemy.orm import Session
+
+from service.store.models import EpochMetric, MlflowRun, Sweep, Trial
+from workers.events import FINAL_SWEEP_STATUSES, FINAL_TRIAL_STATUSES
+
+PARENT_KEY = ""
+"""``MlflowRun.key`` of a sweep's parent run (a trial's run has the trial's key)."""
+
+
+def undelivered_sweeps(session: Session) -> list[int]:
+    """Ids of the sweeps MLflow does not have everything of yet, oldest first."""
+    stmt = select(Sweep.id).where(Sweep.mlflow_done.is_(False)).order_by(Sweep.id)
+    return list(session.scalars(stmt))
+
+
+def run_state(session: Session, sweep_id: int, key: str) -> MlflowRun:
+    """The delivery state of one run of the sweep, made on first use."""
+    row = session.scalar(
+        select(MlflowRun).where(MlflowRun.sweep_id == sweep_id, MlflowRun.key == key)
+    )
+    if row is None:
+        row = MlflowRun(
+            sweep_id=sweep_id,
+            key=key,
+            create_attempts=0,
+            params_sent=False,
+            logged_step=0,
+            closed=False,
+        )
+        session.add(row)
+        session.flush()
+    return row
+
+
+def trials_with_runs(session: Session, sweep_id: int) -> list[tuple[Trial, MlflowRun | None, int]]:
+    """The sweep's trials in number order, each with its run's delivery state (None: none
+    yet) and its last stored epoch (0: none)."""
+    last_epoch = (
+        select(func.coalesce(func.max(EpochMetric.epoch), 0))
+        .where(EpochMetric.trial_id == Trial.id)
+        .correlate(Trial)
+        .scalar_subquery()
+    )
+    stmt = (
+        select(Trial, MlflowRun, last_epoch)
+        .outerjoin(MlflowRun, and_(MlflowRun.sweep_id == sweep_id, MlflowRun.key == Trial.key))
+        .where(Trial.sweep_id == sweep_id)
+        .order_by(Trial.number)
+    )
+    return [(trial, run, int(n)) for trial, run, n in session.execute(stmt).all()]
+
+
+def epochs_after(session: Session, trial_id: int, step: int) -> list[EpochMetric]:
+    """The trial's epochs after ``step``, in order."""
+    stmt = (
+        select(EpochMetric)
+        .where(EpochMetric.trial_id == trial_id, EpochMetric.epoch > step)
+        .order_by(EpochMetric.epoch)
+    )
+    return list(session.scalars(stmt))
+
+
+def set_error(session: Session, sweep_id: int, error: str) -> None:
+    """Remember why delivering the sweep failed ('' once it succeeds); the version stays."""
+    session.execute(
+        update(Sweep)
+        .where(Sweep.id == sweep_id, Sweep.mlflow_error != error)
+        .values(mlflow_error=error[:2000], updated_at=Sweep.updated_at)
+        .execution_options(synchronize_session="fetch")
+    )
+
+
+def backlog(session: Session, sweep: Sweep) -> int:
+    """How many writes MLflow is missing of the sweep: run creations, configurations, epochs
+    and closes of its parent and trial runs (0 once everything was delivered)."""
+    if sweep.mlflow_done:
+        return 0
+    final = sweep.status in FINAL_SWEEP_STATUSES
+    parent = session.scalar(
+        select(MlflowRun).where(MlflowRun.sweep_id == sweep.id, MlflowRun.key == PARENT_KEY)
+    )
+    missing = (
+        int(parent is None or parent.run_id is None)
+        + int(parent is None or not parent.params_sent)
+        + int(final and (parent is None or not parent.closed))
+    )
+    joined = and_(MlflowRun.sweep_id == sweep.id, MlflowRun.key == Trial.key)
+    step = func.coalesce(MlflowRun.logged_step, 0)
+    epochs = (
+        select(func.count())
+        .where(EpochMetric.trial_id == Trial.id, EpochMetric.epoch > step)
+        .correlate(Trial, MlflowRun)
+        .scalar_subquery()
+    )
+    per_trial = (
+        case((MlflowRun.run_id.is_(None), 1), else_=0)
+        + case((func.coalesce(MlflowRun.params_sent, False).is_(False), 1), else_=0)
+        + case(
+            (
+                and_(
+                    Trial.status.in_(FINAL_TRIAL_STATUSES),
+                    func.coalesce(MlflowRun.closed, False).is_(False),
+                ),
+                1,
+            ),
+            else_=0,
+        )
+        + epochs
+    )
+    stmt = (
+        select(func.coalesce(func.sum(per_trial), 0))
+        .select_from(Trial)
+        .outerjoin(MlflowRun, joined)
+        .where(Trial.sweep_id == sweep.id)
+    )
+    return missing + int(session.scalar(stmt) or 0)

@@ -1,0 +1,109 @@
+"""F6, F7, F8: the Ray head dies and comes back, dies for good, or the sweep's driver hangs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.faults.service import (
+    assert_curves_complete,
+    assert_mlflow_matches,
+    in_process,
+    long_body,
+)
+from tests.service.helpers import make_settings, mlflow_runs, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_f6_a_ray_head_killed_and_restarted_resumes_the_sweep_from_storage(
+    tmp_path: Path, private_ray: Any, mlflow_server: Any
+) -> None:
+    cluster = private_ray(2)
+    epochs = 100
+    settings = make_settings(tmp_path, cluster, mlflow_server, ray_grace_seconds=300)
+    with in_process(settings) as api:
+        sweep_id = api.submit(long_body(epochs, [0.02, 0.05], max_concurrent=2))
+        api.wait_epochs(sweep_id, 20)
+        cluster.kill()  # the head, its driver and its trial workers, all at once
+        time.sleep(5)
+        cluster.start()  # a new head on the same address: it knows no job
+        sweep = api.wait_final(sweep_id, timeout=600)
+        assert sweep["status"] == "completed", sweep
+        sweep = api.wait_tracked(sweep_id)
+        trials = api.trials(sweep_id)
+    assert sweep["resumes"] == 1 and sweep["ray_job_id"].endswith("-1")  # one new job
+    assert_curves_complete(trials, epochs)
+    assert_mlflow_matches(mlflow_server.uri, sweep, trials)
+
+
+def test_f7_a_ray_head_gone_for_good_fails_the_sweep_naming_ray_and_leaves_nothing_running(
+    tmp_path: Path, private_ray: Any, mlflow_server: Any
+) -> None:
+    cluster = private_ray(2)
+    grace = 10.0
+    settings = make_settings(tmp_path, cluster, mlflow_server, ray_grace_seconds=grace)
+    with in_process(settings) as api:
+        sweep_id = api.submit(long_body(100, [0.02, 0.05], max_concurrent=2))
+        api.wait_epochs(sweep_id, 5)
+        cluster.kill()
+        gone = time.monotonic()
+        sweep = api.wait_final(sweep_id, timeout=grace + 30)
+        assert time.monotonic() - gone < grace + 15  # the grace, and a reconciliation or two
+        sweep = api.wait_tracked(sweep_id)
+        trials = api.trials(sweep_id)
+    assert sweep["status"] == "failed"
+    assert "Ray cluster" in sweep["message"] and "unreachable" in sweep["message"]
+    assert trials and {t["status"] for t in trials} == {"failed"}
+    assert_mlflow_matches(mlflow_server.uri, sweep, trials)
+    _, parents, children = mlflow_runs(mlflow_server.uri, sweep["uid"])
+    assert "RUNNING" not in {r.info.status for r in [*parents, *children]}
+
+
+def test_f8_a_hung_driver_is_found_by_its_heartbeat_and_replaced(
+    tmp_path: Path, ray_cluster: Any, mlflow_server: Any
+) -> None:
+    epochs = 100
+    settings = make_settings(
+        tmp_path, ray_cluster, mlflow_server, heartbeat_seconds=1, stuck_after_seconds=8
+    )
+    with in_process(settings) as api:
+        sweep_id = api.submit(long_body(epochs, [0.02, 0.05], max_concurrent=2))
+        api.wait_epochs(sweep_id, 5)
+        driver = driver_pid(sweep_id, settings.database_url)
+        os.kill(driver, signal.SIGSTOP)  # alive to Ray, silent to everyone
+        try:
+            stopped = time.monotonic()
+            wait_for(lambda: api.sweep(sweep_id), lambda s: s["resumes"] == 1, 60, "a new job")
+            assert time.monotonic() - stopped < 8 + 30
+            sweep = api.wait_final(sweep_id, timeout=600)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(driver, signal.SIGKILL)
+        assert sweep["status"] == "completed", sweep
+        sweep = api.wait_tracked(sweep_id)
+        trials = api.trials(sweep_id)
+    assert_curves_complete(trials, epochs)
+    assert_mlflow_matches(mlflow_server.uri, sweep, trials)
+
+
+def driver_pid(sweep_id: int, database_url: str) -> int:
+    """The process of ``python -m service.job <sweep_id>`` on this test's database."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        ours = database_url.encode() in env
+        if ours and b"service.job" in args and str(sweep_id).encode() in args:
+            return int(entry.name)
+    raise AssertionError(f"no driver process for sweep {sweep_id}")
