@@ -18,3 +18,8 @@ class TrackingError(SweepsError):
 
 class TrackingRejectedError(TrackingError):
     """MLflow answered that it will not take the request (a 4xx): sending it again is useless."""
+
+
+class ClusterLostError(SweepsError):
+    """The Ray cluster the driver ran on went away (its head restarted, or it is unreachable):
+    the driver gives up without ending the sweep, so that the sweep is resumed."""

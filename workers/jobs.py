@@ -7,11 +7,14 @@ Ray 2.60's ``ray start --head`` turns on token authentication: Jobs API clients 
 
 from __future__ import annotations
 
+import logging
 from typing import Literal, Protocol
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from workers.errors import RayJobsError
+
+log = logging.getLogger(__name__)
 
 JobState = Literal["pending", "running", "succeeded", "failed", "stopped", "missing"]
 LIVE_JOB_STATES: frozenset[str] = frozenset({"pending", "running"})
@@ -85,6 +88,7 @@ class RayJobs:
             raise
         except RuntimeError as err:
             if "404" in str(err) or "does not exist" in str(err):
+                log.info("job %s is missing: %s", job_id, err)
                 return "missing"
             raise RayJobsError(f"status of job {job_id}: {err}") from err
         except Exception as err:

@@ -3,8 +3,9 @@
 One Ray job per sweep drives it: a warm standby claimed from
 :class:`~service.dispatch.standby.StandbyPool` when one is alive, otherwise a job of its own
 (:func:`~service.dispatch.commands.sweep_command`). Job ids are stored before the job is
-submitted. No lock is held and no transaction is open across a call to Ray: every decision is
-a compare-and-set in the database (:func:`service.store.set_job`, ``finish_sweep``), so the
+submitted, and until its submission returns the monitor leaves the sweep alone (Ray cannot know
+the job yet). No lock is held and no transaction is open across a call to Ray: every decision
+is a compare-and-set in the database (:func:`service.store.set_job`, ``finish_sweep``), so the
 request handlers and the monitor thread may act on one sweep at once and only one wins. One API
 process per database is assumed (``uvicorn --workers 1``).
 """
@@ -12,6 +13,7 @@ process per database is assumed (``uvicorn --workers 1``).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from datetime import datetime, timedelta
 
@@ -53,6 +55,8 @@ class Dispatcher:
         self.jobs = jobs
         self.standbys = StandbyPool(settings, factory, jobs)
         self._ray_down_since: float | None = None  # monotonic; None while Ray answers
+        self._submitting: set[str] = set()  # job ids stored, their submission under way
+        self._submitting_lock = threading.Lock()  # guards the set alone, never a network call
 
     def submit(self, sweep_id: int) -> None:
         """Start a new sweep's first job: hand it to a live standby, or submit its own."""
@@ -80,12 +84,17 @@ class Dispatcher:
             if not store.set_job(session, sweep_id, old_job, job_id, count=count):
                 return  # someone else replaced or ended the sweep's job first
             self._note_in(session, sweep_id, reason)
+            with self._submitting_lock:  # Ray cannot know the job before it is submitted
+                self._submitting.add(job_id)
         command = sweep_command(self.settings.job_python, sweep_id, resume=resume)
         try:
             self.jobs.submit(command, job_id, self.settings.job_env())
         except (DispatchError, RayJobsError) as err:
             log.warning("sweep %s: submitting %s failed: %s", sweep_id, job_id, err)
             self._note(sweep_id, f"could not submit Ray job {job_id} ({err}); will retry")
+        finally:
+            with self._submitting_lock:
+                self._submitting.discard(job_id)
 
     def keep_warm(self, *, check_jobs: bool = False) -> None:
         """Keep the standby drivers topped up (see :class:`~.standby.StandbyPool`)."""
@@ -143,6 +152,9 @@ class Dispatcher:
             started, beat = sweep.started_at is not None, sweep.heartbeat_at
         if status in FINAL_SWEEP_STATUSES or (job_id is None and young):
             return
+        with self._submitting_lock:
+            if job_id in self._submitting:
+                return  # being submitted right now
         state = self.jobs.status(job_id) if job_id else "missing"
         if state in LIVE_JOB_STATES:
             stuck = self._stuck_for(beat)

@@ -29,7 +29,7 @@ from service.config import Settings, load_settings
 from service.errors import StorageError
 from service.job.sink import DatabaseSink
 from service.store.db import make_engine, make_session_factory, session_scope
-from workers.errors import SinkUnavailableError
+from workers.errors import ClusterLostError, SinkUnavailableError
 from workers.events import FINAL_SWEEP_STATUSES
 from workers.spec import SweepSpec
 
@@ -126,10 +126,9 @@ def drive(
             resume=resume,
             patience_s=settings.db_patience_seconds,
         )
-    except SinkUnavailableError as err:
-        log.error(
-            "sweep %s: the database stayed unreachable; exiting to be resumed: %s", sweep_id, err
-        )
+    except (SinkUnavailableError, ClusterLostError) as err:
+        log.error("sweep %s: %s; exiting, to be resumed", sweep_id, err)
+        _note(factory, sweep_id, f"driver interrupted: {err}; it will be resumed")
         return 1
     except Exception as err:
         log.exception("sweep %s: the driver failed", sweep_id)

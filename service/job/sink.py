@@ -88,7 +88,7 @@ class DatabaseSink:
             store.upsert_trial(session, self.sweep_id, update)
 
     def epoch_reported(self, trial_key: str, epoch: int, metrics: dict[str, float]) -> None:
-        """Upsert the epoch's metrics (a re-report after a resume overwrites)."""
+        """Store the epoch's metrics (a re-report after a resume keeps the first)."""
         with self._session() as session:
             store.record_epoch(session, self.sweep_id, trial_key, epoch, metrics)
 

@@ -143,7 +143,7 @@ class Trial(Base):
 
 
 class EpochMetric(Base):
-    """The metrics a trial reported at the end of one epoch (re-reports overwrite)."""
+    """The metrics a trial reported at the end of one epoch (the first report; re-runs add none)."""
 
     __tablename__ = "epoch_metrics"
     __table_args__ = (

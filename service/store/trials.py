@@ -1,7 +1,7 @@
 """Trial rows and their per-epoch metrics: upserts from the driver, pages, the best trial.
 
 Every function works inside the caller's session. A final trial status is never replaced; an
-epoch re-reported after a resume overwrites its earlier row; the best trial is judged by the
+epoch re-reported after a resume keeps its first report; the best trial is judged by the
 metric at its last reported epoch and is never a diverged or failed trial.
 """
 
@@ -68,18 +68,17 @@ def set_trial_run(session: Session, sweep_id: int, key: str, run_id: str) -> Non
 def record_epoch(
     session: Session, sweep_id: int, trial_key: str, epoch: int, metrics: dict[str, Any]
 ) -> EpochMetric:
-    """Store one epoch's finite metrics, overwriting an earlier report of the same epoch."""
+    """Store one epoch's finite metrics; an epoch reported again (a trial resumed from an
+    earlier checkpoint re-runs it) keeps its first report, as MLflow keeps a step's first
+    value, so the two never disagree."""
     trial = _trial_by_key(session, sweep_id, trial_key)
-    clean = finite_metrics(metrics)
     row = session.scalar(
         select(EpochMetric).where(EpochMetric.trial_id == trial.id, EpochMetric.epoch == epoch)
     )
     if row is None:
-        row = EpochMetric(trial_id=trial.id, epoch=epoch, metrics=clean)
+        row = EpochMetric(trial_id=trial.id, epoch=epoch, metrics=finite_metrics(metrics))
         session.add(row)
-    else:
-        row.metrics = clean
-    session.flush()
+        session.flush()
     return row
 
 

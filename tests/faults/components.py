@@ -28,7 +28,6 @@ from service.cli.stack import (
     ray_head_command,
     wait_http,
 )
-from tests.conftest import _kill_processes_mentioning
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -100,12 +99,12 @@ class PrivateRay:
         return node
 
     def kill(self) -> None:
-        """The head and every node, and whatever they started, SIGKILLed."""
+        """The head and every node, and whatever they started (jobs' drivers and trial
+        workers too, which name the cluster's token file in their environment), SIGKILLed."""
         for node in self.nodes:
             _kill(node)
         _kill(self.head)
-        for temp_dir in self.temp_dirs:
-            _kill_processes_mentioning(temp_dir)
+        _kill_naming([*self.temp_dirs, str(self.token_file)])
 
     def close(self) -> None:
         self.kill()
@@ -117,6 +116,20 @@ class PrivateRay:
             return subprocess.Popen(
                 cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
+
+
+def _kill_naming(markers: list[str]) -> None:
+    """SIGKILL our processes whose command line or environment names one of ``markers``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            seen = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if any(m.encode() in seen for m in markers):
+            with contextlib.suppress(OSError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def workers_of(node: subprocess.Popen[bytes]) -> list[int]:

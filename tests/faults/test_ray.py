@@ -35,7 +35,7 @@ def test_f6_a_ray_head_killed_and_restarted_resumes_the_sweep_from_storage(
         time.sleep(5)
         cluster.start()  # a new head on the same address: it knows no job
         sweep = api.wait_final(sweep_id, timeout=600)
-        assert sweep["status"] == "completed", sweep
+        assert sweep["status"] == "completed", (sweep["message"], sweep["resumes"])
         sweep = api.wait_tracked(sweep_id)
         trials = api.trials(sweep_id)
     assert sweep["resumes"] == 1 and sweep["ray_job_id"].endswith("-1")  # one new job
@@ -86,7 +86,7 @@ def test_f8_a_hung_driver_is_found_by_its_heartbeat_and_replaced(
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(driver, signal.SIGKILL)
-        assert sweep["status"] == "completed", sweep
+        assert sweep["status"] == "completed", (sweep["message"], sweep["resumes"])
         sweep = api.wait_tracked(sweep_id)
         trials = api.trials(sweep_id)
     assert_curves_complete(trials, epochs)

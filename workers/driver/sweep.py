@@ -26,7 +26,7 @@ from workers.driver.progress import SweepProgress
 from workers.driver.resources import trial_resources
 from workers.driver.search import build_plan
 from workers.driver.storage import local_path, storage_filesystem
-from workers.errors import SinkUnavailableError
+from workers.errors import ClusterLostError, SinkUnavailableError
 from workers.events import SweepSink, SweepStatus
 from workers.spec import SweepSpec
 from workers.trial.trainable import TrialSetup, run_trial
@@ -84,8 +84,10 @@ def run_sweep(
         ``sink.sweep_ended`` has been told the same, with the best trial.
 
     Raises:
-        SinkUnavailableError: the sink stayed unavailable for ``patience_s`` seconds. The sweep
-            is left open, as the last snapshot on storage and the sink agree, to be resumed.
+        SinkUnavailableError: the sink stayed unavailable for ``patience_s`` seconds.
+        ClusterLostError: Tune lost its Ray cluster.
+        In both cases the sweep is left open, as the last snapshot on storage and the sink
+        agree, to be resumed.
     """
     t_start = time.perf_counter()
     storage_path = local_path(storage_path)
@@ -93,7 +95,7 @@ def run_sweep(
     progress = SweepProgress(spec, sink, sweep_uid, patience_s=patience_s)
     progress.retrying(lambda: sink.sweep_started(path))
     _LIVE[sweep_uid] = progress
-    error, unavailable = "", None
+    error, unavailable, lost = "", None, None
     t_tune = t_fit = time.perf_counter()
     try:
         with _environ(TUNE_ENV):
@@ -103,6 +105,7 @@ def run_sweep(
     except Exception as err:  # Tune itself, or a write, failed: the sweep fails
         log.exception("sweep %s: Tune failed", sweep_uid)
         error, unavailable = f"{type(err).__name__}: {err}", _sink_unavailable(err)
+        lost = _cluster_lost(err)
     finally:
         _LIVE.pop(sweep_uid, None)
         t_done = time.perf_counter()
@@ -110,6 +113,8 @@ def run_sweep(
     unavailable = unavailable or _sink_unavailable(failed_write)
     if unavailable is not None:
         raise unavailable
+    if lost is not None:
+        raise ClusterLostError(f"Tune lost the Ray cluster: {lost}") from lost
     if failed_write is not None and not error:  # it failed after Tune's last look
         error = str(failed_write)  # names the write and its error
     t_close = time.perf_counter()
@@ -122,11 +127,34 @@ def run_sweep(
     return status
 
 
+CLUSTER_TROUBLE = (
+    ray.exceptions.RaySystemError,
+    ray.exceptions.RpcError,
+    ray.exceptions.AuthenticationError,
+    ray.exceptions.LocalRayletDiedError,
+    ConnectionError,
+)
+"""Errors of Tune's own calls that say the cluster is gone, not that the sweep is wrong (trial
+errors never reach ``fit()``: Tune retries and fails trials itself)."""
+
+
 def _sink_unavailable(err: BaseException | None) -> SinkUnavailableError | None:
     """The :class:`SinkUnavailableError` behind ``err`` (its cause or context), if any."""
+    found = _in_chain(err, (SinkUnavailableError,))
+    return found if isinstance(found, SinkUnavailableError) else None
+
+
+def _cluster_lost(err: BaseException | None) -> BaseException | None:
+    """The error behind ``err`` that says the Ray cluster is gone, if any."""
+    return _in_chain(err, CLUSTER_TROUBLE)
+
+
+def _in_chain(
+    err: BaseException | None, kinds: tuple[type[BaseException], ...]
+) -> BaseException | None:
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, SinkUnavailableError):
+        if isinstance(err, kinds):
             return err
         seen.add(id(err))
         err = err.__cause__ or err.__context__

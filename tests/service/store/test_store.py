@@ -101,7 +101,7 @@ def test_a_final_trial_status_is_never_replaced(factory) -> None:
         assert trial.params == {"optim.lr": 0.1}
 
 
-def test_reported_epochs_upsert_and_drop_non_finite_values(factory) -> None:
+def test_a_reported_epoch_keeps_its_first_report_and_drops_non_finite_values(factory) -> None:
     sink = DatabaseSink(factory, new_sweep(factory))
     sink.trial_updated(TrialUpdate("t_00000", "running"))
     sink.epoch_reported("t_00000", 1, {"val_accuracy": 0.5, "val_loss": float("nan")})
@@ -110,7 +110,7 @@ def test_reported_epochs_upsert_and_drop_non_finite_values(factory) -> None:
     with session_scope(factory) as session:
         trial = store.get_trial(session, store.get_sweep(session, sink.sweep_id), 1)
         assert [(e.epoch, e.metrics) for e in trial.epochs] == [
-            (1, {"val_accuracy": 0.6}),
+            (1, {"val_accuracy": 0.5}),  # the re-run of epoch 1 (a resume) is not stored again
             (2, {"val_accuracy": 0.7}),
         ]
 
@@ -146,7 +146,7 @@ def test_the_sweep_version_changes_with_every_write_and_only_then(factory) -> No
         lambda: sink.sweep_started("/tmp/exp"),
         lambda: sink.trial_updated(TrialUpdate("t_00000", "running", {"optim.lr": 0.1})),
         lambda: sink.epoch_reported("t_00000", 1, {"val_accuracy": 0.5}),
-        lambda: sink.epoch_reported("t_00000", 1, {"val_accuracy": 0.6}),  # overwritten
+        lambda: sink.epoch_reported("t_00000", 2, {"val_accuracy": 0.6}),
         lambda: sink.trial_updated(TrialUpdate("t_00000", "completed")),
         lambda: sink.sweep_ended("completed", "", None),
     ):
