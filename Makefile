@@ -15,10 +15,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# System tools the tests use: docker-compose validates docker/ (no engine needed) and the
-# PostgreSQL server on 127.0.0.1:5432 backs the storage tests (each run makes its own databases).
+# System tools the tests use: docker-compose validates docker/ (no engine needed), the
+# PostgreSQL server on 127.0.0.1:5432 backs the storage tests (each run makes its own databases),
+# and Debian's PostgreSQL binaries start the private server the fault tests stop and restart.
 tools:
 	command -v docker-compose >/dev/null || (apt-get update && apt-get install -y docker-compose)
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update && apt-get install -y postgresql)
 	pg_isready -q -h 127.0.0.1 -p 5432 || echo "warning: no PostgreSQL on 127.0.0.1:5432; the postgres tests will fail" >&2
 
 # Starts MLflow, a local Ray head and the API on loopback, submits the toolbox tour, watches it to
@@ -49,3 +51,8 @@ bench: install
 .PHONY: bench-service
 bench-service: install
 	$(BIN)/python bench/bench_service_overhead.py
+
+# A sweep's wall time with MLflow down for a minute against MLflow up (starts its own stack).
+.PHONY: bench-outage
+bench-outage: install
+	$(BIN)/python bench/bench_mlflow_outage.py

@@ -77,7 +77,8 @@ def sweep_body(epochs: int, width: int, concurrency: int) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def embedded_stack(root: Path, warm_drivers: int) -> Iterator[Any]:
-    """The project's own stack (MLflow, Ray head, API) under ``root``; yields its settings."""
+    """The project's own stack (MLflow, Ray head, API) under ``root``, started; yields the
+    :class:`~service.cli.stack.Stack` (its ``settings`` are the ones in use)."""
     from service.cli.stack import Stack, free_port
     from service.config import Settings
 
@@ -95,7 +96,8 @@ def embedded_stack(root: Path, warm_drivers: int) -> Iterator[Any]:
     stack = Stack(settings, state_dir=root)
     stack.ray_temp = root / "ray"  # not the shared /tmp/sweeps-ray-<uid> of `sweeps up`
     try:
-        yield stack.start()
+        stack.start()
+        yield stack
     finally:
         stack.stop()
         kill_leftovers(str(root))
@@ -242,35 +244,44 @@ def ray_connection(settings: Any, token_file: Path) -> Iterator[None]:
 
 def measure(args: argparse.Namespace, root: Path) -> Runs:
     """Start the stack, then run the three modes round-robin."""
-    from service.cli.client import SweepsClient
-
     body, n = sweep_body(args.epochs, args.width, args.concurrency), 8
     runs = Runs()
-    stack = embedded_stack(root, args.warm_drivers)
-    with stack as settings, ray_connection(settings, root / "ray" / "auth_token"):
-        client = SweepsClient(settings.api_url, settings.api_token.get_secret_value())
-        modes: dict[str, Callable[[], Any]] = {
-            SERVICE: lambda: service_run(client, body, args.poll, n),
-            TUNE: lambda: tune_run(body, root / "direct", n),
-            TOOLBOX: lambda: toolbox_run(body, n),
-        }
-        meter = CpuMeter()
-        for r in range(1 + args.rounds):
-            label = "warm-up" if r == 0 else "measured"
-            walls = {}
-            for mode, run in modes.items():
-                settle(client)
-                meter.start()
-                out = run()
-                cpu = meter.stop()
-                walls[mode] = out[0] if isinstance(out, tuple) else out
-                if r > 0:
-                    runs.add(mode, walls[mode])
-                    runs.cpu.setdefault(mode, []).append(cpu)
-                    if isinstance(out, tuple):
-                        runs.phases.append(out[1])
-            print(f"round {r} ({label}): " + ", ".join(f"{v:.2f} s" for v in walls.values()))
+    with (
+        embedded_stack(root, args.warm_drivers) as stack,
+        ray_connection(stack.settings, root / "ray" / "auth_token"),
+    ):
+        run_rounds(args, runs, stack.settings, body, n, root)
     return runs
+
+
+def run_rounds(
+    args: argparse.Namespace, runs: Runs, settings: Any, body: dict[str, Any], n: int, root: Path
+) -> None:
+    """One warm-up round and the measured ones, each running the three modes."""
+    from service.cli.client import SweepsClient
+
+    client = SweepsClient(settings.api_url, settings.api_token.get_secret_value())
+    modes: dict[str, Callable[[], Any]] = {
+        SERVICE: lambda: service_run(client, body, args.poll, n),
+        TUNE: lambda: tune_run(body, root / "direct", n),
+        TOOLBOX: lambda: toolbox_run(body, n),
+    }
+    meter = CpuMeter()
+    for r in range(1 + args.rounds):
+        label = "warm-up" if r == 0 else "measured"
+        walls = {}
+        for mode, run in modes.items():
+            settle(client)
+            meter.start()
+            out = run()
+            cpu = meter.stop()
+            walls[mode] = out[0] if isinstance(out, tuple) else out
+            if r > 0:
+                runs.add(mode, walls[mode])
+                runs.cpu.setdefault(mode, []).append(cpu)
+                if isinstance(out, tuple):
+                    runs.phases.append(out[1])
+        print(f"round {r} ({label}): " + ", ".join(f"{v:.2f} s" for v in walls.values()))
 
 
 def print_table(runs: Runs, n: int) -> None:

@@ -169,8 +169,6 @@ class Settings(BaseSettings):
         """What a sweep job needs to rebuild these settings (never the API token)."""
         return {
             "SWEEPS_DATABASE_URL": self.database_url,
-            "SWEEPS_MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
-            "SWEEPS_MLFLOW_UI_URL": self.mlflow_link_base,
             "SWEEPS_STORAGE_PATH": self.storage_path,
             "SWEEPS_RAY_ADDRESS": self.ray_address,
             "SWEEPS_DB_PATIENCE_SECONDS": str(self.db_patience_seconds),

@@ -94,8 +94,13 @@ class SweepSink(Protocol):
     driver retries for a while); any other error fails the sweep.
     """
 
-    def sweep_started(self, experiment_path: str) -> None:
-        """The driver is running (again, after a resume); Tune's experiment directory."""
+    def sweep_started(self, experiment_path: str, over: bool = False) -> None:
+        """The driver is running (again, after a resume); Tune's experiment directory.
+
+        ``over``: a resumed driver found nothing on storage to resume from (its predecessor
+        died before Tune's first snapshot reached storage) and starts the sweep over, so the
+        trials that predecessor left open will never report again.
+        """
 
     def trial_updated(self, update: TrialUpdate) -> None:
         """A trial was created, started, restarted or ended."""

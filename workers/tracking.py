@@ -94,6 +94,11 @@ class MlflowRuns:
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
 
+    def ping(self) -> None:
+        """One cheap request: raises :class:`~workers.errors.TrackingError` unless MLflow
+        answers."""
+        self._call("answer", lambda: self.client.search_experiments(max_results=1))
+
     def experiment(self, name: str) -> str:
         """The id of the experiment called ``name``, made when missing."""
 

@@ -12,7 +12,9 @@ a create is preceded by a search when an earlier attempt may have made the run, 
 carry the epoch's own timestamp, which MLflow stores once.
 
 A sweep whose delivery fails is tried again after a capped exponential backoff of its own, for
-as long as it has something left to deliver; the sweep jobs and the API never wait for MLflow.
+as long as it has something left to deliver; while any sweep waits, MLflow is asked one cheap
+question every :data:`PROBE_S`, and its first answer ends every wait. The sweep jobs and the API
+never wait for MLflow.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ from workers.tracking import (
 log = logging.getLogger(__name__)
 EPOCHS_PER_REQUEST = 100
 """Epochs of one run per ``log_batch`` (7 metrics each stays under MLflow's 1000)."""
+PROBE_S = 2.0
+"""While deliveries back off, how often MLflow is asked whether it answers again."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ class TrackingSender:
         self._rejected = False  # MLflow refused a request of the sweep being delivered
         self._delay: dict[int, float] = {}  # sweep id -> its current backoff
         self._retry_at: dict[int, float] = {}  # sweep id -> when to try it again
+        self._probed_at = float("-inf")  # when MLflow was last asked whether it answers
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tracking-sender", daemon=True)
 
@@ -118,10 +123,19 @@ class TrackingSender:
             self._stop.wait(self.poll_s)
 
     def deliver_due(self) -> None:
-        """One pass: every undelivered sweep whose backoff is over."""
+        """One pass: every undelivered sweep whose backoff is over (all of them, as soon as
+        MLflow answers again)."""
         with session_scope(self.factory) as session:
             ids = journal.undelivered_sweeps(session)
         now = time.monotonic()
+        if self._retry_at and now - self._probed_at >= PROBE_S:
+            self._probed_at = now
+            try:
+                self.runs.ping()
+            except TrackingError:
+                pass
+            else:
+                self._retry_at.clear()
         for sweep_id in ids:
             if self._stop.is_set():
                 return

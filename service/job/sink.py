@@ -77,10 +77,16 @@ class DatabaseSink:
             with _outage_is_unavailable(), session_scope(self._factory) as session:
                 yield session
 
-    def sweep_started(self, experiment_path: str) -> None:
-        """Mark the sweep running (unless cancelling) and remember its Tune experiment."""
+    def sweep_started(self, experiment_path: str, over: bool = False) -> None:
+        """Mark the sweep running (unless cancelling) and remember its Tune experiment; when it
+        starts over, an earlier attempt's open trials fail (they will never report again)."""
         with self._session() as session:
             store.mark_started(session, self.sweep_id, experiment_path)
+            if over:
+                lost = (
+                    "lost with an earlier driver before its state was saved; the sweep started over"
+                )
+                store.close_open_trials(session, self.sweep_id, "failed", lost)
 
     def trial_updated(self, update: TrialUpdate) -> None:
         """Create or update the trial's row."""

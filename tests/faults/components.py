@@ -29,7 +29,9 @@ from service.cli.stack import (
     wait_http,
 )
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+PG_BIN = PG_BINS[-1].parent if PG_BINS else Path("/usr/lib/postgresql/15/bin")
+"""Debian's PostgreSQL server binaries (``make tools`` installs them when missing)."""
 
 
 def _kill(proc: subprocess.Popen[bytes] | None) -> None:

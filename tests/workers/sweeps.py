@@ -45,7 +45,7 @@ class RecordingSink:
         if time.monotonic() < self.down_until:
             raise SinkUnavailableError("the database is unreachable (test)")
 
-    def sweep_started(self, experiment_path: str) -> None:
+    def sweep_started(self, experiment_path: str, over: bool = False) -> None:
         self.started.append(experiment_path)
 
     def trial_updated(self, update: TrialUpdate) -> None:

@@ -93,13 +93,17 @@ def run_sweep(
     storage_path = local_path(storage_path)
     path = str(Path(storage_path, experiment_name(sweep_uid)))
     progress = SweepProgress(spec, sink, sweep_uid, patience_s=patience_s)
-    progress.retrying(lambda: sink.sweep_started(path))
+    fs = storage_filesystem(storage_path)
+    restore = resume and tune.Tuner.can_restore(path, storage_filesystem=fs)
+    if resume and not restore:
+        log.warning("sweep %s: nothing on storage to resume from; starting over", sweep_uid)
+    progress.retrying(lambda: sink.sweep_started(path, over=resume and not restore))
     _LIVE[sweep_uid] = progress
     error, unavailable, lost = "", None, None
     t_tune = t_fit = time.perf_counter()
     try:
         with _environ(TUNE_ENV):
-            tuner = _tuner(spec, sweep_uid, storage_path, path, resume)
+            tuner = _tuner(spec, sweep_uid, storage_path, path, restore)
             t_fit = time.perf_counter()
             tuner.fit()
     except Exception as err:  # Tune itself, or a write, failed: the sweep fails
@@ -210,9 +214,9 @@ def trainable(spec: SweepSpec) -> Any:
     return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources.as_tune())
 
 
-def _tuner(spec: SweepSpec, sweep_uid: str, storage_path: str, path: str, resume: bool) -> Any:
+def _tuner(spec: SweepSpec, sweep_uid: str, storage_path: str, path: str, restore: bool) -> Any:
     fs = storage_filesystem(storage_path)
-    if resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
+    if restore:
         return tune.Tuner.restore(
             path,
             trainable(spec),

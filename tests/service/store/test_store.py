@@ -192,6 +192,18 @@ def test_sweep_end_closes_open_trials_and_is_final(factory) -> None:
         assert store.trial_counts(session, sweep) == {"cancelled": 1}
 
 
+def test_a_sweep_started_over_fails_the_trials_its_lost_driver_left_open(factory) -> None:
+    sink = DatabaseSink(factory, new_sweep(factory))
+    sink.sweep_started("/tmp/exp")
+    sink.trial_updated(TrialUpdate("t_00000", "running"))
+    sink.trial_updated(TrialUpdate("t_00001", "completed"))
+    sink.sweep_started("/tmp/exp", over=True)  # resumed with nothing on storage
+    with session_scope(factory) as session:
+        sweep = store.get_sweep(session, sink.sweep_id)
+        assert store.trial_counts(session, sweep) == {"failed": 1, "completed": 1}
+        assert "started over" in store.get_trial(session, sweep, 1).message
+
+
 def test_cancel_request_is_seen_by_the_sink_and_refused_once_completed(factory) -> None:
     sink = DatabaseSink(factory, new_sweep(factory))
     assert not sink.cancel_requested()

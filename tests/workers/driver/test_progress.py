@@ -56,7 +56,7 @@ class SlowSink:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
 
-    def sweep_started(self, experiment_path: str) -> None:
+    def sweep_started(self, experiment_path: str, over: bool = False) -> None:
         self.journal.note("sweep_started", experiment_path)
 
     def trial_updated(self, update: Any) -> None:
