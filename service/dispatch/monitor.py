@@ -2,9 +2,9 @@
 
 Runs in a daemon thread of the API process (the Jobs API client is synchronous). Every
 ``monitor_interval_seconds`` it stops the jobs of cancellations past their grace period and tops
-up the warm standby drivers; every ``RECONCILE_EVERY`` ticks it reconciles again (and checks
-the standbys' jobs), so a job that dies while the API runs is resumed without waiting for a
-restart.
+up the warm standby drivers; every ``RECONCILE_EVERY`` ticks it reconciles again (jobs that
+ended, drivers that stopped beating, a cluster that stopped answering; and the standbys' jobs),
+so a job that dies or hangs while the API runs is resumed without waiting for a restart.
 """
 
 from __future__ import annotations

@@ -1,20 +1,12 @@
 """The tracking sender: a thread of the API process that delivers every sweep to MLflow.
 
-What MLflow must hold is already in the database, written by the sweep jobs: each sweep, its
-trials (run name, configuration, status) and their epochs. For every sweep not yet fully
-delivered, the sender brings MLflow up to date, run by run and in order: the experiment, the
-parent run (created, then its parameters and the spec), each trial's run (created, nested
-under the parent; one ``log_batch`` with its configuration, the epochs MLflow lacks and, once
-final, its outcome; then closed), and last, once the sweep is final and every trial run closed,
-the parent's outcome and best trial, and its close. ``mlflow_runs`` advances only after MLflow
-accepted a request, in a short transaction of its own, so a crash repeats at most one request:
-a create is preceded by a search when an earlier attempt may have made the run, and metrics
-carry the epoch's own timestamp, which MLflow stores once.
-
-A sweep whose delivery fails is tried again after a capped exponential backoff of its own, for
-as long as it has something left to deliver; while any sweep waits, MLflow is asked one cheap
-question every :data:`PROBE_S`, and its first answer ends every wait. The sweep jobs and the API
-never wait for MLflow.
+What MLflow must hold is already in the database (sweeps, trials with their run names and
+configurations, epochs, statuses); for every sweep not yet fully delivered the sender brings
+MLflow up to date, run by run and in order, recording each accepted request in ``mlflow_runs``
+(:mod:`service.store.tracking`), so that a crash repeats at most one request and repeats are
+harmless. A sweep whose delivery fails waits a capped exponential backoff of its own; while any
+waits, MLflow is asked one cheap question every :data:`PROBE_S`, and its first answer ends every
+wait. ARCHITECTURE.md ("Tracking") has the order and why each step is safe to repeat.
 """
 
 from __future__ import annotations
@@ -24,7 +16,6 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -55,28 +46,6 @@ EPOCHS_PER_REQUEST = 100
 """Epochs of one run per ``log_batch`` (7 metrics each stays under MLflow's 1000)."""
 PROBE_S = 2.0
 """While deliveries back off, how often MLflow is asked whether it answers again."""
-
-
-@dataclass(frozen=True)
-class _SweepView:
-    """What the sender reads of a sweep, once per pass."""
-
-    id: int
-    uid: str
-    name: str
-    experiment_name: str
-    experiment_id: str | None
-    status: str
-    message: str
-    spec: dict[str, Any]
-    planned_trials: int
-    metric: str
-    goal: str
-    ended_ms: int
-
-    @property
-    def final(self) -> bool:
-        return self.status in FINAL_SWEEP_STATUSES
 
 
 class TrackingSender:
@@ -168,50 +137,38 @@ class TrackingSender:
             return
         self._rejected = False
         sweep = self._view(sweep_id)  # read before its trials: final here means they all are
-        experiment = sweep.experiment_id or self._experiment(sweep)
+        experiment = sweep.mlflow_experiment_id or self._experiment(sweep)
         parent = self._parent(sweep, experiment)
         with session_scope(self.factory) as session:
             trials = journal.trials_with_runs(session, sweep.id)
         for trial, state, last_epoch in trials:
             self._trial(sweep, experiment, parent, trial, state, last_epoch)
-        if sweep.final:
+        if sweep.status in FINAL_SWEEP_STATUSES:
             self._close_parent(sweep, parent)
             self._synced.pop(sweep_id, None)
         else:
             self._synced[sweep_id] = version
-        if not self._rejected:
+        if sweep.mlflow_error and not self._rejected:
             self._note(sweep_id, "")  # a complete pass: no error stands
 
-    def _view(self, sweep_id: int) -> _SweepView:
+    def _view(self, sweep_id: int) -> Sweep:
+        """The sweep's row as it is now (readable after its session: nothing expires)."""
         with session_scope(self.factory) as session:
-            s: Sweep = store.get_sweep(session, sweep_id)
-            return _SweepView(
-                id=s.id,
-                uid=s.uid,
-                name=s.name,
-                experiment_name=s.experiment_name,
-                experiment_id=s.mlflow_experiment_id,
-                status=s.status,
-                message=s.message,
-                spec=s.spec,
-                planned_trials=s.planned_trials,
-                metric=s.metric_name,
-                goal=s.metric_goal,
-                ended_ms=int((s.ended_at or s.updated_at).timestamp() * 1000),
-            )
+            return store.get_sweep(session, sweep_id)
 
-    def _experiment(self, sweep: _SweepView) -> str:
+    def _experiment(self, sweep: Sweep) -> str:
         experiment = self.runs.experiment(sweep.experiment_name)
         with session_scope(self.factory) as session:
             store.get_sweep(session, sweep.id).mlflow_experiment_id = experiment
         return experiment
 
-    def _parent(self, sweep: _SweepView, experiment: str) -> str:
+    def _parent(self, sweep: Sweep, experiment: str) -> str:
         key = journal.PARENT_KEY
         tags = parent_tags(sweep.uid, str(sweep.spec.get("method", "")))
         run_id = self._run_id(sweep, experiment, key, sweep.name, tags, {ROLE: "sweep"})
-        state = self._state(sweep.id, key)
-        if not state.params_sent:
+        with session_scope(self.factory) as session:
+            sent = journal.run_state(session, sweep.id, key).params_sent
+        if not sent:
             self._rejectable(
                 sweep, lambda: self.runs.log_text(run_id, _spec_text(sweep), SPEC_ARTIFACT)
             )
@@ -221,7 +178,7 @@ class TrackingSender:
 
     def _trial(
         self,
-        sweep: _SweepView,
+        sweep: Sweep,
         experiment: str,
         parent: str,
         trial: Trial,
@@ -259,27 +216,27 @@ class TrackingSender:
             self._rejectable(sweep, lambda: self.runs.close(run_id, RUN_STATUS[trial.status]))
             self._advance(sweep.id, trial.key, closed=True)
 
-    def _close_parent(self, sweep: _SweepView, parent: str) -> None:
+    def _close_parent(self, sweep: Sweep, parent: str) -> None:
         with session_scope(self.factory) as session:
             runs = journal.trials_with_runs(session, sweep.id)
             if any(state is None or not state.closed for _, state, _ in runs):
                 return  # a trial run could not be closed this pass; the next one retries
             s = store.get_sweep(session, sweep.id)
-            best = store.best_trial(session, s, sweep.metric, sweep.goal)
+            best = store.best_trial(session, s, sweep.metric_name, sweep.metric_goal)
             tags = outcome_tags(sweep.status, sweep.message)
             points: list[Point] = []
             if best is not None:
                 tags |= best_tags(best.trial.key, best.trial.params, best.trial.mlflow_run_id)
-                points = [Point(f"best_{sweep.metric}", best.value, sweep.ended_ms, 0)]
+                ended = int((sweep.ended_at or sweep.updated_at).timestamp() * 1000)
+                points = [Point(f"best_{sweep.metric_name}", best.value, ended, 0)]
         self._rejectable(sweep, lambda: self.runs.log(parent, points, tags=tags))
         self._rejectable(sweep, lambda: self.runs.close(parent, RUN_STATUS[sweep.status]))
         with session_scope(self.factory) as session:
-            journal.run_state(session, sweep.id, journal.PARENT_KEY).closed = True
-            store.get_sweep(session, sweep.id).mlflow_done = True
+            journal.delivered(session, sweep.id)
 
     def _run_id(
         self,
-        sweep: _SweepView,
+        sweep: Sweep,
         experiment: str,
         key: str,
         name: str,
@@ -288,43 +245,21 @@ class TrackingSender:
     ) -> str:
         """The run's id: known, found (after an attempt that may have made it), or created."""
         with session_scope(self.factory) as session:
-            state = journal.run_state(session, sweep.id, key)
-            if state.run_id is not None:
-                return state.run_id
-            tried = state.create_attempts
-            state.create_attempts += 1
-        found = (
-            self.runs.find_run(experiment, {SWEEP_UID: sweep.uid, **identity}) if tried else None
-        )
+            known, tried = journal.start_create(session, sweep.id, key)
+        if known is not None:
+            return known
+        identity = {SWEEP_UID: sweep.uid, **identity}
+        found = self.runs.find_run(experiment, identity) if tried else None
         run_id = found or self.runs.create_run(experiment, name, tags)
         with session_scope(self.factory) as session:
-            journal.run_state(session, sweep.id, key).run_id = run_id
-            if key == journal.PARENT_KEY:
-                store.get_sweep(session, sweep.id).parent_run_id = run_id
-            else:
-                store.set_trial_run(session, sweep.id, key, run_id)
+            journal.record_run(session, sweep.id, key, run_id)
         return run_id
 
-    def _state(self, sweep_id: int, key: str) -> MlflowRun:
+    def _advance(self, sweep_id: int, key: str, **done: Any) -> None:
         with session_scope(self.factory) as session:
-            return journal.run_state(session, sweep_id, key)
+            journal.advance(session, sweep_id, key, **done)
 
-    def _advance(
-        self,
-        sweep_id: int,
-        key: str,
-        *,
-        params_sent: bool = False,
-        step: int | None = None,
-        closed: bool = False,
-    ) -> None:
-        with session_scope(self.factory) as session:
-            state = journal.run_state(session, sweep_id, key)
-            state.params_sent = state.params_sent or params_sent
-            state.logged_step = max(state.logged_step, step or 0)
-            state.closed = state.closed or closed
-
-    def _rejectable(self, sweep: _SweepView, request: Any) -> None:
+    def _rejectable(self, sweep: Sweep, request: Any) -> None:
         """Make ``request``; one MLflow refuses for good is noted on the sweep and passed."""
         try:
             request()
@@ -354,17 +289,17 @@ def _last_epoch(epochs: list[EpochMetric]) -> int | None:
     return epochs[-1].epoch if epochs else None
 
 
-def _spec_text(sweep: _SweepView) -> str:
+def _spec_text(sweep: Sweep) -> str:
     return json.dumps(sweep.spec, indent=2)
 
 
-def _headline(sweep: _SweepView) -> dict[str, Any]:
+def _headline(sweep: Sweep) -> dict[str, Any]:
     """The parent run's parameters, read from the stored (validated) specification."""
     spec = sweep.spec
     return {
         "sweep.method": spec.get("method"),
-        "sweep.metric": sweep.metric,
-        "sweep.goal": sweep.goal,
+        "sweep.metric": sweep.metric_name,
+        "sweep.goal": sweep.metric_goal,
         "sweep.num_trials": sweep.planned_trials,
         "sweep.epochs": spec.get("epochs"),
         "sweep.dataset": spec.get("dataset"),

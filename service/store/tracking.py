@@ -42,6 +42,52 @@ def run_state(session: Session, sweep_id: int, key: str) -> MlflowRun:
     return row
 
 
+def start_create(session: Session, sweep_id: int, key: str) -> tuple[str | None, int]:
+    """The run's id if MLflow made it; otherwise how many create requests went before this
+    one (which it counts): after one, the run may exist, made by a request whose answer was
+    lost."""
+    state = run_state(session, sweep_id, key)
+    if state.run_id is not None:
+        return state.run_id, 0
+    state.create_attempts += 1
+    return None, state.create_attempts - 1
+
+
+def record_run(session: Session, sweep_id: int, key: str, run_id: str) -> None:
+    """MLflow made (or has) the run: remember it there and where the API links to it."""
+    run_state(session, sweep_id, key).run_id = run_id
+    if key == PARENT_KEY:
+        session.execute(update(Sweep).where(Sweep.id == sweep_id).values(parent_run_id=run_id))
+    else:
+        session.execute(
+            update(Trial)
+            .where(Trial.sweep_id == sweep_id, Trial.key == key)
+            .values(mlflow_run_id=run_id)
+        )
+
+
+def advance(
+    session: Session,
+    sweep_id: int,
+    key: str,
+    *,
+    params_sent: bool = False,
+    step: int | None = None,
+    closed: bool = False,
+) -> None:
+    """MLflow accepted the run's parameters, its epochs up to ``step``, or its close."""
+    state = run_state(session, sweep_id, key)
+    state.params_sent = state.params_sent or params_sent
+    state.logged_step = max(state.logged_step, step or 0)
+    state.closed = state.closed or closed
+
+
+def delivered(session: Session, sweep_id: int) -> None:
+    """MLflow has all of the sweep, its parent run closed last."""
+    run_state(session, sweep_id, PARENT_KEY).closed = True
+    session.execute(update(Sweep).where(Sweep.id == sweep_id).values(mlflow_done=True))
+
+
 def trials_with_runs(session: Session, sweep_id: int) -> list[tuple[Trial, MlflowRun | None, int]]:
     """The sweep's trials in number order, each with its run's delivery state (None: none
     yet) and its last stored epoch (0: none)."""
