@@ -1,31 +1,35 @@
-"""A thin client of Ray's Jobs API (each sweep's driver runs as one Ray job), and the
+"""A client of Ray's Jobs REST API (each sweep's driver runs as one Ray job), and the
 :class:`JobClient` protocol that the service's dispatcher and standby pool are written against.
 
-Ray 2.60's ``ray start --head`` turns on token authentication: Jobs API clients send
-``Authorization: Bearer <token>``. The token is an argument; the service's settings hold it.
+It speaks the REST API (``/api/jobs/``) with a short timeout on every request, so a cluster that
+hangs fails a call within seconds instead of holding the API's request or its monitor. Ray 2.60's
+``ray start --head`` turns on token authentication: requests carry ``Authorization: Bearer
+<token>``; the token is an argument, the service's settings hold it.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from ray.job_submission import JobStatus, JobSubmissionClient
+import httpx
 
 from workers.errors import RayJobsError
 
 log = logging.getLogger(__name__)
-
 JobState = Literal["pending", "running", "succeeded", "failed", "stopped", "missing"]
 LIVE_JOB_STATES: frozenset[str] = frozenset({"pending", "running"})
 """States of a job that has not ended."""
-_STATES: dict[JobStatus, JobState] = {
-    JobStatus.PENDING: "pending",
-    JobStatus.RUNNING: "running",
-    JobStatus.SUCCEEDED: "succeeded",
-    JobStatus.FAILED: "failed",
-    JobStatus.STOPPED: "stopped",
+_STATES: dict[str, JobState] = {
+    "PENDING": "pending",
+    "RUNNING": "running",
+    "SUCCEEDED": "succeeded",
+    "FAILED": "failed",
+    "STOPPED": "stopped",
 }
+TIMEOUT_S = 5.0
+"""The longest one request to the Jobs API may take."""
 
 
 class JobClient(Protocol):
@@ -46,22 +50,16 @@ class RayJobs:
     """Submit, follow and stop Ray jobs on the cluster whose dashboard is ``dashboard_url``.
 
     Every method raises :class:`~workers.errors.RayJobsError` when the cluster cannot be reached
-    or refuses the request. The connection is made on first use.
+    within ``timeout`` seconds or refuses the request. Thread safe.
     """
 
-    def __init__(self, dashboard_url: str, token: str | None = None) -> None:
+    def __init__(
+        self, dashboard_url: str, token: str | None = None, timeout: float = TIMEOUT_S
+    ) -> None:
         self.dashboard_url = dashboard_url.rstrip("/")
-        self._token = token
-        self._client: JobSubmissionClient | None = None
-
-    def _jobs(self) -> JobSubmissionClient:
-        if self._client is None:
-            headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
-            try:
-                self._client = JobSubmissionClient(self.dashboard_url, headers=headers)
-            except Exception as err:  # ConnectionError, RuntimeError, requests errors
-                raise RayJobsError(f"Ray's Jobs API at {self.dashboard_url}: {err}") from err
-        return self._client
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.dashboard_url, headers=headers, timeout=timeout)
+        atexit.register(self._http.close)
 
     def submit(self, entrypoint: str, submission_id: str, env_vars: dict[str, str]) -> str:
         """Start ``entrypoint`` (a shell command) as job ``submission_id``; returns the id.
@@ -69,45 +67,49 @@ class RayJobs:
         ``env_vars`` is the job's environment on top of the cluster's. Use absolute paths
         (``sys.executable``): the job's PATH is the cluster's, not the caller's.
         """
-        try:
-            return self._jobs().submit_job(
-                entrypoint=entrypoint,
-                submission_id=submission_id,
-                runtime_env={"env_vars": dict(env_vars)},
-            )
-        except RayJobsError:
-            raise
-        except Exception as err:
-            raise RayJobsError(f"submitting job {submission_id} failed: {err}") from err
+        body = {
+            "entrypoint": entrypoint,
+            "submission_id": submission_id,
+            "runtime_env": {"env_vars": dict(env_vars)},
+        }
+        what = f"submitting job {submission_id}"
+        answer = self._request("POST", "/api/jobs/", what, body)
+        if answer is None:  # the dashboard is up, its Jobs API not yet
+            raise RayJobsError(f"{what}: Ray's Jobs API at {self.dashboard_url} is not ready")
+        return str(answer["submission_id"])
 
     def status(self, job_id: str) -> JobState:
         """The job's state; ``missing`` when the cluster does not know it (e.g. restarted)."""
-        try:
-            return _STATES[self._jobs().get_job_status(job_id)]
-        except RayJobsError:
-            raise
-        except RuntimeError as err:
-            if "404" in str(err) or "does not exist" in str(err):
-                log.info("job %s is missing: %s", job_id, err)
-                return "missing"
-            raise RayJobsError(f"status of job {job_id}: {err}") from err
-        except Exception as err:
-            raise RayJobsError(f"status of job {job_id}: {err}") from err
+        answer = self._request("GET", f"/api/jobs/{job_id}", f"status of job {job_id}")
+        if answer is None:
+            return "missing"
+        return _STATES[str(answer["status"])]
 
     def stop(self, job_id: str) -> bool:
         """Ask the job to stop (SIGTERM, then SIGKILL); False when it had already ended."""
-        try:
-            return bool(self._jobs().stop_job(job_id))
-        except RayJobsError:
-            raise
-        except Exception as err:
-            raise RayJobsError(f"stopping job {job_id} failed: {err}") from err
+        answer = self._request("POST", f"/api/jobs/{job_id}/stop", f"stopping job {job_id}")
+        return bool(answer and answer.get("stopped"))
 
     def logs(self, job_id: str) -> str:
         """The job's output so far (driver stdout and stderr)."""
+        answer = self._request("GET", f"/api/jobs/{job_id}/logs", f"logs of job {job_id}")
+        return str((answer or {}).get("logs", ""))
+
+    def _request(
+        self, method: str, path: str, what: str, body: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """The JSON answer, or None when the job does not exist (404)."""
         try:
-            return str(self._jobs().get_job_logs(job_id))
-        except RayJobsError:
-            raise
-        except Exception as err:
-            raise RayJobsError(f"logs of job {job_id}: {err}") from err
+            r = self._http.request(method, path, json=body)
+        except httpx.HTTPError as err:
+            raise RayJobsError(f"{what}: Ray's Jobs API at {self.dashboard_url}: {err}") from err
+        if r.status_code == 404:
+            log.info("%s: the cluster does not know the job: %s", what, r.text[:200])
+            return None
+        if r.status_code != 200:
+            raise RayJobsError(f"{what} failed: HTTP {r.status_code}: {r.text[:500]}")
+        try:
+            answer: dict[str, Any] = r.json()
+        except ValueError as err:
+            raise RayJobsError(f"{what}: not JSON: {r.text[:200]}") from err
+        return answer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import socket
 import sys
 import time
 import uuid
@@ -53,3 +54,14 @@ def test_wrong_token_is_refused(ray_cluster) -> None:
     jobs = RayJobs(ray_cluster.dashboard_url, token="0" * 64)
     with pytest.raises(RayJobsError):
         jobs.submit(python("print(1)"), f"test-{uuid.uuid4().hex[:8]}", {})
+
+
+def test_a_cluster_that_never_answers_fails_a_call_within_its_timeout() -> None:
+    with socket.socket() as silent:  # accepts connections (the kernel does), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        jobs = RayJobs(f"http://127.0.0.1:{silent.getsockname()[1]}", token="t", timeout=1.0)
+        start = time.monotonic()
+        with pytest.raises(RayJobsError, match="status of job j"):
+            jobs.status("j")
+        assert time.monotonic() - start < 5
