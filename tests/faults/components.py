@@ -134,6 +134,24 @@ def _kill_naming(markers: list[str]) -> None:
                 os.kill(int(entry.name), signal.SIGKILL)
 
 
+def trial_workers(marker: str) -> list[int]:
+    """Process ids of the Tune trial actors (``ray::ImplicitFunc``) of the cluster whose
+    processes name ``marker`` (its temp directory) in their environment; read from ``/proc``,
+    so this process never joins a cluster."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(b"ray::ImplicitFunc") and marker.encode() in env:
+            found.append(int(entry.name))
+    return found
+
+
 def workers_of(node: subprocess.Popen[bytes]) -> list[int]:
     """Process ids of the Ray workers a node's raylet started (they run in sessions of their
     own, so they are found by their parent, a process of the node's group)."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults.components import workers_of
+from tests.faults.components import trial_workers, workers_of
 from tests.faults.service import (
     assert_curves_complete,
     assert_mlflow_matches,
@@ -18,7 +18,6 @@ from tests.faults.service import (
     long_body,
 )
 from tests.service.helpers import make_settings, wait_for
-from tests.workers.sweeps import alive_trial_worker_pids
 
 pytestmark = pytest.mark.slow
 
@@ -37,9 +36,7 @@ def test_f1_a_trial_worker_killed_three_times_loses_no_epoch(
             seen = api.wait_epochs(sweep_id, seen + 10)
             wait_for(lambda: api.trials(sweep_id), _one_trains, 120, "a trial mid-training")
             pids = wait_for(
-                lambda: [
-                    p for p in alive_trial_worker_pids(ray_cluster.address) if p not in killed
-                ],
+                lambda: [p for p in trial_workers(ray_cluster.temp_dir) if p not in killed],
                 bool,
                 60,
                 "its worker",
