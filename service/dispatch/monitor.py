@@ -11,47 +11,42 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 from collections.abc import Callable
 
 from service.dispatch.dispatcher import Dispatcher
+from service.dispatch.loop import Loop
 
 log = logging.getLogger(__name__)
 RECONCILE_EVERY = 5
 
 
 class Monitor:
-    """Starts and stops the background loop around a :class:`Dispatcher`."""
+    """The background loop around a :class:`Dispatcher` (see the module)."""
 
     def __init__(self, dispatcher: Dispatcher, interval: float) -> None:
         self.dispatcher = dispatcher
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sweeps-monitor", daemon=True)
+        self._ticks = 0
+        self.loop = Loop("sweeps-monitor", interval, self._tick)
 
     def start(self) -> None:
         """Start the loop; its first act is a full reconciliation."""
-        self._thread.start()
+        self.loop.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the loop to end and wait for it."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        self.loop.stop(timeout)
 
-    def _run(self) -> None:
-        tick = 0
-        while not self._stop.is_set():
-            full = tick % RECONCILE_EVERY == 0
-            if full:
-                self._guard(self.dispatcher.reconcile)
-            self._guard(self.dispatcher.enforce_cancel_deadlines)
-            self._guard(functools.partial(self.dispatcher.keep_warm, check_jobs=full))
-            tick += 1
-            self._stop.wait(self.interval)
+    def _tick(self) -> None:
+        full = self._ticks % RECONCILE_EVERY == 0
+        self._ticks += 1
+        if full:
+            self._guard(self.dispatcher.reconcile)
+        self._guard(self.dispatcher.enforce_cancel_deadlines)
+        self._guard(functools.partial(self.dispatcher.keep_warm, check_jobs=full))
 
     @staticmethod
     def _guard(step: Callable[[], None]) -> None:
+        """One step's failure must not skip the others (each is logged)."""
         try:
             step()
         except Exception:  # the loop must survive a database or network hiccup

@@ -14,13 +14,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import threading
 import time
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
+from service.dispatch.loop import Loop
 from service.errors import StorageError
 from service.store import tracking as journal
 from service.store.db import session_scope
@@ -61,35 +61,21 @@ class TrackingSender:
     ) -> None:
         self.factory = factory
         self.runs = runs
-        self.poll_s = poll_s
         self.backoff_s = backoff_s
         self._synced: dict[int, str] = {}  # sweep id -> its version when last fully delivered
         self._rejected = False  # MLflow refused a request of the sweep being delivered
         self._delay: dict[int, float] = {}  # sweep id -> its current backoff
         self._retry_at: dict[int, float] = {}  # sweep id -> when to try it again
         self._probed_at = float("-inf")  # when MLflow was last asked whether it answers
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tracking-sender", daemon=True)
+        self.loop = Loop("tracking-sender", poll_s, self.deliver_due)
 
     def start(self) -> None:
         """Start delivering."""
-        self._thread.start()
+        self.loop.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop after the request in flight."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.deliver_due()
-            except StorageError as err:  # the database is down: everything waits for it
-                log.warning("tracking: cannot read the database: %s", err)
-            except Exception:  # the thread must outlive any one failure
-                log.exception("tracking: delivery pass failed")
-            self._stop.wait(self.poll_s)
+        self.loop.stop(timeout)
 
     def deliver_due(self) -> None:
         """One pass: every undelivered sweep whose backoff is over (all of them, as soon as
@@ -106,7 +92,7 @@ class TrackingSender:
             else:
                 self._retry_at.clear()
         for sweep_id in ids:
-            if self._stop.is_set():
+            if self.loop.stopping.is_set():
                 return
             if self._retry_at.get(sweep_id, 0.0) <= now:
                 self._try(sweep_id)

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 from psycopg import sql
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.store.db import init_db, make_engine, make_session_factory
 
 
 @dataclass(frozen=True)
@@ -102,3 +105,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'sweeps.db'}"
     factory: Callable[[], str] = request.getfixturevalue("pg_database_factory")
     return factory()
+
+
+@pytest.fixture
+def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on a migrated, empty database, on each backend (see ``database_url``)."""
+    engine = make_engine(database_url)
+    init_db(engine)
+    yield make_session_factory(engine)
+    engine.dispose()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
@@ -15,7 +13,7 @@ from service.cli.stack import free_port
 from service.dispatch.tracking import TrackingSender
 from service.job.sink import DatabaseSink
 from service.store import tracking as journal
-from service.store.db import init_db, make_engine, make_session_factory, session_scope
+from service.store.db import session_scope
 from service.store.models import MlflowRun
 from tests.specs import digits_body
 from workers.errors import TrackingError
@@ -25,14 +23,6 @@ from workers.tracking import MlflowRuns
 
 A, B = "t_00000", "t_00001"
 SPEC = SweepSpec.model_validate(digits_body({"optim.lr": [0.01, 10.0]}, method="grid"))
-
-
-@pytest.fixture
-def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    init_db(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def new_sweep(factory: sessionmaker[Session]) -> DatabaseSink:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import store
 from service.api.app import create_app
 from service.config import Settings
-from service.store.db import init_db, make_engine, make_session_factory, session_scope
+from service.store.db import session_scope
 from service.store.models import Sweep
 from workers.events import TrialUpdate
 from workers.spec import SweepSpec
@@ -53,13 +52,6 @@ def run_at_once(n: int, work: Callable[[int], T]) -> list[T]:
 
 class TestConcurrentSubmissions:
     """Every backend keeps every sweep submitted concurrently, exactly once."""
-
-    @pytest.fixture
-    def factory(self, database_url: str) -> Iterator[sessionmaker[Session]]:
-        engine = make_engine(database_url)
-        init_db(engine)
-        yield make_session_factory(engine)
-        engine.dispose()
 
     def count(self, factory: sessionmaker[Session]) -> int:
         with session_scope(factory) as session:

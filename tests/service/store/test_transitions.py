@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
 from service.errors import SweepFinishedError
-from service.store.db import init_db, make_engine, make_session_factory, session_scope
+from service.store.db import session_scope
 from tests.specs import digits_body
 from workers.events import TrialUpdate
 from workers.spec import SweepSpec
@@ -25,14 +24,6 @@ from workers.spec import SweepSpec
 SPEC = SweepSpec.model_validate(digits_body({"optim.lr": [0.1]}))
 HELD_S = 0.5
 """How long the first session keeps its write open while the second one waits on it."""
-
-
-@pytest.fixture
-def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    init_db(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def new_sweep(factory: sessionmaker[Session], status: str = "pending") -> int:
