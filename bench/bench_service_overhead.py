@@ -214,7 +214,7 @@ def toolbox_run(body: dict[str, Any], n: int) -> float:
 
     spec = SweepSpec.model_validate(body)
     keys = list(spec.parameters)
-    combos = list(itertools.product(*(spec.parameters[k].candidates() for k in keys)))
+    combos = list(itertools.product(*(spec.parameters[k].grid_values() for k in keys)))
     assert len(combos) == n, (len(combos), n)
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(spec.max_concurrent * spec.resources_per_trial.cpu)))

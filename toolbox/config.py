@@ -7,9 +7,10 @@ names (``optim.lr``, ``augment.hflip_p``) that the sweep search space and MLflow
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import functools
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 DatasetName = Literal["digits", "mnist", "fashion_mnist", "cifar10"]
 InputNorm = Literal["none", "unit", "symmetric", "standardize", "per_instance"]
@@ -42,7 +43,7 @@ class DataConfig(StrictModel):
     dataset: DatasetName = "digits"
     data_dir: str | None = None
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    split_seed: int = Field(0, ge=0)
+    split_seed: int = Field(0, ge=0, le=2**31 - 1)
     download: bool = True
 
 
@@ -132,7 +133,7 @@ class ModelConfig(ModelShape):
     """
 
     norm: HiddenNorm = "none"
-    groups: int = Field(4, ge=1)
+    groups: int = Field(4, ge=1, le=4096)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     dropout_conv: bool = False
     dropconnect: bool = False
@@ -216,7 +217,7 @@ class TrialConfig(StrictModel):
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     epochs: int = Field(5, ge=1, le=1000)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
     device: DeviceName = "auto"
 
     def flatten(self) -> dict[str, Any]:
@@ -262,3 +263,36 @@ def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
 def setting_names() -> list[str]:
     """All dotted setting names a sweep may vary."""
     return sorted(TrialConfig().flatten())
+
+
+@functools.cache
+def setting_values(name: str) -> TypeAdapter[list[Any]]:
+    """Validates a list of values of the dotted setting ``name`` alone: its type and bounds
+    (the rules that tie it to other settings are its section's, see :func:`section_of`)."""
+    model: type[BaseModel] = TrialConfig
+    *sections, leaf = name.split(".")
+    for section in sections:
+        model = section_model(section)
+    field = model.model_fields[leaf]
+    value: Any = (
+        Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+    )
+    return TypeAdapter(list[value])
+
+
+def section_model(section: str) -> type[BaseModel]:
+    """The settings model of a section of :class:`TrialConfig` (``model``, ``optim``...)."""
+    annotation = TrialConfig.model_fields[section].annotation
+    assert isinstance(annotation, type) and issubclass(annotation, BaseModel), section
+    return annotation
+
+
+def sections_with_rules() -> list[str]:
+    """The sections whose model checks rules across its settings (a model validator)."""
+    return [
+        name
+        for name, field in TrialConfig.model_fields.items()
+        if isinstance(field.annotation, type)
+        and issubclass(field.annotation, BaseModel)
+        and field.annotation.__pydantic_decorators__.model_validators
+    ]

@@ -24,13 +24,24 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-from toolbox.config import DatasetName, ModelShape, StrictModel, TrialConfig, setting_names
+from toolbox.config import (
+    DatasetName,
+    ModelShape,
+    StrictModel,
+    TrialConfig,
+    section_model,
+    sections_with_rules,
+    setting_names,
+    setting_values,
+)
 from toolbox.metrics import METRIC_NAMES
 
 Scalar = bool | int | float | str
 GRID_LIMIT = 1000
 """A grid that expands past this many trials is refused."""
-_CORNER_LIMIT = 4096
+CORNER_LIMIT = 2048
+"""Rules that tie a section's settings together are checked on every combination of the
+swept values (a range's ends) of that section while there are at most this many."""
 
 
 class FixedParam(StrictModel):
@@ -43,7 +54,17 @@ class FixedParam(StrictModel):
         """Whether trials get different values of it."""
         return False
 
-    def candidates(self) -> list[Scalar]:
+    @property
+    def count(self) -> int | None:
+        """How many values a grid enumerates."""
+        return 1
+
+    def grid_values(self) -> list[Scalar]:
+        """The values a grid enumerates."""
+        return [self.value]
+
+    def corners(self) -> list[Scalar]:
+        """The values validation checks: every value, a range's two ends."""
         return [self.value]
 
 
@@ -57,7 +78,17 @@ class ChoiceParam(StrictModel):
         """Whether trials get different values of it (a one-value list is fixed)."""
         return len(self.values) > 1
 
-    def candidates(self) -> list[Scalar]:
+    @property
+    def count(self) -> int | None:
+        """How many values a grid enumerates."""
+        return len(self.values)
+
+    def grid_values(self) -> list[Scalar]:
+        """The values a grid enumerates."""
+        return list(self.values)
+
+    def corners(self) -> list[Scalar]:
+        """The values validation checks: every value, a range's two ends."""
         return list(self.values)
 
 
@@ -86,10 +117,23 @@ class RangeParam(StrictModel):
         """Whether trials get different values of it (always: ``min`` is below ``max``)."""
         return True
 
-    def candidates(self) -> list[Scalar]:
-        """The values a grid enumerates (integers only) or the range's corners."""
+    @property
+    def count(self) -> int | None:
+        """How many values a grid enumerates: the integers of an ``int_uniform`` range,
+        counted, never listed; None for a continuous one."""
         if self.distribution == "int_uniform":
-            return list(range(int(self.min), int(self.max) + 1))
+            return int(self.max) - int(self.min) + 1
+        return None
+
+    def grid_values(self) -> list[Scalar]:
+        """The integers a grid enumerates (only for a grid within :data:`GRID_LIMIT`)."""
+        assert self.count is not None and self.count <= GRID_LIMIT, self
+        return list(range(int(self.min), int(self.max) + 1))
+
+    def corners(self) -> list[Scalar]:
+        """The values validation checks: the range's two ends."""
+        if self.distribution == "int_uniform":
+            return [int(self.min), int(self.max)]
         return [self.min, self.max]
 
 
@@ -216,8 +260,11 @@ class SweepSpec(StrictModel):
         return self
 
     def grid_size(self) -> int:
-        """Number of points of the grid spanned by the parameters' candidate values."""
-        return math.prod(len(p.candidates()) for p in self.parameters.values())
+        """Number of points of the grid, counted (a range is never listed). Only for grids:
+        they hold no continuous range."""
+        counts = [p.count for p in self.parameters.values()]
+        assert None not in counts, "a continuous range spans no grid"
+        return math.prod(c for c in counts if c is not None)
 
     @property
     def num_trials(self) -> int:
@@ -246,40 +293,45 @@ class SweepSpec(StrictModel):
         """Validate every parameter's values, and their combinations where few enough.
 
         A value that is invalid on its own (out of range, wrong type) is reported against its
-        parameter. Rules that tie settings together (Nesterov needs momentum, groups must
-        divide the width, DropConnect needs a drop rate) are checked on the combinations of
-        candidate values (a range's corners), so a parameter that is only valid together with
-        another one can still be swept.
+        parameter: every listed value, and a range's two ends. Rules that tie settings of a
+        section together (Nesterov needs momentum, groups must divide the width, DropConnect
+        needs a drop rate) are checked, section by section, on the combinations of those
+        values while there are at most :data:`CORNER_LIMIT`, so a parameter that is only valid
+        together with another can still be swept. Nothing is expanded: the cost grows with the
+        values listed, never with a range's size.
         """
-        base = self.base_config
         for key, p in self.parameters.items():
-            for value in p.candidates():
-                _validate(base, {key: value}, prefix=f"parameters.{key}", only_field=key)
-        options = [[(k, v) for v in p.candidates()] for k, p in self.parameters.items()]
-        if self.grid_size() <= _CORNER_LIMIT:
+            _check_values(key, p.corners())
+        base = self.base_config
+        for section in sections_with_rules():
+            swept = {k: p for k, p in self.parameters.items() if k.startswith(f"{section}.")}
+            combos = math.prod(len(p.corners()) for p in swept.values())
+            if not swept or combos > CORNER_LIMIT:
+                continue
+            start = getattr(base, section).model_dump()
+            options = [[(k, v) for v in p.corners()] for k, p in swept.items()]
             for combo in itertools.product(*options):
-                _validate(base, dict(combo), prefix="parameters")
+                _check_section(section, start, dict(combo))
 
 
-def _validate(
-    base: TrialConfig, flat: dict[str, Any], prefix: str, only_field: str | None = None
-) -> None:
-    """Raise ValueError naming the settings if ``flat`` applied to ``base`` is invalid.
-
-    With ``only_field``, only errors located at that setting count (cross-setting rules are
-    checked on combinations instead).
-    """
+def _check_values(key: str, values: list[Scalar]) -> None:
+    """Raise ValueError naming the parameter and the value if one is invalid alone."""
     try:
-        TrialConfig.from_flat(flat, base=base)
+        setting_values(key).validate_python(values)
     except ValidationError as err:
-        errors = err.errors()
-        if only_field is not None:
-            errors = [e for e in errors if ".".join(map(str, e["loc"])) == only_field]
-            if not errors:
-                return
-        first = errors[0]
-        where = ".".join(str(p) for p in first["loc"])
-        combo = ", ".join(f"{k}={v!r}" for k, v in flat.items())
-        raise ValueError(f"{prefix}: {combo} is invalid: {where}: {first['msg']}") from None
-    except ValueError as err:
-        raise ValueError(f"{prefix}: {err}") from None
+        first = err.errors()[0]
+        value = values[int(first["loc"][0])] if first["loc"] else values[0]
+        raise ValueError(
+            f"parameters.{key}: {key}={value!r} is invalid: {key}: {first['msg']}"
+        ) from None
+
+
+def _check_section(section: str, start: dict[str, Any], combo: dict[str, Any]) -> None:
+    """Raise ValueError naming the combination if it breaks a rule of its section."""
+    values = start | {key.split(".", 1)[1]: value for key, value in combo.items()}
+    try:
+        section_model(section).model_validate(values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        shown = ", ".join(f"{k}={v!r}" for k, v in combo.items())
+        raise ValueError(f"parameters: {shown} is invalid: {section}: {first['msg']}") from None

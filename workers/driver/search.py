@@ -2,7 +2,7 @@
 
 The three methods map onto what Tune already provides:
 
-- ``grid``: ``tune.grid_search`` over every parameter's candidates, one sample of the grid.
+- ``grid``: ``tune.grid_search`` over every parameter's values, one sample of the grid.
 - ``random``: Tune's distributions sampled by a :class:`BasicVariantGenerator` seeded with the
   sweep's seed, so the same specification samples the same trials.
 - ``bayes``: Optuna's TPE through :class:`OptunaSearch`, seeded, behind a
@@ -67,7 +67,7 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
 def _grid_domain(p: Parameter) -> Any:
     if isinstance(p, FixedParam):
         return p.value
-    return tune.grid_search(p.candidates())
+    return tune.grid_search(p.grid_values())
 
 
 def _sampled_domain(p: Parameter) -> Any:
