@@ -7,12 +7,16 @@ Build them with :func:`load_settings`; nothing is read at import time, so tests 
 from __future__ import annotations
 
 import ipaddress
+import os
 import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+import limits
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 STATE_DIR = Path(".sweeps")
 """Where the embedded stack keeps its state (database, MLflow store, Tune experiments, logs)."""
@@ -20,6 +24,10 @@ STATE_DIR = Path(".sweeps")
 
 def _default_database_url() -> str:
     return f"sqlite:///{(STATE_DIR / 'sweeps.db').resolve()}"
+
+
+def _default_database_url_file() -> Path:
+    return (STATE_DIR / "secrets" / "database-url").resolve()
 
 
 def _default_storage_path() -> str:
@@ -52,6 +60,18 @@ def _secret_problem(secret: SecretStr | None) -> str | None:
     return None
 
 
+def _database_password_problem(url: str) -> str | None:
+    """Why the password of a server database's URL is not fit for production (SQLite has
+    none), or None when it is."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None  # not a URL at all: the engine says so when it starts
+    if parsed.get_backend_name() == "sqlite":
+        return None
+    return _secret_problem(SecretStr(parsed.password or ""))
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -66,7 +86,10 @@ class Settings(BaseSettings):
 
     Attributes:
         database_url: SQLAlchemy URL; SQLite under ``.sweeps/`` by default, or
-            ``postgresql+psycopg://user:pass@host/db``.
+            ``postgresql+psycopg://user:pass@host/db``. When it is not set, it is read from
+            ``database_url_file`` if that file exists.
+        database_url_file: where sweep jobs read the database URL (the API writes it there,
+            mode 0600); jobs get this path, never the URL, which carries the password.
         ray_address: the Ray cluster's GCS address (``ray start --head --port``).
         ray_dashboard_url: the Ray dashboard, which serves the Jobs API sweeps are submitted to.
         ray_auth_token: Ray's token when the cluster uses token auth; by default the content of
@@ -78,8 +101,8 @@ class Settings(BaseSettings):
         api_token: the bearer token every route but ``/healthz`` requires (see
             :mod:`service.api.auth`); never sent to jobs. Without it the API must bind to loopback.
         env: ``development`` or ``production``; production refuses to start unless
-            ``api_token`` and ``ray_auth_token`` are real secrets (set, no placeholder, at
-            least 16 characters).
+            ``api_token``, ``ray_auth_token`` and a server database's password are real
+            secrets (set, no placeholder, at least 16 characters).
         host, port: where ``sweeps up`` serves the API.
         public_url: the API's public base URL for self links (default ``http://host:port``).
         job_python: the interpreter a Ray job runs ``-m service.job`` with.
@@ -89,12 +112,21 @@ class Settings(BaseSettings):
         warm_drivers: standby sweep jobs kept started and waiting while no sweep runs, so a
             submitted sweep skips the job's start-up (see :mod:`service.dispatch.standby`); 0 starts
             a job per sweep on demand.
+        max_body_bytes, rate_limit, max_open_sweeps, max_held_polls, max_wait_seconds,
+            max_trial_epochs: the API's limits (see :mod:`service.api.limits`): request body
+            size, requests per token or client address (``600/minute``), sweeps queued or
+            running at once, long polls one client holds at once, the longest ``?wait=``, and
+            a sweep's trials x epochs.
+        data_dir, data_download: where trial workers read data sets (default
+            ``~/.cache/toolbox-sweeps/data``) and whether they may download a missing one
+            there; deployment settings, never sweep parameters.
     """
 
     model_config = SettingsConfigDict(env_prefix="SWEEPS_", extra="ignore")
 
     # repr=False: a PostgreSQL URL carries its password, and settings get logged.
     database_url: str = Field(default_factory=_default_database_url, repr=False)
+    database_url_file: Path = Field(default_factory=_default_database_url_file)
     ray_address: str = "127.0.0.1:6380"
     ray_dashboard_url: str = "http://127.0.0.1:8265"
     ray_auth_token: SecretStr | None = Field(default_factory=_default_ray_token)
@@ -116,6 +148,20 @@ class Settings(BaseSettings):
     stuck_after_seconds: float = Field(120.0, gt=0)
     ray_grace_seconds: float = Field(300.0, gt=0)
     tracking_backoff_seconds: float = Field(30.0, gt=0)
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    rate_limit: str = "600/minute"
+    max_open_sweeps: int = Field(20, ge=1)
+    max_held_polls: int = Field(8, ge=1)
+    max_wait_seconds: float = Field(60.0, gt=0, le=60)
+    max_trial_epochs: int = Field(200_000, ge=1)
+    data_dir: str | None = None
+    data_download: bool = True
+
+    @model_validator(mode="after")
+    def _read_database_url_file(self) -> Settings:
+        if "database_url" not in self.model_fields_set and self.database_url_file.is_file():
+            self.database_url = self.database_url_file.read_text().strip()
+        return self
 
     @model_validator(mode="after")
     def _fill_links(self) -> Settings:
@@ -124,6 +170,18 @@ class Settings(BaseSettings):
         if self.public_url is None:
             self.public_url = f"http://{self.host}:{self.port}"
         return self
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _parse_rate(cls, value: str) -> str:
+        try:
+            limits.parse(value)
+        except ValueError as err:
+            raise ValueError(
+                f"SWEEPS_RATE_LIMIT={value!r} is not a rate; write it as 600/minute, 20/second "
+                f"or 5000/hour ({err})"
+            ) from None
+        return value
 
     @model_validator(mode="after")
     def _check_liveness(self) -> Settings:
@@ -143,6 +201,8 @@ class Settings(BaseSettings):
                 for name in PRODUCTION_SECRETS
                 if (problem := _secret_problem(getattr(self, name)))
             ]
+            if (problem := _database_password_problem(self.database_url)) is not None:
+                problems.append(f"the password in SWEEPS_DATABASE_URL {problem}")
             if problems:
                 raise ValueError(
                     f"refusing to start in production: {'; '.join(problems)}. Generate each "
@@ -168,12 +228,31 @@ class Settings(BaseSettings):
     def job_env(self) -> dict[str, str]:
         """What a sweep job needs to rebuild these settings (never the API token)."""
         return {
-            "SWEEPS_DATABASE_URL": self.database_url,
+            # The URL's path, never the URL: a job's environment is readable through Ray's
+            # Jobs API and dashboard, and every trial worker inherits it.
+            "SWEEPS_DATABASE_URL_FILE": str(self.database_url_file),
             "SWEEPS_STORAGE_PATH": self.storage_path,
+            "SWEEPS_DATA_DOWNLOAD": str(self.data_download).lower(),
+            **({"SWEEPS_DATA_DIR": self.data_dir} if self.data_dir else {}),
             "SWEEPS_RAY_ADDRESS": self.ray_address,
             "SWEEPS_DB_PATIENCE_SECONDS": str(self.db_patience_seconds),
             "SWEEPS_HEARTBEAT_SECONDS": str(self.heartbeat_seconds),
         }
+
+
+def write_database_url_file(settings: Settings) -> Path:
+    """Write ``settings.database_url`` to ``settings.database_url_file``, readable by this user
+    only (mode 0600, replaced atomically), where sweep jobs read it; return the path."""
+    path = settings.database_url_file
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.is_file() and path.read_text().strip() == settings.database_url:
+        return path
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(settings.database_url + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -43,3 +43,21 @@ class SweepFinishedError(ConflictError):
 
 class DispatchError(ServiceError):
     """A sweep's Ray job could not be submitted, queried or stopped."""
+
+
+class InputLimitError(ServiceError):
+    """A well-formed request asks for more than this deployment allows (422); ``field`` is
+    where, the message names the limit and the fix."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class TooManyError(ServiceError):
+    """Too many requests, open sweeps or held long polls right now (429); ``retry_after``
+    seconds until it is worth trying again, when known."""
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -135,3 +135,17 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
     finally:
         kill_group(proc)
         log.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_database_url_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Settings built without ``database_url_file`` write the session's own file, never the
+    checkout's ``.sweeps/secrets`` (where a developer's stack keeps its own)."""
+    path = tmp_path_factory.mktemp("secrets") / "database-url"
+    saved = os.environ.get("SWEEPS_DATABASE_URL_FILE")
+    os.environ["SWEEPS_DATABASE_URL_FILE"] = str(path)
+    yield
+    if saved is None:
+        os.environ.pop("SWEEPS_DATABASE_URL_FILE", None)
+    else:
+        os.environ["SWEEPS_DATABASE_URL_FILE"] = saved

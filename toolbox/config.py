@@ -260,9 +260,15 @@ def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+MACHINE_SETTINGS = ("data.data_dir", "data.download")
+"""Settings of the machine that trains, not of a trial: where data sets live and whether they
+may be downloaded there. Whoever runs the trainer sets them (the service: its deployment
+settings); a sweep never varies them."""
+
+
 def setting_names() -> list[str]:
     """All dotted setting names a sweep may vary."""
-    return sorted(TrialConfig().flatten())
+    return sorted(k for k in TrialConfig().flatten() if k not in MACHINE_SETTINGS)
 
 
 @functools.cache

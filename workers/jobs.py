@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import httpx
@@ -44,6 +45,16 @@ class JobClient(Protocol):
     def status(self, job_id: str) -> JobState: ...
 
     def stop(self, job_id: str) -> bool: ...
+
+    def nodes(self) -> list[Node]: ...
+
+
+@dataclass(frozen=True)
+class Node:
+    """A live node of the cluster and what it has (``CPU``, ``GPU``, memory... as Ray counts)."""
+
+    name: str
+    resources: dict[str, float]
 
 
 class RayJobs:
@@ -89,6 +100,16 @@ class RayJobs:
         """Ask the job to stop (SIGTERM, then SIGKILL); False when it had already ended."""
         answer = self._request("POST", f"/api/jobs/{job_id}/stop", f"stopping job {job_id}")
         return bool(answer and answer.get("stopped"))
+
+    def nodes(self) -> list[Node]:
+        """The cluster's live nodes."""
+        answer = self._request("GET", "/api/v0/nodes?detail=true", "listing the nodes") or {}
+        found = answer.get("data", {}).get("result", {}).get("result", [])
+        return [
+            Node(str(n.get("node_ip") or n.get("node_id")), dict(n.get("resources_total") or {}))
+            for n in found
+            if n.get("state") == "ALIVE"
+        ]
 
     def logs(self, job_id: str) -> str:
         """The job's output so far (driver stdout and stderr)."""

@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from toolbox.config import (
+    MACHINE_SETTINGS,
     DatasetName,
     ModelShape,
     StrictModel,
@@ -230,6 +231,11 @@ class SweepSpec(StrictModel):
             )
         known = setting_names()
         for key in v:
+            if key in MACHINE_SETTINGS:
+                raise ValueError(
+                    f"'{key}' is a deployment setting of the workers (SWEEPS_DATA_DIR, "
+                    "SWEEPS_DATA_DOWNLOAD), not a sweep parameter; remove it from parameters"
+                )
             if key not in known:
                 near = difflib.get_close_matches(key, known, n=3)
                 hint = f"did you mean {', '.join(near)}?" if near else "see GET /settings"

@@ -5,7 +5,8 @@ database cannot be reached: the API starts anyway, and answers 503 meanwhile), b
 dispatcher and starts the monitor, whose first act is to reconcile the database with what Ray
 is really running, and the tracking sender; at shutdown it retires the warm standby drivers the
 monitor started.
-Access control is one middleware (:class:`service.api.auth.BearerAuthMiddleware`).
+Access control is one middleware (:class:`service.api.auth.BearerAuthMiddleware`); the body size
+and request rate limits are two more, outside it (:mod:`service.api.limits`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fastapi import FastAPI
 
 from service.api.auth import BearerAuthMiddleware
 from service.api.error_handlers import install_error_handlers
+from service.api.limits import BodyLimitMiddleware, HeldPolls, RateLimitMiddleware
 from service.api.routes import health, sweeps
 from service.api.views import Views
 from service.config import Settings, load_settings
@@ -85,7 +87,10 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.state.held_polls = HeldPolls(settings.max_held_polls)
     app.add_middleware(BearerAuthMiddleware, token=settings.api_token)
+    app.add_middleware(RateLimitMiddleware, rate=settings.rate_limit)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)  # outermost
     install_error_handlers(app)
     app.include_router(sweeps.router)
     app.include_router(health.router)

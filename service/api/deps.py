@@ -61,7 +61,9 @@ ViewsDep = Annotated[Views, Depends(get_views)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 
 
-SweepId = Annotated[int, Path(ge=1, description="the sweep's id")]
+MAX_ID = 2**31 - 1
+"""The largest id, number or offset a path or query may name (both databases store it)."""
+SweepId = Annotated[int, Path(ge=1, le=MAX_ID, description="the sweep's id")]
 
 
 def get_sweep(session: SessionDep, sweep_id: SweepId) -> Sweep:

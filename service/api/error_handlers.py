@@ -1,4 +1,5 @@
-"""HTTP translation of errors: the service's own (404, 409, 503) and request validation (422).
+"""HTTP translation of errors: the service's own (404, 409, 429, 503) and request validation and
+limits (422).
 
 A 422 body is ``{"detail": [{"field", "message", "loc", "type"}]}``: ``field`` is the dotted
 place in the request, ``message`` says what to change. Inputs are never echoed back, so a
@@ -20,9 +21,11 @@ from service.api.schemas import SweepCreate
 from service.errors import (
     ConflictError,
     DispatchError,
+    InputLimitError,
     NotFoundError,
     ServiceError,
     StorageError,
+    TooManyError,
 )
 
 _STATUS: list[tuple[type[ServiceError], int]] = [
@@ -47,6 +50,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    if isinstance(exc, InputLimitError):
+        loc = ["body", *exc.field.split(".")]
+        item = {"field": exc.field, "message": str(exc), "loc": loc, "type": "limit"}
+        return JSONResponse({"detail": [item]}, status_code=422)
+    if isinstance(exc, TooManyError):
+        after = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
+        return JSONResponse({"detail": str(exc)}, status_code=429, headers=after)
     code = next((c for kind, c in _STATUS if isinstance(exc, kind)), 500)
     return JSONResponse({"detail": str(exc)}, status_code=code)
 

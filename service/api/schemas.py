@@ -174,3 +174,12 @@ class ReadyPublic(BaseModel):
     ready: bool
     checks: dict[str, str]
     warm_drivers: WarmDriversPublic | None = None
+
+
+GUARDED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "no or a wrong API token"},
+    413: {"model": ErrorResponse, "description": "a body past SWEEPS_MAX_BODY_BYTES"},
+    422: {"model": ErrorResponse, "description": "invalid input; each error names its field"},
+    429: {"model": ErrorResponse, "description": "past a limit; see Retry-After"},
+}
+"""What any route behind the token may answer besides its own responses."""

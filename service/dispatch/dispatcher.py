@@ -20,19 +20,21 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
-from service.config import Settings
+from service.config import Settings, write_database_url_file
 from service.dispatch.commands import sweep_command
 from service.dispatch.standby import StandbyPool, WarmCount
-from service.errors import DispatchError
+from service.errors import DispatchError, InputLimitError
 from service.store.db import session_scope
 from service.store.models import Sweep, utcnow
 from workers.errors import RayJobsError
 from workers.events import FINAL_SWEEP_STATUSES
-from workers.jobs import LIVE_JOB_STATES, JobClient, RayJobs
+from workers.jobs import LIVE_JOB_STATES, JobClient, Node, RayJobs
 
 log = logging.getLogger(__name__)
 SUBMIT_GRACE = timedelta(seconds=30)
 """A new sweep without a job is left to the request that is submitting it for this long."""
+NODES_TTL_S = 30.0
+"""How long the cluster's list of nodes is trusted when checking a sweep's resources."""
 
 
 def make_job_client(settings: Settings) -> JobClient:
@@ -53,10 +55,13 @@ class Dispatcher:
         self.settings = settings
         self.factory = factory
         self.jobs = jobs
+        write_database_url_file(settings)  # where jobs read it: never in their environment
         self.standbys = StandbyPool(settings, factory, jobs)
         self._ray_down_since: float | None = None  # monotonic; None while Ray answers
         self._submitting: set[str] = set()  # job ids stored, their submission under way
         self._submitting_lock = threading.Lock()  # guards the set alone, never a network call
+        self._node_list: list[Node] = []
+        self._nodes_at = float("-inf")
 
     def submit(self, sweep_id: int) -> None:
         """Start a new sweep's first job: hand it to a live standby, or submit its own."""
@@ -95,6 +100,37 @@ class Dispatcher:
         finally:
             with self._submitting_lock:
                 self._submitting.discard(job_id)
+
+    def check_fits(self, cpu: float, gpu: float | None) -> None:
+        """Refuse a trial no live node can ever hold (nodes are asked at most every
+        :data:`NODES_TTL_S`; when Ray cannot say, the sweep is let through).
+
+        Raises:
+            InputLimitError: naming the largest node.
+        """
+        nodes = self._nodes()
+        if not nodes:
+            return
+        wanted = {"CPU": cpu, "GPU": gpu or 0.0}
+        if any(all(n.resources.get(k, 0.0) >= v for k, v in wanted.items()) for n in nodes):
+            return
+        big = max(nodes, key=lambda n: (n.resources.get("GPU", 0.0), n.resources.get("CPU", 0.0)))
+        has = f"CPU={big.resources.get('CPU', 0.0):g}, GPU={big.resources.get('GPU', 0.0):g}"
+        raise InputLimitError(
+            "resources_per_trial",
+            f"a trial asks for cpu={cpu:g}, gpu={gpu or 0:g}, more than any node of the cluster "
+            f"has; the largest node ({big.name}) has {has}: ask for at most that",
+        )
+
+    def _nodes(self) -> list[Node]:
+        if time.monotonic() - self._nodes_at > NODES_TTL_S:
+            try:
+                self._node_list = self.jobs.nodes()
+            except RayJobsError as err:
+                log.warning("cannot list Ray's nodes: %s", err)
+                self._node_list = []
+            self._nodes_at = time.monotonic()
+        return self._node_list
 
     def keep_warm(self, *, check_jobs: bool = False) -> None:
         """Keep the standby drivers topped up (see :class:`~.standby.StandbyPool`)."""

@@ -41,11 +41,10 @@ def create_sweep(
     Raises:
         IdempotencyConflictError: the key was used before with a different body.
     """
+    earlier = find_replay(session, spec, idempotency_key)
+    if earlier is not None:
+        return earlier, False
     digest = body_hash(spec)
-    if idempotency_key is not None:
-        earlier = _by_idempotency_key(session, idempotency_key, digest)
-        if earlier is not None:
-            return earlier, False
     sweep = Sweep(
         name=spec.name,
         spec=spec.model_dump(mode="json"),
@@ -67,11 +66,28 @@ def create_sweep(
     return sweep, True
 
 
+def find_replay(session: Session, spec: SweepSpec, idempotency_key: str | None) -> Sweep | None:
+    """The sweep an earlier request with this idempotency key made, if any.
+
+    Raises:
+        IdempotencyConflictError: the key was used before with a different body.
+    """
+    if idempotency_key is None:
+        return None
+    return _by_idempotency_key(session, idempotency_key, body_hash(spec))
+
+
+def open_count(session: Session) -> int:
+    """How many sweeps have not reached a final status."""
+    stmt = select(func.count()).select_from(Sweep).where(Sweep.status.not_in(FINAL_SWEEP_STATUSES))
+    return int(session.scalar(stmt) or 0)
+
+
 def _by_idempotency_key(session: Session, key: str, digest: str) -> Sweep | None:
     sweep = session.scalar(select(Sweep).where(Sweep.idempotency_key == key))
     if sweep is not None and sweep.body_hash != digest:
-        raise IdempotencyConflictError(
-            f"Idempotency-Key '{key}' was already used for sweep {sweep.id} with a different "
+        raise IdempotencyConflictError(  # the key is the client's input: never echoed
+            f"this Idempotency-Key was already used for sweep {sweep.id} with a different "
             "request body; resend that exact body, or use a new key for a new sweep"
         )
     return sweep

@@ -25,6 +25,7 @@ def make_settings(tmp_path: Path, ray_cluster: Any, mlflow_server: Any, **kw: An
     """Settings pointing at the session's Ray cluster and MLflow server, state in ``tmp_path``."""
     values: dict[str, Any] = {
         "database_url": f"sqlite:///{tmp_path}/sweeps.db",
+        "database_url_file": tmp_path / "secrets" / "database-url",
         "ray_address": ray_cluster.address,
         "ray_dashboard_url": ray_cluster.dashboard_url,
         "ray_auth_token": ray_cluster.token,

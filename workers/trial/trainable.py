@@ -154,6 +154,7 @@ def _load_checkpoint() -> dict[str, Any] | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as path:
-        # Our own file, written by on_epoch above; it holds optimizer and RNG state too.
-        state: dict[str, Any] = torch.load(Path(path, CHECKPOINT_FILE), weights_only=False)
+        # Our own file (on_epoch above): tensors, numbers and strings only, so it loads without
+        # unpickling arbitrary objects; a checkpoint that needs more is refused, never run.
+        state: dict[str, Any] = torch.load(Path(path, CHECKPOINT_FILE), weights_only=True)
     return state

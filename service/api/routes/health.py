@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response, status
 
 from service.api import readiness
 from service.api.deps import DispatcherDep, SettingsDep
-from service.api.schemas import ReadyPublic, WarmDriversPublic
+from service.api.schemas import GUARDED, ReadyPublic, WarmDriversPublic
 
 router = APIRouter(tags=["health"])
 
@@ -19,7 +19,9 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=ReadyPublic, responses={503: {"model": ReadyPublic}})
+@router.get(
+    "/readyz", response_model=ReadyPublic, responses=GUARDED | {503: {"model": ReadyPublic}}
+)
 def readyz(
     request: Request,
     settings: SettingsDep,

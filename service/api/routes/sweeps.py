@@ -4,21 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Query, Response, status
+from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
 from service.api.deps import (
+    MAX_ID,
     DispatcherDep,
     SessionDep,
     SessionFactoryDep,
+    SettingsDep,
     SweepDep,
     SweepId,
     ViewsDep,
 )
 from service.api.examples import SWEEP_EXAMPLES
+from service.api.limits import admit, client_key
 from service.api.schemas import (
+    GUARDED,
     CancelPublic,
     ErrorResponse,
     SweepCreate,
@@ -32,7 +36,7 @@ from service.api.waiting import MAX_WAIT_S, wait_for_news
 from service.store.db import session_scope
 from workers.events import SweepStatus, TrialStatus
 
-router = APIRouter(prefix="/sweeps", tags=["sweeps"])
+router = APIRouter(prefix="/sweeps", tags=["sweeps"], responses=GUARDED)
 
 Wait = Annotated[
     float,
@@ -51,24 +55,41 @@ Version = Annotated[
     ),
 ]
 Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
-Offset = Annotated[int, Query(ge=0, description="items to skip")]
+Offset = Annotated[int, Query(ge=0, le=MAX_ID, description="items to skip")]
+TrialNumber = Annotated[int, Path(ge=1, le=MAX_ID, description="the trial's number")]
 ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorResponse, "description": "a body that is not JSON"},
     404: {"model": ErrorResponse},
     409: {"model": ErrorResponse},
+    413: {"model": ErrorResponse},
     422: {"model": ErrorResponse},
+    429: {"model": ErrorResponse},
 }
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=SweepDetail, responses=ERRORS)
+REPLAYED: dict[int | str, dict[str, object]] = {
+    200: {"model": SweepDetail, "description": "the sweep an earlier request with this key made"}
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SweepDetail,
+    responses=ERRORS | REPLAYED,
+)
 def create_sweep(
     spec: Annotated[SweepCreate, Body(openapi_examples=SWEEP_EXAMPLES)],
     session: SessionDep,
     views: ViewsDep,
     dispatcher: DispatcherDep,
+    settings: SettingsDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> SweepDetail:
     """Store a sweep and start its Ray job; a reused ``Idempotency-Key`` returns the same sweep."""
+    if store.find_replay(session, spec, idempotency_key) is None:
+        admit(spec, session, settings, dispatcher)
     sweep, created = store.create_sweep(session, spec, idempotency_key)
     session.commit()
     if created:
@@ -95,8 +116,10 @@ def list_sweeps(
 
 @router.get("/{sweep_id}", response_model=SweepDetail, responses=ERRORS)
 async def read_sweep(
+    request: Request,
     sweep_id: SweepId,
     factory: SessionFactoryDep,
+    settings: SettingsDep,
     views: ViewsDep,
     wait: Wait = 0.0,
     version: Version = None,
@@ -108,7 +131,9 @@ async def read_sweep(
     after ``wait`` seconds, with the sweep as it is then.
     """
     if wait:
-        await wait_for_news(factory, sweep_id, version, wait)
+        held = min(wait, settings.max_wait_seconds)
+        with request.app.state.held_polls.hold(client_key(request.scope)):
+            await wait_for_news(factory, sweep_id, version, held)
     return await run_in_threadpool(_sweep_detail, factory, views, sweep_id)
 
 
@@ -132,7 +157,9 @@ def list_trials(
 
 
 @router.get("/{sweep_id}/trials/{number}", response_model=TrialDetail, responses=ERRORS)
-def read_trial(sweep: SweepDep, session: SessionDep, views: ViewsDep, number: int) -> TrialDetail:
+def read_trial(
+    sweep: SweepDep, session: SessionDep, views: ViewsDep, number: TrialNumber
+) -> TrialDetail:
     """One trial: its parameters, status and per-epoch curve."""
     return views.trial_detail(sweep, store.get_trial(session, sweep, number))
 

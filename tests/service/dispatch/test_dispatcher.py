@@ -19,7 +19,7 @@ from service.store.db import init_db, make_engine, make_session_factory, session
 from tests.service.helpers import make_settings
 from tests.specs import digits_body
 from workers.errors import RayJobsError
-from workers.jobs import JobState
+from workers.jobs import JobState, Node
 from workers.spec import SweepSpec
 
 
@@ -50,6 +50,10 @@ class Jobs:
     def stop(self, job_id: str) -> bool:
         self._reach()
         return True
+
+    def nodes(self) -> list[Node]:
+        self._reach()
+        return []
 
     def _reach(self) -> None:
         if self.down:

@@ -142,3 +142,39 @@ class TestConcurrentSubmissions:
         assert len(set(ids)) == 24
         assert listed["count"] == 24
         assert {s["id"] for s in listed["data"]} == set(ids)
+
+    def test_fifty_concurrent_posts_of_ten_keys_make_ten_sweeps_and_forty_replays(
+        self, database_url: str, tmp_path: Path
+    ) -> None:
+        token = "t" * 32
+        settings = Settings(
+            database_url=database_url,
+            storage_path=str(tmp_path / "tune"),
+            ray_dashboard_url=UNREACHABLE,
+            mlflow_tracking_uri=UNREACHABLE,
+            ray_auth_token=None,
+            api_token=token,
+        )
+        headers = {"Authorization": f"Bearer {token}"}
+        with TestClient(create_app(settings, background=False), headers=headers) as client:
+
+            def post(i: int) -> tuple[int, int, int]:
+                key = i % 10  # keys 0..9, each sent five times at once
+                body = spec(key).model_dump(mode="json")
+                resp = client.post("/sweeps", json=body, headers={"Idempotency-Key": f"key-{key}"})
+                assert resp.status_code in (200, 201), resp.text
+                return key, resp.status_code, int(resp.json()["id"])
+
+            answers = run_at_once(50, post)
+            listed = client.get("/sweeps", params={"limit": 500}).json()
+            another = spec(99).model_dump(mode="json")
+            other = client.post("/sweeps", json=another, headers={"Idempotency-Key": "key-3"})
+        codes = Counter(code for _, code, _ in answers)
+        assert codes == {201: 10, 200: 40}, codes
+        ids_by_key: dict[int, set[int]] = {}
+        for key, _, sweep_id in answers:
+            ids_by_key.setdefault(key, set()).add(sweep_id)
+        assert all(len(ids) == 1 for ids in ids_by_key.values()), ids_by_key
+        assert listed["count"] == 10
+        assert {s["id"] for s in listed["data"]} == set().union(*ids_by_key.values())
+        assert other.status_code == 409 and "key-3" not in other.text, other.text

@@ -101,12 +101,14 @@ def test_diverging_trial_is_flagged_and_never_best(ray_session, tmp_path):
 
 @pytest.mark.slow
 def test_an_invalid_combination_drawn_at_run_time_fails_only_its_trial(ray_session, tmp_path):
-    # 2 x 5001 combinations: past the corner check, so groups=3 (not dividing the width of 32)
-    # is found only when a trial draws it.
+    # 2 x 1000 x 2 combinations of the model's settings: past the corner check (spec.
+    # CORNER_LIMIT), so groups=3 (not dividing the width of 32) is found only when a trial
+    # draws it.
     params = {
         "model.norm": "group",
         "model.groups": [3, 4],
-        "seed": {"distribution": "int_uniform", "min": 0, "max": 5000},
+        "model.dropout": [i / 4000 for i in range(1000)],
+        "model.dropconnect": [False, True],
     }
     spec = digits_spec(params, method="random", max_trials=6, epochs=2, seed=3)
     sink = RecordingSink()
