@@ -127,6 +127,7 @@ class TestConcurrentSubmissions:
             mlflow_tracking_uri=UNREACHABLE,
             ray_auth_token=None,
             api_token=token,
+            max_open_sweeps=100,  # 24 open sweeps: more than the default allows
         )
         headers = {"Authorization": f"Bearer {token}"}
         with TestClient(create_app(settings, background=False), headers=headers) as client:
