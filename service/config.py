@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from workers.events import KeepCheckpoints
+
 STATE_DIR = Path(".sweeps")
 """Where the embedded stack keeps its state (database, MLflow store, Tune experiments, logs)."""
 
@@ -120,6 +122,8 @@ class Settings(BaseSettings):
         data_dir, data_download: where trial workers read data sets (default
             ``~/.cache/toolbox-sweeps/data``) and whether they may download a missing one
             there; deployment settings, never sweep parameters.
+        keep_checkpoints: what a final sweep leaves on storage: ``best`` (the best trial's
+            last checkpoint), ``none`` or ``all`` (Tune's experiment directory untouched).
     """
 
     model_config = SettingsConfigDict(env_prefix="SWEEPS_", extra="ignore")
@@ -156,6 +160,7 @@ class Settings(BaseSettings):
     max_trial_epochs: int = Field(200_000, ge=1)
     data_dir: str | None = None
     data_download: bool = True
+    keep_checkpoints: KeepCheckpoints = "best"
 
     @model_validator(mode="after")
     def _read_database_url_file(self) -> Settings:
@@ -233,6 +238,7 @@ class Settings(BaseSettings):
             "SWEEPS_DATABASE_URL_FILE": str(self.database_url_file),
             "SWEEPS_STORAGE_PATH": self.storage_path,
             "SWEEPS_DATA_DOWNLOAD": str(self.data_download).lower(),
+            "SWEEPS_KEEP_CHECKPOINTS": self.keep_checkpoints,
             **({"SWEEPS_DATA_DIR": self.data_dir} if self.data_dir else {}),
             "SWEEPS_RAY_ADDRESS": self.ray_address,
             "SWEEPS_DB_PATIENCE_SECONDS": str(self.db_patience_seconds),

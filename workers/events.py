@@ -120,3 +120,9 @@ class SweepSink(Protocol):
         The driver writes behind Tune and sends what queued up meanwhile in one block (one
         database transaction). Reports made in the block come from the block's thread.
         """
+
+
+KeepCheckpoints = Literal["best", "none", "all"]
+"""What a final sweep leaves on storage: ``best``, the last checkpoint of its best trial;
+``none``, nothing; ``all``, its experiment directory as Tune left it (every trial's newest
+checkpoints and Tune's state)."""

@@ -125,6 +125,9 @@ def drive(
             storage_path=settings.storage_path,
             resume=resume,
             patience_s=settings.db_patience_seconds,
+            keep_checkpoints=settings.keep_checkpoints,
+            data_dir=settings.data_dir,
+            data_download=settings.data_download,
         )
     except (SinkUnavailableError, ClusterLostError) as err:
         log.error("sweep %s: %s; exiting, to be resumed", sweep_id, err)

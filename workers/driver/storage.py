@@ -69,6 +69,12 @@ def _json_object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def last_results(state: bytes) -> list[dict[str, Any]]:
+    """The last result of every trial in an experiment state (``{}`` for a trial without)."""
+    trial_data = json.loads(state).get("trial_data", [])
+    return [_json_object(_json_object(entry[1]).get("last_result")) for entry in trial_data]
+
+
 def restore_points(state: bytes) -> dict[str, int]:
     """Trial id -> the oldest checkpoint index to keep, for the trials that finished in ``state``.
 
@@ -79,8 +85,7 @@ def restore_points(state: bytes) -> dict[str, int]:
     worker failure restores from the checkpoint Tune holds in memory, which no file names.
     """
     points: dict[str, int] = {}
-    for entry in json.loads(state).get("trial_data", []):
-        last = _json_object(_json_object(entry[1]).get("last_result"))
+    for last in last_results(state):
         match = CHECKPOINT_DIR.match(str(last.get("checkpoint_dir_name") or ""))
         if match and last.get("trial_id") and last.get("done") is True:
             points[str(last["trial_id"])] = int(match.group(1)) - 1

@@ -24,12 +24,13 @@ from ray.tune.experiment import Trial
 
 from workers.driver.progress import SweepProgress
 from workers.driver.resources import trial_resources
+from workers.driver.retention import apply_retention
 from workers.driver.search import build_plan
 from workers.driver.storage import local_path, storage_filesystem
 from workers.errors import ClusterLostError, SinkUnavailableError
-from workers.events import SweepSink, SweepStatus
+from workers.events import KeepCheckpoints, SweepSink, SweepStatus
 from workers.spec import SweepSpec
-from workers.trial.trainable import TrialSetup, run_trial
+from workers.trial.trainable import DIVERGED, INVALID, TrialSetup, run_trial
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_S = 1.0
@@ -67,6 +68,9 @@ def run_sweep(
     storage_path: str,
     resume: bool = False,
     patience_s: float = 300.0,
+    keep_checkpoints: KeepCheckpoints = "best",
+    data_dir: str | None = None,
+    data_download: bool = True,
 ) -> SweepStatus:
     """Run the sweep ``spec`` to its end and return its final status.
 
@@ -78,10 +82,17 @@ def run_sweep(
         resume: continue the sweep's Tune experiment when its state exists under
             ``storage_path`` (a restarted job); a fresh experiment otherwise.
         patience_s: how long reports the sink cannot store are retried.
+        keep_checkpoints: what of the experiment stays on storage once the sweep is final
+            (:data:`~workers.events.KeepCheckpoints`; by default the best trial's last
+            checkpoint). An open sweep keeps everything, to be resumed.
+        data_dir, data_download: where trials read data sets (None: the toolbox's default
+            directory) and whether they may download a missing one there: the deployment's
+            choice, never the sweep's.
 
     Returns:
         ``completed``, ``failed`` (no trial succeeded, or Tune itself failed) or ``cancelled``;
-        ``sink.sweep_ended`` has been told the same, with the best trial.
+        ``sink.sweep_ended`` has been told the same, with the best trial, and its storage is
+        reduced to ``keep_checkpoints`` (a failure to delete is logged, never raised).
 
     Raises:
         SinkUnavailableError: the sink stayed unavailable for ``patience_s`` seconds.
@@ -103,7 +114,8 @@ def run_sweep(
     t_tune = t_fit = time.perf_counter()
     try:
         with _environ(TUNE_ENV):
-            tuner = _tuner(spec, sweep_uid, storage_path, path, restore)
+            fn = trainable(spec, data_dir, data_download)
+            tuner = _tuner(spec, sweep_uid, storage_path, path, restore, fn)
             t_fit = time.perf_counter()
             tuner.fit()
     except Exception as err:  # Tune itself, or a write, failed: the sweep fails
@@ -123,10 +135,18 @@ def run_sweep(
         error = str(failed_write)  # names the write and its error
     t_close = time.perf_counter()
     status = _finish(progress, error)
+    t_end = time.perf_counter()
+    best = progress.best()
+    kept = apply_retention(
+        storage_path, experiment_name(sweep_uid), best.key if best else None, keep_checkpoints
+    )
+    if kept:
+        log.info("sweep %s: the best trial's last checkpoint is kept at %s", sweep_uid, kept)
     log.info(
-        "sweep %s %s: set-up %.2f s, Tuner %.2f s, fit %.2f s, flush %.2f s, wrap-up %.2f s",
+        "sweep %s %s: set-up %.2f s, Tuner %.2f s, fit %.2f s, flush %.2f s, wrap-up %.2f s, "
+        "retention %.2f s",
         sweep_uid, status, t_tune - t_start, t_fit - t_tune, t_done - t_fit,
-        t_close - t_done, time.perf_counter() - t_close,
+        t_close - t_done, t_end - t_close, time.perf_counter() - t_end,
     )  # fmt: skip
     return status
 
@@ -200,12 +220,15 @@ def _finish(progress: SweepProgress, error: str) -> SweepStatus:
     return status
 
 
-def trainable(spec: SweepSpec) -> Any:
+def trainable(spec: SweepSpec, data_dir: str | None = None, data_download: bool = True) -> Any:
     """``run_trial`` as Tune runs it for ``spec``: bound to the sweep's :class:`TrialSetup`
-    (built once here) and asking the connected cluster for each trial's resources."""
+    (built once here, data sets read from ``data_dir`` and downloaded there only when
+    ``data_download``) and asking the connected cluster for each trial's resources."""
     resources = trial_resources(spec, ray.cluster_resources())
+    base = spec.base_config
+    place = {"data_dir": data_dir, "download": data_download}
     setup = TrialSetup(
-        base=spec.base_config,
+        base=base.model_copy(update={"data": base.data.model_copy(update=place)}),
         metric=spec.metric.name,
         mode=spec.metric.mode,
         cpus=resources.cpu,
@@ -214,12 +237,14 @@ def trainable(spec: SweepSpec) -> Any:
     return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources.as_tune())
 
 
-def _tuner(spec: SweepSpec, sweep_uid: str, storage_path: str, path: str, restore: bool) -> Any:
+def _tuner(
+    spec: SweepSpec, sweep_uid: str, storage_path: str, path: str, restore: bool, fn: Any
+) -> Any:
     fs = storage_filesystem(storage_path)
     if restore:
         return tune.Tuner.restore(
             path,
-            trainable(spec),
+            fn,
             resume_unfinished=True,
             resume_errored=True,
             storage_filesystem=fs,
@@ -244,7 +269,7 @@ def _tuner(spec: SweepSpec, sweep_uid: str, storage_path: str, path: str, restor
         verbose=0,
     )
     return tune.Tuner(
-        trainable(spec),
+        fn,
         param_space=plan.param_space,
         tune_config=tune_config,
         run_config=run_config,
@@ -285,8 +310,14 @@ class ProgressCallback(tune.Callback):
         self.progress.end(trial.trial_id, "failed", message)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        for trial in trials:  # stop_all ends trials without on_trial_complete
-            if trial.status == Trial.TERMINATED:
+        for trial in trials:
+            # A restored experiment whose trials had all ended runs no step: they are seen
+            # here first, or the resumed sweep would count no trial at all.
+            last = trial.run_metadata.last_result
+            self.progress.seen(trial.trial_id, trial.config, last)
+            if trial.status == Trial.TERMINATED:  # stop_all ends trials without on_trial_complete
+                if last and (last.get(DIVERGED) or last.get(INVALID)):
+                    self.progress.result(trial.trial_id, last)  # ends it diverged or failed
                 self.progress.finished(trial.trial_id)
 
     def get_state(self) -> None:

@@ -7,8 +7,8 @@ A diverged trial (NaN or infinite loss) is a normal outcome, not an error: it re
 result with ``diverged=True`` and the metric set to :func:`worst_value`, a finite number no
 real result can beat, and returns. Tune's searchers and schedulers then rank it last, and the
 JSON that Tune and the sink carry never holds a NaN or an infinity. A trial whose sampled
-parameters make an invalid configuration reports the same way, flagged ``invalid``, with the
-validation message: it fails alone, at once, and is not retried.
+parameters make an invalid configuration, or whose data set is missing, reports the same way,
+flagged ``invalid``, with the reason: it fails alone, at once, and is not retried.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from ray import tune
 
 from toolbox.config import TrialConfig
+from toolbox.errors import DataUnavailableError
 from workers.events import finite_metrics
 
 if TYPE_CHECKING:
@@ -113,6 +114,13 @@ def run_trial(params: dict[str, Any], *, setup: TrialSetup) -> None:
         result = train(cfg, on_epoch=on_epoch, resume=state)
     except _Diverged as err:
         _report_last(setup, epoch=err.epoch, flag=DIVERGED, message=str(err))
+        return
+    except DataUnavailableError as err:  # retrying cannot help: fail alone, at once
+        where = (
+            "(in a sweep, data.data_dir and data.download are the workers' deployment settings "
+            "SWEEPS_DATA_DIR and SWEEPS_DATA_DOWNLOAD)"
+        )
+        _report_last(setup, epoch=0, flag=INVALID, message=f"{err} {where}")
         return
     if result.outcome == "diverged":
         last = result.history[-1].epoch if result.history else 0

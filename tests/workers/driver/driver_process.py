@@ -3,13 +3,15 @@
 ``python -m tests.workers.driver.driver_process <ray address> <request.json>`` runs
 ``run_sweep`` with the request's spec, sweep uid and storage path, and appends
 ``<trial key> <epoch>`` to the request's ``epochs_file`` (flushed) for every epoch the driver
-reports, so the test knows when to kill it.
+reports, so the test knows when to kill it; with ``hang_at_end`` it touches
+``<epochs_file>.ended`` and hangs where the sweep would end.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import ray
@@ -17,6 +19,16 @@ import ray
 from tests.workers.sweeps import RecordingSink
 from workers.driver.sweep import run_sweep
 from workers.spec import SweepSpec
+
+
+class HangingSink(RecordingSink):
+    """Touches ``marker`` and hangs when told the sweep ended, for the test to kill it there."""
+
+    marker: Path
+
+    def sweep_ended(self, status: str, message: str, best_trial_key: str | None) -> None:
+        self.marker.touch()
+        time.sleep(3600)
 
 
 def main(argv: list[str]) -> int:
@@ -28,10 +40,14 @@ def main(argv: list[str]) -> int:
         with epochs_file.open("a") as out:
             out.write(f"{key} {epoch}\n")
 
+    sink = RecordingSink(on_epoch=note)
+    if request.get("hang_at_end"):  # Tune is done; the driver dies before the sweep ends
+        sink = HangingSink(on_epoch=note)
+        sink.marker = Path(request["epochs_file"]).with_suffix(".ended")
     ray.init(address=address, log_to_driver=False)
     run_sweep(
         SweepSpec.model_validate(request["spec"]),
-        RecordingSink(on_epoch=note),
+        sink,
         sweep_uid=request["sweep_uid"],
         storage_path=request["storage_path"],
     )

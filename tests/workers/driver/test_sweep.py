@@ -232,3 +232,71 @@ def test_sweep_resumed_after_its_driver_was_killed_completes_every_trial(
         if after:  # the resumed driver went on from a checkpoint: repeats allowed, no gaps
             assert after == list(range(after[0], 6)), (key, after)
         assert sorted(set(before.get(key, [])) | set(after)) == [1, 2, 3, 4, 5], (key, before)
+
+
+@pytest.mark.slow
+def test_sweep_resumed_after_its_trials_had_all_ended_is_completed(
+    ray_cluster, ray_session, tmp_path
+):
+    """The driver dies after Tune finished and before the sweep ended: the restored experiment
+    runs no step, and its ended trials still count."""
+    spec = digits_spec({"optim.lr": [0.05, 0.1]}, method="grid", epochs=2)
+    sweep_uid, epochs_file = uuid.uuid4().hex[:8], tmp_path / "epochs.txt"
+    request = {
+        "spec": spec.model_dump(mode="json"),
+        "sweep_uid": sweep_uid,
+        "storage_path": str(tmp_path / "storage"),
+        "epochs_file": str(epochs_file),
+        "hang_at_end": True,
+    }
+    driver = start_driver_process(ray_cluster.address, request, tmp_path)
+    try:
+        deadline = time.monotonic() + 240
+        while not epochs_file.with_suffix(".ended").exists():
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-5000:]
+            assert time.monotonic() < deadline, "the driver never reached the sweep's end"
+            time.sleep(0.05)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(30)
+
+    sink = RecordingSink()
+    status = run_sweep(
+        spec, sink, sweep_uid=sweep_uid, storage_path=request["storage_path"], resume=True
+    )
+
+    assert status == "completed", sink.ended
+    assert sink.final_status() == dict.fromkeys(sink.final_status(), "completed")
+    assert len(sink.final_status()) == 2
+    assert sink.epochs == {}  # nothing trained again
+    assert sink.ended is not None and sink.ended[2] in sink.final_status()  # the best trial
+
+
+@pytest.mark.slow
+def test_trials_read_data_sets_from_the_deployments_directory_only(ray_session, tmp_path):
+    from tests.toolbox.test_data import _write_mnist
+
+    _write_mnist(tmp_path / "data", "MNIST", n=120, seed=0)
+    spec = digits_spec({"optim.lr": [0.05]}, method="grid", epochs=1, dataset="mnist")
+
+    def run(data_dir: Path) -> tuple[str, RecordingSink]:
+        sink = RecordingSink()
+        status = run_sweep(
+            spec,
+            sink,
+            sweep_uid=uuid.uuid4().hex[:8],
+            storage_path=str(tmp_path / "tune"),
+            data_dir=str(data_dir),
+            data_download=False,
+        )
+        return status, sink
+
+    status, sink = run(tmp_path / "data")
+    assert status == "completed", sink.ended
+    assert set(sink.final_status().values()) == {"completed"}
+
+    status, sink = run(tmp_path / "empty")  # nothing there, and no download allowed
+    assert status == "failed", sink.ended
+    (key,) = sink.final_status()
+    message = sink.last_update(key).message
+    assert str(tmp_path / "empty") in message and "MNIST" in message, message
