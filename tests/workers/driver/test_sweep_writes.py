@@ -17,7 +17,10 @@ def covered_epochs(experiment_dir: Path) -> dict[str, int]:
     """``trial key -> last epoch`` in the experiment state on storage ({} while there is none)."""
     covered: dict[str, int] = {}
     for name in glob.glob(str(experiment_dir / "experiment_state-*.json")):
-        state = json.loads(Path(name).read_text())  # published whole (workers.driver.storage)
+        try:
+            state = json.loads(Path(name).read_text())  # published whole (workers.driver.storage)
+        except FileNotFoundError:  # the sweep ended and its state was removed (retention)
+            continue
         for trial_json, metadata_json in state["trial_data"]:
             epoch = (json.loads(metadata_json).get("last_result") or {}).get("epoch")
             if epoch is not None:
