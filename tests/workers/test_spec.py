@@ -84,3 +84,12 @@ def test_int_uniform_grid_enumerates_integers():
 
 def test_unknown_top_level_key_is_refused():
     assert "Extra inputs are not permitted" in _error({"parameters": {"optim.lr": 0.1}, "foo": 1})
+
+
+@pytest.mark.parametrize(
+    "parameters", [{"data.data_dir": "/etc"}, {"data.download": [True, False]}], ids=str
+)
+def test_where_data_lives_is_the_deployments_choice_not_a_sweeps(parameters):
+    (name,) = parameters
+    message = _error({"parameters": parameters})
+    assert f"'{name}' is a deployment setting" in message and "SWEEPS_DATA_DIR" in message

@@ -15,7 +15,7 @@ from pydantic import SecretStr, ValidationError
 from starlette.routing import Route
 
 from service.api.app import create_app
-from service.config import Settings
+from service.config import Settings, write_database_url_file
 
 TOKEN = secrets.token_hex(32)
 RAY_TOKEN = secrets.token_hex(32)
@@ -158,3 +158,34 @@ def test_secrets_never_appear_in_settings_text_or_job_environment(tmp_path: Path
     shown = [repr(settings), str(settings), settings.model_dump_json(), str(settings.job_env())]
     for text in shown:
         assert TOKEN not in text and RAY_TOKEN not in text
+
+
+@pytest.mark.parametrize(
+    ("password", "problem"),
+    [
+        ("change-me", "is still the .env.example placeholder"),
+        ("short", "is shorter than 16 characters"),
+        ("", "is not set"),
+    ],
+)
+def test_production_refuses_a_placeholder_database_password(
+    tmp_path: Path, password: str, problem: str
+) -> None:
+    url = f"postgresql+psycopg://sweeps:{password}@db:5432/sweeps"
+    with pytest.raises(ValidationError) as caught:
+        _settings(tmp_path, env="production", database_url=url)
+    assert f"the password in SWEEPS_DATABASE_URL {problem}" in caught.value.errors()[0]["msg"]
+    assert _settings(tmp_path, env="development", database_url=url).database_url == url
+
+
+def test_jobs_get_the_database_url_through_a_file_only_the_user_reads(tmp_path: Path) -> None:
+    password = secrets.token_hex(16)
+    url = f"postgresql+psycopg://sweeps:{password}@db:5432/sweeps"
+    settings = _settings(tmp_path, database_url=url, database_url_file=tmp_path / "s" / "db-url")
+    path = write_database_url_file(settings)
+    assert path.stat().st_mode & 0o777 == 0o600 and path.read_text().strip() == url
+
+    env = settings.job_env()
+    assert password not in str(env) and env["SWEEPS_DATABASE_URL_FILE"] == str(path)
+    job_settings = Settings(_env_file=None, database_url_file=path)  # type: ignore[call-arg]
+    assert job_settings.database_url == url  # what the job's settings read
