@@ -149,3 +149,21 @@ def _private_database_url_file(tmp_path_factory: pytest.TempPathFactory) -> Iter
         os.environ.pop("SWEEPS_DATABASE_URL_FILE", None)
     else:
         os.environ["SWEEPS_DATABASE_URL_FILE"] = saved
+
+
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Exit with the session's status once pytest is done, skipping the interpreter's teardown:
+    threads that Ray, gRPC and torch leave behind can crash it (a SIGSEGV after the summary was
+    seen in CI), which would turn a run's verdict into a signal."""
+    if _EXIT_STATUS:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])
