@@ -74,7 +74,8 @@ def _database_password_problem(url: str) -> str | None:
     return _secret_problem(SecretStr(parsed.password or ""))
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
     if host == "localhost":
         return True
     try:
@@ -213,7 +214,7 @@ class Settings(BaseSettings):
                     f"refusing to start in production: {'; '.join(problems)}. Generate each "
                     "with `openssl rand -hex 32`, or set SWEEPS_ENV=development for a local run"
                 )
-        if self.api_token is None and not _is_loopback(self.host):
+        if self.api_token is None and not is_loopback(self.host):
             raise ValueError(
                 f"SWEEPS_HOST={self.host} would serve the API to the network without a token; "
                 "set SWEEPS_API_TOKEN, or bind to 127.0.0.1"

@@ -7,10 +7,14 @@ settings' ``public_url`` and ``api_token``); ``up`` and ``demo`` start the embed
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from rich.console import Console
@@ -18,9 +22,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from service.cli.client import ApiError, SweepsClient
-from service.config import load_settings
+from service.config import STATE_DIR, Settings, load_settings
 from workers.events import FINAL_SWEEP_STATUSES, FINAL_TRIAL_STATUSES
 from workers.spec import PARAMETERS, varied_keys
+
+if TYPE_CHECKING:
+    from service.cli.stack import Stack
 
 WATCH_WAIT_S = 30.0
 """How long ``sweeps watch`` lets the API hold each request while nothing changes."""
@@ -204,41 +211,72 @@ def _until_tracked(client: SweepsClient, sweep: dict[str, Any], wait_s: float) -
     return sweep
 
 
-def _up(args: argparse.Namespace) -> int:
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop ``sweeps up`` and ``sweeps demo`` and, with them, the whole stack."""
+
+
+@contextlib.contextmanager
+def _embedded_stack() -> Iterator[tuple[Stack, Settings]]:
+    """Start the embedded stack; yields it and its settings, and stops all of it on the way out.
+
+    Each of :data:`STOP_SIGNALS` raises KeyboardInterrupt, once: from then on, and while the
+    stack stops, they are ignored, so that a second Ctrl-C cannot orphan half of the stack. A
+    signal this process was started ignoring (``nohup``'s SIGHUP) stays ignored.
+    """
     from service.cli.stack import Stack
 
     stack = Stack(load_settings())
-    settings = stack.start()
-    console.print(f"API     {settings.api_url}  (docs: {settings.api_url}/docs)")
-    console.print(f"MLflow  {settings.mlflow_link_base}")
-    console.print(f"Ray     {settings.ray_dashboard_url}  (logs in {stack.state}/logs)")
-    console.print("Ctrl-C stops the stack.")
+    previous = {
+        sig: signal.signal(sig, _interrupt)
+        for sig in STOP_SIGNALS
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
     try:
-        while all(p.proc.poll() is None for p in stack.procs):
-            time.sleep(1)
-        console.print("[red]a process of the stack exited[/]; stopping")
-        return 1
+        yield stack, stack.start()
+    finally:
+        _ignore_stop_signals()
+        try:
+            console.print("stopping the stack")
+            stack.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    _ignore_stop_signals()
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _ignore_stop_signals() -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _up(args: argparse.Namespace) -> int:
+    console.print(f"starting MLflow, Ray and the API (logs under {STATE_DIR}/logs)...")
+    try:
+        with _embedded_stack() as (stack, settings):
+            console.print(f"API     {settings.api_url}  (docs: {settings.api_url}/docs)")
+            console.print(f"MLflow  {settings.mlflow_link_base}")
+            console.print(f"Ray     {settings.ray_dashboard_url}  (logs in {stack.state}/logs)")
+            console.print("Ctrl-C stops the stack.")
+            while all(p.proc.poll() is None for p in stack.procs):
+                time.sleep(1)
+            console.print("[red]a process of the stack exited[/]; stopping")
+            return 1
     except KeyboardInterrupt:
         return 0
-    finally:
-        stack.stop()
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from service.cli.stack import Stack
-
     spec = _read_spec(args.file)
-    stack = Stack(load_settings())
-    console.print("starting MLflow, Ray and the API (logs under .sweeps/logs)...")
-    settings = stack.start()
-    try:
+    console.print(f"starting MLflow, Ray and the API (logs under {STATE_DIR}/logs)...")
+    with _embedded_stack() as (_, settings):
         client = SweepsClient(args.url or settings.api_url, args.token)
         sweep = client.submit(spec)
         console.print(f"sweep {sweep['id']} submitted: {sweep['links']['self']}")
         return watch(client, sweep["id"])
-    finally:
-        console.print("stopping the stack")
-        stack.stop()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """``sweeps up``: the embedded stack on loopback (MLflow server, a Ray head, the API).
 
-Everything lives under ``.sweeps/``: MLflow's SQLite store and artifacts, the Ray token, Tune's
-experiments, the service database and each process's log. Each process runs in its own process
-group, so stopping the stack stops exactly what it started.
+Every port of every process the stack starts is bound to loopback. Everything lives under
+``.sweeps/``: MLflow's SQLite store and artifacts, the Ray token, Tune's experiments, the service
+database and each process's log. Each process runs in its own process group; stopping the stack
+stops those groups and then the Ray workers and job drivers that left them, so nothing it
+started outlives it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from urllib.parse import urlparse
 import httpx
 from pydantic import SecretStr
 
-from service.config import STATE_DIR, Settings
+from service.config import STATE_DIR, Settings, is_loopback
 from service.errors import ServiceError
 
 BIN = Path(sys.executable).parent
@@ -66,9 +68,14 @@ def mlflow_server_command(root: Path, port: int) -> list[str]:
 def ray_head_command(
     *, port: int, dashboard_port: int, temp_dir: Path, num_cpus: int | None = None
 ) -> list[str]:
-    """``ray start --head --block`` on loopback, its ports given or taken free."""
+    """``ray start --head --block`` with its ports given or taken free; run it with
+    :func:`ray_head_env` for every port on loopback."""
     return [
         str(BIN / "ray"), "start", "--head", "--block", f"--port={port}",
+        # The node's address: Ray's servers (GCS, raylet, object manager, workers, agents,
+        # client server, metrics) bind 127.0.0.1 when it is 127.0.0.1, and all interfaces or
+        # the host's address otherwise.
+        "--node-ip-address=127.0.0.1",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
         "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}",
         # Ports nobody dials from outside, taken free so that another Ray on this host
@@ -78,6 +85,20 @@ def ray_head_command(
         f"--ray-client-server-port={free_port()}",
         *([f"--num-cpus={num_cpus}"] if num_cpus is not None else []),
     ]  # fmt: skip
+
+
+def ray_head_env() -> dict[str, str]:
+    """The environment :func:`ray_head_command` needs on top of the caller's for a head that
+    binds only loopback, and that no other Ray on this host can take a port from."""
+    return {
+        # Ray's "single machine" mode. Without it `ray start` replaces a loopback
+        # --node-ip-address with the host's address (so that other machines could join).
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        # Metrics servers on fixed default ports (44227, 44217): taken free, as another Ray
+        # here may hold the defaults.
+        "DASHBOARD_METRIC_PORT": str(free_port()),
+        "AUTOSCALER_METRIC_PORT": str(free_port()),
+    }
 
 
 def wait_http(
@@ -118,7 +139,17 @@ class Stack:
         self.procs: list[Started] = []
 
     def start(self) -> Settings:
-        """Start the three processes and wait until the API is ready; returns its settings."""
+        """Start the three processes and wait until the API is ready; returns its settings.
+
+        Raises:
+            StackError: the settings would serve the API beyond loopback, or a process did not
+                start (whatever had started is stopped again).
+        """
+        if not is_loopback(self.settings.host):
+            raise StackError(
+                f"SWEEPS_HOST={self.settings.host}: `sweeps up` serves the API on loopback "
+                "only; set SWEEPS_HOST=127.0.0.1 (the compose stack serves a network)"
+            )
         (self.state / "logs").mkdir(parents=True, exist_ok=True)
         token = self._token()
         self.settings = self.settings.model_copy(update={"ray_auth_token": token})
@@ -155,7 +186,7 @@ class Stack:
             dashboard_port=_port(self.settings.ray_dashboard_url, 8265),
             temp_dir=self.ray_temp,
         )
-        self._spawn("ray", cmd, self._ray_env())
+        self._spawn("ray", cmd, ray_head_env() | self._ray_env())
         self._wait_http("ray", f"{self.settings.ray_dashboard_url.rstrip('/')}/api/version", 120)
 
     def _start_api(self) -> None:
@@ -201,10 +232,14 @@ class Stack:
         wait_http(url, started.proc, timeout, name, started.log)
 
     def stop(self) -> None:
-        """Stop what was started, the API first (SIGTERM, then SIGKILL after a grace period)."""
+        """Stop what was started, the API first (SIGTERM, then SIGKILL after a grace period),
+        then SIGKILL what Ray started outside its group; returns once all of it is gone."""
         for started in reversed(self.procs):
             kill_group(started.proc)
         self.procs.clear()
+        # Ray's workers and job drivers run in sessions of their own; each inherited the
+        # stack's Ray environment, which names this stack's token file and nothing else does.
+        kill_environ_naming(f"RAY_AUTH_TOKEN_PATH={self.token_file}")
 
 
 def kill_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
@@ -222,6 +257,37 @@ def kill_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
             proc.wait(timeout=grace)
         if sig == signal.SIGTERM:
             time.sleep(1.0)  # let the rest of the group exit on its own first
+
+
+def kill_environ_naming(entry: str, timeout: float = 10.0) -> None:
+    """SIGKILL this user's processes whose environment holds ``entry`` (``NAME=value``) and
+    wait up to ``timeout`` seconds for them to be gone. Reads ``/proc``: a no-op without it."""
+    needle = b"\0" + entry.encode() + b"\0"
+    doomed = []
+    for pid in _pids():
+        with contextlib.suppress(OSError):  # gone, or not ours
+            if needle in b"\0" + Path(f"/proc/{pid}/environ").read_bytes() + b"\0":
+                os.kill(pid, signal.SIGKILL)
+                doomed.append(pid)
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in doomed) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _pids() -> list[int]:
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    return [int(e.name) for e in proc.iterdir() if e.name.isdigit() and int(e.name) != os.getpid()]
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -76,7 +76,7 @@ def test_f8_a_hung_driver_is_found_by_its_heartbeat_and_replaced(
     with in_process(settings) as api:
         sweep_id = api.submit(long_body(epochs, [0.02, 0.05], max_concurrent=2))
         api.wait_epochs(sweep_id, 5)
-        driver = driver_pid(sweep_id, settings.database_url)
+        driver = driver_pid(sweep_id, settings.database_url_file)
         os.kill(driver, signal.SIGSTOP)  # alive to Ray, silent to everyone
         try:
             stopped = time.monotonic()
@@ -93,8 +93,9 @@ def test_f8_a_hung_driver_is_found_by_its_heartbeat_and_replaced(
     assert_mlflow_matches(mlflow_server.uri, sweep, trials)
 
 
-def driver_pid(sweep_id: int, database_url: str) -> int:
-    """The process of ``python -m service.job <sweep_id>`` on this test's database."""
+def driver_pid(sweep_id: int, database_url_file: Path) -> int:
+    """The process of ``python -m service.job <sweep_id>`` on this test's database (its job
+    environment names the test's own database URL file)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -103,7 +104,7 @@ def driver_pid(sweep_id: int, database_url: str) -> int:
             env = (entry / "environ").read_bytes()
         except OSError:
             continue
-        ours = database_url.encode() in env
+        ours = f"SWEEPS_DATABASE_URL_FILE={database_url_file}".encode() in env
         if ours and b"service.job" in args and str(sweep_id).encode() in args:
             return int(entry.name)
     raise AssertionError(f"no driver process for sweep {sweep_id}")

@@ -1,0 +1,186 @@
+"""The embedded stack of ``sweeps up``: every port on loopback, and nothing left running once a
+signal stops it.
+
+Each test starts the real stack (MLflow, a Ray head with its standby sweep job, the API) as
+``sweeps up`` does, on free ports with its state in the test's directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from service.cli.stack import Stack, StackError, free_port
+from service.config import Settings
+
+SWEEPS = Path(sys.executable).parent / "sweeps"
+START_TIMEOUT_S = 300.0
+"""Until the API answers and its standby sweep job is ready (all of it on two slow cores)."""
+STOP_TIMEOUT_S = 90.0
+"""Until ``sweeps up`` has exited once signalled (the stack's stop grace periods, and some)."""
+
+
+def test_stack_refuses_to_serve_the_api_beyond_loopback(tmp_path: Path) -> None:
+    settings = Settings(host="0.0.0.0", api_token=secrets.token_hex(16))
+    stack = Stack(settings, state_dir=tmp_path)
+    with pytest.raises(StackError, match=r"SWEEPS_HOST=0\.0\.0\.0"):
+        stack.start()
+    assert stack.procs == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name
+)
+def test_up_listens_on_loopback_only_and_stops_everything_on(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    with _sweeps_up(tmp_path) as up:
+        tree = _stack_processes(up, str(tmp_path))
+        exposed = [
+            f"{_describe(proc)} on {ip}:{port}"
+            for proc in tree
+            for ip, port in _bound_addresses(proc)
+            if not _is_loopback(ip)
+        ]
+        assert not exposed, "the stack listens beyond loopback:\n" + "\n".join(exposed)
+
+        up.send_signal(sig)
+        try:
+            up.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"`sweeps up` still runs {STOP_TIMEOUT_S:.0f} s after {sig.name}")
+        left = [p for p in tree if _alive(p)] + [p for p in _naming(str(tmp_path)) if p not in tree]
+        assert not left, f"alive after {sig.name}: " + ", ".join(map(_describe, left))
+
+
+@contextlib.contextmanager
+def _sweeps_up(root: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``sweeps up`` started in ``root`` (its state under ``root/.sweeps``) on free ports,
+    once its API is ready and its standby sweep job too; SIGKILLed with all it started if
+    still running at the end."""
+    token = secrets.token_hex(16)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWEEPS_", "RAY_"))}
+    env |= {
+        "SWEEPS_PORT": str(port),
+        "SWEEPS_API_TOKEN": token,
+        "SWEEPS_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+        "SWEEPS_RAY_ADDRESS": f"127.0.0.1:{free_port()}",
+        "SWEEPS_RAY_DASHBOARD_URL": f"http://127.0.0.1:{free_port()}",
+        "SWEEPS_WARM_DRIVERS": "1",
+    }
+    log = root / "up.log"
+    with open(log, "wb") as out, _default_dispositions():
+        up = subprocess.Popen(
+            [str(SWEEPS), "up"], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    tree: list[psutil.Process] = []
+    try:
+        _wait_warm(up, f"http://127.0.0.1:{port}", token, log)
+        tree = _stack_processes(up, str(root))
+        yield up
+    finally:
+        if up.poll() is None:
+            tree = tree or _stack_processes(up, str(root))
+            up.kill()
+            up.wait()
+        for proc in [*tree, *_naming(str(root))]:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
+@contextlib.contextmanager
+def _default_dispositions() -> Iterator[None]:
+    """Signals this process ignores (under ``nohup``, SIGHUP) at their default for a child
+    started meanwhile: ignored ones are inherited across exec, and would defeat the test."""
+    ignored = [s for s in (signal.SIGHUP, signal.SIGINT) if signal.getsignal(s) is signal.SIG_IGN]
+    for sig in ignored:
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for sig in ignored:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _wait_warm(up: subprocess.Popen[bytes], url: str, token: str, log: Path) -> None:
+    """Wait until the API is ready with its standby sweep job (so Ray runs workers and a job)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    warm: object = None
+    while time.monotonic() < deadline:
+        if up.poll() is not None:
+            pytest.fail(f"`sweeps up` exited ({up.returncode}):\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            answer = httpx.get(f"{url}/readyz", headers={"Authorization": f"Bearer {token}"})
+            warm = answer.json().get("warm_drivers") if answer.status_code == 200 else None
+            if isinstance(warm, dict) and warm.get("ready", 0) >= 1:
+                return
+        time.sleep(1)
+    seen = log.read_text()[-3000:]
+    pytest.fail(f"the stack was not warm after {START_TIMEOUT_S:.0f} s ({warm}):\n{seen}")
+
+
+def _stack_processes(up: subprocess.Popen[bytes], marker: str) -> list[psutil.Process]:
+    """``sweeps up``, its descendants, and any process naming ``marker`` (its directory)."""
+    root = psutil.Process(up.pid)
+    tree = [root, *root.children(recursive=True)]
+    return tree + [p for p in _naming(marker) if p not in tree]
+
+
+def _naming(marker: str) -> list[psutil.Process]:
+    """Live processes, but this one, whose command line or environment names ``marker``."""
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.pid == os.getpid() or not _alive(proc):
+                continue
+            seen = " ".join(proc.cmdline()) + " ".join(proc.environ().values())
+            if marker in seen:
+                found.append(proc)
+    return found
+
+
+def _bound_addresses(proc: psutil.Process) -> list[tuple[str, int]]:
+    """Where ``proc`` accepts connections or datagrams: listening TCP and unconnected UDP."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        return [
+            (c.laddr[0], c.laddr[1])
+            for c in proc.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM and not c.raddr)
+        ]
+    return []
+
+
+def _is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip.split("%")[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1, a dual-stack socket's IPv4 loopback
+    return address.is_loopback
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _describe(proc: psutil.Process) -> str:
+    try:
+        return f"{proc.pid} ({' '.join(proc.cmdline())[:160] or proc.name()})"
+    except psutil.Error:
+        return f"{proc.pid} (gone)"
