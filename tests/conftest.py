@@ -4,9 +4,9 @@ Fixture names are stable; tests of every package use them.
 
 ``ray_cluster`` -> :class:`RayCluster`
     A Ray head started once per session with ``ray start --head --block`` from the venv, on free
-    ports (never 6379), 4 CPUs, its own ``--temp-dir`` and its own token (token authentication,
-    as ``ray start`` turns on in Ray 2.60). Attributes: ``address`` (GCS ``host:port``, for
-    ``ray.init(address=...)``), ``dashboard_url`` (Jobs API), ``token`` (send as
+    loopback ports (never 6379), 4 CPUs, its own ``--temp-dir`` and its own token (token
+    authentication, as ``ray start`` turns on in Ray 2.60). Attributes: ``address`` (GCS
+    ``host:port``, for ``ray.init(address=...)``), ``dashboard_url`` (Jobs API), ``token`` (send as
     ``Authorization: Bearer <token>``), ``temp_dir``. The session's environment gets
     ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH`` so an in-process ``ray.init`` connects.
     Stopped at the end by killing its own process group (never ``ray stop``: other people's
@@ -37,9 +37,11 @@ import pytest
 from service.cli.stack import (
     MLFLOW_ENV,
     free_port,
+    kill_environ_naming,
     kill_group,
     mlflow_server_command,
     ray_head_command,
+    ray_head_env,
     wait_http,
 )
 
@@ -94,7 +96,8 @@ def ray_cluster() -> Iterator[RayCluster]:
     token_file.write_text(token)
     port, dash_port = free_port(), free_port()
     auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
-    env = {**os.environ, **auth_env, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    path = f"{BIN}:{os.environ.get('PATH', '')}"
+    env = {**os.environ, **ray_head_env(), **auth_env, "PATH": path}  # every port on loopback
     cmd = ray_head_command(port=port, dashboard_port=dash_port, temp_dir=Path(temp_dir), num_cpus=4)
     log = open(Path(temp_dir, "ray-start.log"), "wb")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
@@ -113,6 +116,9 @@ def ray_cluster() -> Iterator[RayCluster]:
         _refresh_ray_auth()
         kill_group(proc)
         _kill_processes_mentioning(temp_dir)
+        # Job drivers and workers run in sessions of their own; their environment names the
+        # cluster's token file (a driver left behind would hold a CPU for the rest of the run).
+        kill_environ_naming(f"RAY_AUTH_TOKEN_PATH={token_file}")
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 

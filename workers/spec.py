@@ -40,7 +40,11 @@ from toolbox.metrics import METRIC_NAMES
 Scalar = bool | int | float | str
 GRID_LIMIT = 1000
 """A grid that expands past this many trials is refused."""
-CORNER_LIMIT = 2048
+MAX_VALUES = 1000
+"""The most values one parameter may list."""
+MAX_LISTED = 5_000
+"""The most values all parameters together may list (validation reads each once)."""
+CORNER_LIMIT = 1024
 """Rules that tie a section's settings together are checked on every combination of the
 swept values (a range's ends) of that section while there are at most this many."""
 
@@ -72,7 +76,7 @@ class FixedParam(StrictModel):
 class ChoiceParam(StrictModel):
     """A list of values: enumerated by grid, sampled by random and Bayesian search."""
 
-    values: list[Scalar] = Field(min_length=1, max_length=1000)
+    values: list[Scalar] = Field(min_length=1, max_length=MAX_VALUES)
 
     @property
     def varies(self) -> bool:
@@ -208,39 +212,38 @@ class SweepSpec(StrictModel):
 
     @field_validator("parameters", mode="before")
     @classmethod
-    def _shorthand(cls, v: Any) -> Any:
-        """Accept ``lr: 0.1`` for ``{value: 0.1}`` and ``lr: [..]`` for ``{values: [..]}``."""
+    def _names_and_shorthand(cls, v: Any) -> Any:
+        """Check the names and the length of each list before any value is parsed (so a body
+        costs what the toolbox's settings allow, whatever it lists), and accept ``lr: 0.1``
+        for ``{value: 0.1}`` and ``lr: [..]`` for ``{values: [..]}``."""
         if not isinstance(v, dict):
             return v
-        out = {}
-        for key, p in v.items():
-            if isinstance(p, list):
-                out[key] = {"values": p}
-            elif not isinstance(p, dict):
-                out[key] = {"value": p}
-            else:
-                out[key] = p
-        return out
-
-    @field_validator("parameters")
-    @classmethod
-    def _known_names(cls, v: dict[str, Parameter]) -> dict[str, Parameter]:
         if not v:
             raise ValueError(
                 "the search space is empty; add at least one setting, e.g. optim.lr: [0.01, 0.1]"
             )
         known = setting_names()
-        for key in v:
-            if key in MACHINE_SETTINGS:
+        out, listed = {}, 0
+        for key, p in v.items():
+            _check_name(str(key), known)
+            if isinstance(p, list):
+                p = {"values": p}
+            elif not isinstance(p, dict):
+                p = {"value": p}
+            values = p.get("values")
+            if isinstance(values, list) and len(values) > MAX_VALUES:
                 raise ValueError(
-                    f"'{key}' is a deployment setting of the workers (SWEEPS_DATA_DIR, "
-                    "SWEEPS_DATA_DOWNLOAD), not a sweep parameter; remove it from parameters"
+                    f"parameters.{key}: {len(values)} values, past the limit of {MAX_VALUES}; "
+                    "list fewer, or give a distribution (min, max)"
                 )
-            if key not in known:
-                near = difflib.get_close_matches(key, known, n=3)
-                hint = f"did you mean {', '.join(near)}?" if near else "see GET /settings"
-                raise ValueError(f"unknown setting '{key}'; {hint}")
-        return v
+            listed += len(values) if isinstance(values, list) else 0
+            if listed > MAX_LISTED:
+                raise ValueError(
+                    f"parameters: more than {MAX_LISTED} values listed in all; list fewer, or "
+                    "give distributions (min, max)"
+                )
+            out[key] = p
+        return out
 
     @model_validator(mode="after")
     def _check_search(self) -> SweepSpec:
@@ -318,6 +321,19 @@ class SweepSpec(StrictModel):
             options = [[(k, v) for v in p.corners()] for k, p in swept.items()]
             for combo in itertools.product(*options):
                 _check_section(section, start, dict(combo))
+
+
+def _check_name(key: str, known: list[str]) -> None:
+    """Raise ValueError unless ``key`` is a setting a sweep may vary, with the nearest names."""
+    if key in MACHINE_SETTINGS:
+        raise ValueError(
+            f"'{key}' is a deployment setting of the workers (SWEEPS_DATA_DIR, "
+            "SWEEPS_DATA_DOWNLOAD), not a sweep parameter; remove it from parameters"
+        )
+    if key not in known:
+        near = difflib.get_close_matches(key[:200], known, n=3)
+        hint = f"did you mean {', '.join(near)}?" if near else "see toolbox/config.py"
+        raise ValueError(f"unknown setting '{key[:200]}'; {hint}")
 
 
 def _check_values(key: str, values: list[Scalar]) -> None:

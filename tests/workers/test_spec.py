@@ -93,3 +93,19 @@ def test_where_data_lives_is_the_deployments_choice_not_a_sweeps(parameters):
     (name,) = parameters
     message = _error({"parameters": parameters})
     assert f"'{name}' is a deployment setting" in message and "SWEEPS_DATA_DIR" in message
+
+
+def test_lists_are_counted_before_any_value_is_parsed():
+    one = _error({"parameters": {"optim.lr": [0.1] * 1001}})
+    assert "parameters.optim.lr: 1001 values, past the limit of 1000" in one
+    many = {f"augment.{k}_p": [i / 4000 for i in range(1000)] for k in ("hflip", "vflip")}
+    fractions = ["affine_p", "color_p", "invert_p", "channel_shuffle_p", "noise_std"]
+    many |= {f"augment.{k}": [i / 4000 for i in range(1000)] for k in fractions}
+    many |= {k: [0.001 + i / 4000 for i in range(1000)] for k in ("optim.lr", "optim.momentum")}
+    many |= {"model.dropout": [i / 4000 for i in range(1000)], "seed": [1, 2]}
+    assert "more than 5000 values listed in all" in _error({"parameters": many})
+
+
+def test_thousands_of_unknown_parameters_are_refused_by_the_first_name():
+    message = _error({"parameters": {f"model.p{i}": [1, 2] for i in range(5000)}})
+    assert "unknown setting 'model.p0'" in message
