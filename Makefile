@@ -56,3 +56,9 @@ bench-service: install
 .PHONY: bench-outage
 bench-outage: install
 	$(BIN)/python bench/bench_mlflow_outage.py
+
+# What hostile bodies cost the API (validation and answer), /healthz meanwhile, and 50
+# concurrent POSTs with Idempotency-Keys (starts its own API process; under a minute).
+.PHONY: bench-input
+bench-input: install
+	$(BIN)/python bench/bench_api_input.py

@@ -13,7 +13,7 @@ closed ports, so sweeps are stored and never trained) answers:
 3. **Concurrent POSTs**: 50 at once, ten ``Idempotency-Key`` values each sent five times, p50 and
    p99 latency; exactly ten sweeps and forty replays are checked.
 
-Run: ``python bench/bench_api_input.py [--reps N]``.
+Run: ``make bench-input`` or ``python bench/bench_api_input.py [--reps N] [--seconds S]``.
 """
 
 from __future__ import annotations

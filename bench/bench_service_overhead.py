@@ -233,6 +233,9 @@ def ray_connection(settings: Any, token_file: Path) -> Iterator[None]:
     """This process joins the stack's Ray cluster, with its token, and leaves it after."""
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file)
+    from service.cli.stack import RAY_LOOPBACK_ENV
+
+    os.environ.update(RAY_LOOPBACK_ENV)  # the stack's cluster is on loopback only
     import ray
 
     ray.init(address=settings.ray_address, log_to_driver=False, logging_level=logging.WARNING)

@@ -87,13 +87,18 @@ def ray_head_command(
     ]  # fmt: skip
 
 
+RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+"""Ray's "single machine" mode. Without it `ray start` replaces a loopback --node-ip-address
+with the host's address (so that other machines could join), and ``ray.init`` looks for its
+node at the host's address: every process that joins a loopback cluster needs it, the head and
+any ``ray.init`` outside the cluster's own workers and jobs (which inherit it)."""
+
+
 def ray_head_env() -> dict[str, str]:
     """The environment :func:`ray_head_command` needs on top of the caller's for a head that
     binds only loopback, and that no other Ray on this host can take a port from."""
     return {
-        # Ray's "single machine" mode. Without it `ray start` replaces a loopback
-        # --node-ip-address with the host's address (so that other machines could join).
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        **RAY_LOOPBACK_ENV,
         # Metrics servers on fixed default ports (44227, 44217): taken free, as another Ray
         # here may hold the defaults.
         "DASHBOARD_METRIC_PORT": str(free_port()),
