@@ -49,6 +49,10 @@ from typing import Any
 
 from cpu_meter import CpuMeter
 
+# The stack's Ray cluster is on loopback only: this process's ray.init needs Ray's
+# single-machine mode, read when Ray is first imported (service.cli.stack.RAY_LOOPBACK_ENV).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 FINAL = {"completed", "failed", "cancelled"}
 SERVICE, TUNE, TOOLBOX = (
     "service (REST, end to end)",
@@ -233,9 +237,6 @@ def ray_connection(settings: Any, token_file: Path) -> Iterator[None]:
     """This process joins the stack's Ray cluster, with its token, and leaves it after."""
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file)
-    from service.cli.stack import RAY_LOOPBACK_ENV
-
-    os.environ.update(RAY_LOOPBACK_ENV)  # the stack's cluster is on loopback only
     import ray
 
     ray.init(address=settings.ray_address, log_to_driver=False, logging_level=logging.WARNING)

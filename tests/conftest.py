@@ -4,12 +4,11 @@ Fixture names are stable; tests of every package use them.
 
 ``ray_cluster`` -> :class:`RayCluster`
     A Ray head started once per session with ``ray start --head --block`` from the venv, on free
-    loopback ports (never 6379), 4 CPUs, its own ``--temp-dir`` and its own token (token
+    ports (never 6379), 4 CPUs, its own ``--temp-dir`` and its own token (token
     authentication, as ``ray start`` turns on in Ray 2.60). Attributes: ``address`` (GCS
     ``host:port``, for ``ray.init(address=...)``), ``dashboard_url`` (Jobs API), ``token`` (send as
     ``Authorization: Bearer <token>``), ``temp_dir``. The session's environment gets
-    ``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN_PATH`` and Ray's single-machine mode
-    (``RAY_LOOPBACK_ENV``) so an in-process ``ray.init`` connects.
+    ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH`` so an in-process ``ray.init`` connects.
     Stopped at the end by killing its own process group (never ``ray stop``: other people's
     clusters run on the same machine). Job processes run with the cluster's environment, so
     entrypoints should call ``sys.executable``, not ``python``.
@@ -37,13 +36,11 @@ import pytest
 
 from service.cli.stack import (
     MLFLOW_ENV,
-    RAY_LOOPBACK_ENV,
     free_port,
     kill_environ_naming,
     kill_group,
     mlflow_server_command,
     ray_head_command,
-    ray_head_env,
     wait_http,
 )
 
@@ -98,9 +95,10 @@ def ray_cluster() -> Iterator[RayCluster]:
     token_file.write_text(token)
     port, dash_port = free_port(), free_port()
     auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
-    auth_env |= RAY_LOOPBACK_ENV  # this process's ray.init joins a loopback cluster too
     path = f"{BIN}:{os.environ.get('PATH', '')}"
-    env = {**os.environ, **ray_head_env(), **auth_env, "PATH": path}  # every port on loopback
+    # Without ray_head_env(): this process's ray.init would need Ray's single-machine mode set
+    # before Ray is first imported (see service.cli.stack.RAY_LOOPBACK_ENV).
+    env = {**os.environ, **auth_env, "PATH": path}
     cmd = ray_head_command(port=port, dashboard_port=dash_port, temp_dir=Path(temp_dir), num_cpus=4)
     log = open(Path(temp_dir, "ray-start.log"), "wb")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
