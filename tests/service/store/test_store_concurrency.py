@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -48,6 +48,22 @@ def run_at_once(n: int, work: Callable[[int], T]) -> list[T]:
     with ThreadPoolExecutor(max_workers=n) as pool:
         futures = [pool.submit(start, i) for i in range(n)]
         return [f.result(timeout=JOIN_TIMEOUT_S) for f in futures]
+
+
+def api_client(database_url: str, tmp_path: Path, **settings: Any) -> TestClient:
+    """A client of the API on ``database_url`` (Ray and MLflow unreachable), with its token."""
+    token = "t" * 32
+    config = Settings(
+        database_url=database_url,
+        storage_path=str(tmp_path / "tune"),
+        ray_dashboard_url=UNREACHABLE,
+        mlflow_tracking_uri=UNREACHABLE,
+        ray_auth_token=None,
+        api_token=token,
+        **settings,
+    )
+    app = create_app(config, background=False)
+    return TestClient(app, headers={"Authorization": f"Bearer {token}"})
 
 
 class TestConcurrentSubmissions:
@@ -119,18 +135,8 @@ class TestConcurrentSubmissions:
     def test_dozens_of_concurrent_posts_to_the_api_are_all_stored(
         self, database_url: str, tmp_path: Path
     ) -> None:
-        token = "t" * 32
-        settings = Settings(
-            database_url=database_url,
-            storage_path=str(tmp_path / "tune"),
-            ray_dashboard_url=UNREACHABLE,
-            mlflow_tracking_uri=UNREACHABLE,
-            ray_auth_token=None,
-            api_token=token,
-            max_open_sweeps=100,  # 24 open sweeps: more than the default allows
-        )
-        headers = {"Authorization": f"Bearer {token}"}
-        with TestClient(create_app(settings, background=False), headers=headers) as client:
+        # 24 open sweeps: more than the default allows
+        with api_client(database_url, tmp_path, max_open_sweeps=100) as client:
 
             def post(i: int) -> int:
                 body = spec(i).model_dump(mode="json")
@@ -147,17 +153,7 @@ class TestConcurrentSubmissions:
     def test_fifty_concurrent_posts_of_ten_keys_make_ten_sweeps_and_forty_replays(
         self, database_url: str, tmp_path: Path
     ) -> None:
-        token = "t" * 32
-        settings = Settings(
-            database_url=database_url,
-            storage_path=str(tmp_path / "tune"),
-            ray_dashboard_url=UNREACHABLE,
-            mlflow_tracking_uri=UNREACHABLE,
-            ray_auth_token=None,
-            api_token=token,
-        )
-        headers = {"Authorization": f"Bearer {token}"}
-        with TestClient(create_app(settings, background=False), headers=headers) as client:
+        with api_client(database_url, tmp_path) as client:
 
             def post(i: int) -> tuple[int, int, int]:
                 key = i % 10  # keys 0..9, each sent five times at once
