@@ -10,11 +10,13 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.workers.sweeps import RecordingSink, alive_trial_worker_pids, digits_spec, sweep
 from workers.driver.sweep import run_sweep
+from workers.spec import SweepSpec
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -181,6 +183,18 @@ def reported_epochs(path: Path) -> dict[str, list[int]]:
     return out
 
 
+def driver_request(spec: SweepSpec, tmp: Path, **extra: Any) -> dict[str, Any]:
+    """What :mod:`tests.workers.driver.driver_process` runs: ``spec`` under a new sweep uid,
+    storage and the epochs file in ``tmp``, and ``extra`` (``hang_at_end``)."""
+    return {
+        "spec": spec.model_dump(mode="json"),
+        "sweep_uid": uuid.uuid4().hex[:8],
+        "storage_path": str(tmp / "storage"),
+        "epochs_file": str(tmp / "epochs.txt"),
+        **extra,
+    }
+
+
 def start_driver_process(address: str, request: dict, tmp: Path) -> subprocess.Popen[bytes]:
     request_file = tmp / "request.json"
     request_file.write_text(json.dumps(request))
@@ -196,13 +210,8 @@ def test_sweep_resumed_after_its_driver_was_killed_completes_every_trial(
     ray_cluster, ray_session, tmp_path
 ):
     spec = digits_spec({"optim.lr": [0.02, 0.05, 0.1]}, method="grid", epochs=5)
-    sweep_uid, epochs_file = uuid.uuid4().hex[:8], tmp_path / "epochs.txt"
-    request = {
-        "spec": spec.model_dump(mode="json"),
-        "sweep_uid": sweep_uid,
-        "storage_path": str(tmp_path / "storage"),
-        "epochs_file": str(epochs_file),
-    }
+    request = driver_request(spec, tmp_path)
+    sweep_uid, epochs_file = request["sweep_uid"], Path(request["epochs_file"])
     driver = start_driver_process(ray_cluster.address, request, tmp_path)
     try:  # kill it once a trial has rotated its first checkpoint away (epoch 2)
         deadline = time.monotonic() + 240
@@ -241,14 +250,8 @@ def test_sweep_resumed_after_its_trials_had_all_ended_is_completed(
     """The driver dies after Tune finished and before the sweep ended: the restored experiment
     runs no step, and its ended trials still count."""
     spec = digits_spec({"optim.lr": [0.05, 0.1]}, method="grid", epochs=2)
-    sweep_uid, epochs_file = uuid.uuid4().hex[:8], tmp_path / "epochs.txt"
-    request = {
-        "spec": spec.model_dump(mode="json"),
-        "sweep_uid": sweep_uid,
-        "storage_path": str(tmp_path / "storage"),
-        "epochs_file": str(epochs_file),
-        "hang_at_end": True,
-    }
+    request = driver_request(spec, tmp_path, hang_at_end=True)
+    sweep_uid, epochs_file = request["sweep_uid"], Path(request["epochs_file"])
     driver = start_driver_process(ray_cluster.address, request, tmp_path)
     try:
         deadline = time.monotonic() + 240
