@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,23 @@ def driver_request(spec: SweepSpec, tmp: Path, **extra: Any) -> dict[str, Any]:
     }
 
 
+def kill_driver_when(
+    address: str, request: dict, tmp: Path, condition: Callable[[], bool], what: str
+) -> None:
+    """Run the driver process for ``request`` and SIGKILL it once ``condition()`` holds; fail
+    with ``what`` if it does not within 240 s, or with its log if the driver exits first."""
+    driver = start_driver_process(address, request, tmp)
+    try:
+        deadline = time.monotonic() + 240
+        while not condition():
+            assert driver.poll() is None, (tmp / "driver.log").read_text()[-5000:]
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(30)
+
+
 def start_driver_process(address: str, request: dict, tmp: Path) -> subprocess.Popen[bytes]:
     request_file = tmp / "request.json"
     request_file.write_text(json.dumps(request))
@@ -212,16 +230,9 @@ def test_sweep_resumed_after_its_driver_was_killed_completes_every_trial(
     spec = digits_spec({"optim.lr": [0.02, 0.05, 0.1]}, method="grid", epochs=5)
     request = driver_request(spec, tmp_path)
     sweep_uid, epochs_file = request["sweep_uid"], Path(request["epochs_file"])
-    driver = start_driver_process(ray_cluster.address, request, tmp_path)
-    try:  # kill it once a trial has rotated its first checkpoint away (epoch 2)
-        deadline = time.monotonic() + 240
-        while not any(max(e) >= 2 for e in reported_epochs(epochs_file).values()):
-            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-5000:]
-            assert time.monotonic() < deadline, "no trial reached epoch 2"
-            time.sleep(0.05)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(30)
+    # killed once a trial has rotated its first checkpoint away (epoch 2)
+    reached_2 = lambda: any(max(e) >= 2 for e in reported_epochs(epochs_file).values())  # noqa: E731
+    kill_driver_when(ray_cluster.address, request, tmp_path, reached_2, "no trial reached epoch 2")
     before = reported_epochs(epochs_file)
 
     sink = RecordingSink()
@@ -252,16 +263,8 @@ def test_sweep_resumed_after_its_trials_had_all_ended_is_completed(
     spec = digits_spec({"optim.lr": [0.05, 0.1]}, method="grid", epochs=2)
     request = driver_request(spec, tmp_path, hang_at_end=True)
     sweep_uid, epochs_file = request["sweep_uid"], Path(request["epochs_file"])
-    driver = start_driver_process(ray_cluster.address, request, tmp_path)
-    try:
-        deadline = time.monotonic() + 240
-        while not epochs_file.with_suffix(".ended").exists():
-            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-5000:]
-            assert time.monotonic() < deadline, "the driver never reached the sweep's end"
-            time.sleep(0.05)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(30)
+    at_end = epochs_file.with_suffix(".ended").exists
+    kill_driver_when(ray_cluster.address, request, tmp_path, at_end, "the driver never hung")
 
     sink = RecordingSink()
     status = run_sweep(
