@@ -19,8 +19,8 @@ def test_example_sweeps_are_valid(path: Path) -> None:
     SweepSpec.model_validate(yaml.safe_load(path.read_text()))
 
 
-def test_the_tour_sets_every_toolbox_setting_but_paths() -> None:
+def test_the_tour_sets_every_toolbox_setting_but_machine_ones() -> None:
     spec = SweepSpec.model_validate(yaml.safe_load((EXAMPLES / "toolbox-tour.yaml").read_text()))
     in_spec = {"model.arch", "model.width", "model.depth", "epochs", "seed", "data.dataset"}
-    assert set(setting_names()) - set(spec.parameters) - in_spec == {"data.data_dir"}
+    assert set(setting_names()) - set(spec.parameters) - in_spec == set()
     assert spec.dataset == "digits" and spec.num_trials <= 8
