@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from mlflow.entities import Metric, Param, RunTag, ViewType
@@ -44,6 +46,15 @@ SWEEP_UID, TRIAL_KEY, ROLE, OUTCOME = (
 )
 PARENT_TAG = "mlflow.parentRunId"
 SPEC_ARTIFACT = "sweep_spec.json"
+CURVES_ARTIFACT, PARAMETERS_ARTIFACT, SUMMARY_ARTIFACT = (
+    "curves.png",
+    "parameters.png",
+    "summary.md",
+)
+"""Artifacts of a sweep's parent run: every trial's curves, each varied setting against the
+metric, and the ranked trial table."""
+SAMPLES_ARTIFACT = "augmented_samples.png"
+"""Artifact of each trial run: the same training images before and after its augmentation."""
 _METRICS_PER_BATCH, _PARAMS_PER_BATCH, _TAGS_PER_BATCH = 800, 100, 100
 """At most this many per ``log_batch`` request (MLflow: 1000, 100, 100, and 1000 in all)."""
 
@@ -152,6 +163,18 @@ class MlflowRuns:
     def log_text(self, run_id: str, text: str, path: str) -> None:
         """A text artifact of the run (replaced when sent again)."""
         self._call(f"upload {path}", lambda: self.client.log_text(run_id, text, path))
+
+    def log_file(self, run_id: str, content: bytes, path: str) -> None:
+        """A binary artifact of the run (a PNG, say) at ``path`` (replaced when sent again)."""
+
+        def upload() -> None:
+            with tempfile.TemporaryDirectory(prefix="sweeps-artifact-") as tmp:
+                local = Path(tmp, Path(path).name)
+                local.write_bytes(content)
+                parent = str(Path(path).parent)
+                self.client.log_artifact(run_id, str(local), None if parent == "." else parent)
+
+        self._call(f"upload {path}", upload)
 
     def close(self, run_id: str, status: str) -> None:
         """End the run with an MLflow status (``FINISHED``, ``FAILED``, ``KILLED``)."""
