@@ -11,6 +11,15 @@ see :func:`toolbox.config.setting_names`) and written the W&B way::
     optim.lr: {distribution: log_uniform_values, min: 0.001, max: 0.3}
     optim.momentum: {values: [0.0, 0.9]}
     model.norm: {value: batch}
+
+Settings that only make sense together are swept as named ``variants``: each trial takes one
+variant's settings whole, and the search treats the variant's name as one more parameter,
+``variant``::
+
+    variants:
+      plain: {optim.momentum: 0.0}
+      momentum: {optim.momentum: 0.9}
+      nesterov: {optim.momentum: 0.9, optim.nesterov: true}
 """
 
 from __future__ import annotations
@@ -44,6 +53,10 @@ MAX_VALUES = 1000
 """The most values one parameter may list."""
 MAX_LISTED = 5_000
 """The most values all parameters together may list (validation reads each once)."""
+MAX_VARIANTS = 100
+"""The most variants a sweep may name."""
+VARIANT = "variant"
+"""The parameter that picks one of the sweep's ``variants`` (made from them, never written)."""
 CORNER_LIMIT = 1024
 """Rules that tie a section's settings together are checked on every combination of the
 swept values (a range's ends) of that section while there are at most this many."""
@@ -147,6 +160,17 @@ PARAMETERS: TypeAdapter[dict[str, Parameter]] = TypeAdapter(dict[str, Parameter]
 """Reads a stored spec's ``parameters`` alone, without validating the whole spec again."""
 
 
+def expand_variant(
+    params: Mapping[str, Any], variants: Mapping[str, Mapping[str, Scalar]]
+) -> dict[str, Any]:
+    """A trial's settings: its sampled ``params`` with its ``variant`` replaced by the
+    variant's settings."""
+    out = {k: v for k, v in params.items() if k != VARIANT}
+    if VARIANT in params:
+        out |= variants[params[VARIANT]]
+    return out
+
+
 def varied_keys(parameters: Mapping[str, Parameter]) -> list[str]:
     """The parameters that differ between trials (they name the trials' runs)."""
     return [key for key, p in parameters.items() if p.varies]
@@ -209,6 +233,20 @@ class SweepSpec(StrictModel):
     max_concurrent: int = Field(4, ge=1, le=1000)
     resources_per_trial: ResourcesSpec = ResourcesSpec()
     max_failures: int = Field(2, ge=0, le=20)
+    variants: dict[Annotated[str, Field(pattern=r"^[\w.\-]{1,50}$")], dict[str, Scalar]] = Field(
+        default_factory=dict, max_length=MAX_VARIANTS
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _variant_parameter(cls, data: Any) -> Any:
+        """Sweep the variants as the parameter ``variant`` over their names."""
+        if not isinstance(data, dict) or not isinstance(data.get("variants"), dict):
+            return data
+        params = data.get("parameters")
+        if data["variants"] and isinstance(params, dict) and VARIANT not in params:
+            return {**data, "parameters": {**params, VARIANT: {"values": list(data["variants"])}}}
+        return data
 
     @field_validator("parameters", mode="before")
     @classmethod
@@ -225,7 +263,8 @@ class SweepSpec(StrictModel):
         known = setting_names()
         out, listed = {}, 0
         for key, p in v.items():
-            _check_name(str(key), known)
+            if key != VARIANT:
+                _check_name(str(key), known)
             if isinstance(p, list):
                 p = {"values": p}
             elif not isinstance(p, dict):
@@ -244,6 +283,45 @@ class SweepSpec(StrictModel):
                 )
             out[key] = p
         return out
+
+    @field_validator("variants")
+    @classmethod
+    def _check_variant_settings(
+        cls, v: dict[str, dict[str, Scalar]]
+    ) -> dict[str, dict[str, Scalar]]:
+        known = setting_names()
+        for name, settings in v.items():
+            if not settings:
+                raise ValueError(f"variant {name!r} sets nothing; give it at least one setting")
+            for key, value in settings.items():
+                try:
+                    _check_name(key, known)
+                    _check_values(key, [value])
+                except ValueError as err:
+                    raise ValueError(f"variant {name!r}: {err}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _check_variants(self) -> SweepSpec:
+        p = self.parameters.get(VARIANT)
+        if p is None:
+            return self
+        names = p.grid_values() if not isinstance(p, RangeParam) else []
+        unknown = [n for n in names if n not in self.variants]
+        if isinstance(p, RangeParam) or unknown:
+            raise ValueError(
+                f"parameters.{VARIANT}: picks among the sweep's variants "
+                f"({', '.join(self.variants) or 'none defined'}); list their names, or define "
+                f"them under variants"
+            )
+        for name, settings in self.variants.items():
+            both = sorted(set(settings) & set(self.parameters))
+            if both:
+                raise ValueError(
+                    f"variants.{name}: {', '.join(both)} is also a parameter; set it in the "
+                    "variants or in parameters, not both"
+                )
+        return self
 
     @model_validator(mode="after")
     def _check_search(self) -> SweepSpec:
@@ -296,7 +374,7 @@ class SweepSpec(StrictModel):
 
     def trial_config(self, params: dict[str, Any]) -> TrialConfig:
         """The configuration of one trial: the base with the sampled ``params`` applied."""
-        return TrialConfig.from_flat(params, base=self.base_config)
+        return TrialConfig.from_flat(expand_variant(params, self.variants), base=self.base_config)
 
     def _check_configs(self) -> None:
         """Validate every parameter's values, and their combinations where few enough.
@@ -310,17 +388,37 @@ class SweepSpec(StrictModel):
         values listed, never with a range's size.
         """
         for key, p in self.parameters.items():
-            _check_values(key, p.corners())
+            if key != VARIANT:
+                _check_values(key, p.corners())
         base = self.base_config
         for section in sections_with_rules():
-            swept = {k: p for k, p in self.parameters.items() if k.startswith(f"{section}.")}
-            combos = math.prod(len(p.corners()) for p in swept.values())
-            if not swept or combos > CORNER_LIMIT:
+            options = self._section_options(section)
+            if not options or math.prod(map(len, options)) > CORNER_LIMIT:
                 continue
             start = getattr(base, section).model_dump()
-            options = [[(k, v) for v in p.corners()] for k, p in swept.items()]
             for combo in itertools.product(*options):
-                _check_section(section, start, dict(combo))
+                _check_section(section, start, dict(itertools.chain(*combo)))
+
+    def _section_options(self, section: str) -> list[list[tuple[tuple[str, Any], ...]]]:
+        """Per swept parameter of ``section`` (the variants count as one), the settings of that
+        section each of its values sets."""
+        prefix = f"{section}."
+        options = [
+            [((k, v),) for v in p.corners()]
+            for k, p in self.parameters.items()
+            if k.startswith(prefix)
+        ]
+        picked = self.parameters.get(VARIANT)
+        if picked is not None and any(
+            k.startswith(prefix) for s in self.variants.values() for k in s
+        ):
+            options.append(
+                [
+                    tuple((k, v) for k, v in self.variants[str(n)].items() if k.startswith(prefix))
+                    for n in picked.corners()
+                ]
+            )
+        return options
 
 
 def _check_name(key: str, known: list[str]) -> None:

@@ -109,3 +109,39 @@ def test_lists_are_counted_before_any_value_is_parsed():
 def test_thousands_of_unknown_parameters_are_refused_by_the_first_name():
     message = _error({"parameters": {f"model.p{i}": [1, 2] for i in range(5000)}})
     assert "unknown setting 'model.p0'" in message
+
+
+OPTIMIZERS = {
+    "plain": {"optim.momentum": 0.0},
+    "momentum": {"optim.momentum": 0.9},
+    "nesterov": {"optim.momentum": 0.9, "optim.nesterov": True},
+}
+
+
+def test_variants_are_swept_as_one_parameter_and_applied_whole():
+    body = {"parameters": {"optim.lr": [0.01, 0.1]}, "variants": OPTIMIZERS, "method": "grid"}
+    spec = SweepSpec.model_validate(body)
+    assert spec.num_trials == 6 and spec.parameters["variant"].grid_values() == list(OPTIMIZERS)
+    optim = spec.trial_config({"optim.lr": 0.1, "variant": "nesterov"}).optim
+    assert (optim.lr, optim.momentum, optim.nesterov) == (0.1, 0.9, True)
+    assert spec.trial_config({"variant": "plain"}).optim.momentum == 0.0
+    stored = spec.model_dump(mode="json")  # as the API stores it: validates again unchanged
+    assert SweepSpec.model_validate(stored) == spec
+
+
+def test_an_invalid_variant_is_refused_with_its_name_and_the_rule():
+    bad = {"a": {"optim.nesterov": True}}  # with the swept momentum 0.0 below
+    message = _error({"parameters": {"optim.momentum": [0.0, 0.9]}, "variants": bad})
+    assert "optim.nesterov=true needs optim.momentum > 0" in message
+    message = _error({"parameters": {"optim.lr": 0.1}, "variants": {"a": {"optim.momentm": 1}}})
+    assert "variant 'a'" in message and "did you mean optim.momentum" in message
+
+
+def test_a_setting_in_both_a_variant_and_the_parameters_is_refused():
+    body = {"parameters": {"optim.momentum": [0.5]}, "variants": OPTIMIZERS}
+    assert "optim.momentum is also a parameter" in _error(body)
+
+
+def test_variant_names_must_be_defined():
+    message = _error({"parameters": {"variant": ["plain"]}})
+    assert "parameters.variant" in message and "define them under variants" in message

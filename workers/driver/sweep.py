@@ -233,6 +233,7 @@ def trainable(spec: SweepSpec, data_dir: str | None = None, data_download: bool 
         mode=spec.metric.mode,
         cpus=resources.cpu,
         gpus=resources.gpu,
+        variants=spec.variants,
     )
     return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources.as_tune())
 

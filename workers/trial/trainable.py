@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,6 +26,7 @@ from ray import tune
 from toolbox.config import TrialConfig
 from toolbox.errors import DataUnavailableError
 from workers.events import finite_metrics
+from workers.spec import Scalar, expand_variant
 
 if TYPE_CHECKING:
     from toolbox.metrics import EpochMetrics
@@ -55,6 +57,7 @@ class TrialSetup:
         mode: ``max`` or ``min``: which way the metric improves.
         cpus: the CPUs Ray gives each trial (its torch threads).
         gpus: the GPU share Ray gives each trial; above 0 the trial trains on CUDA.
+        variants: the sweep's named variants (settings a trial's ``variant`` parameter picks).
     """
 
     base: TrialConfig
@@ -62,6 +65,7 @@ class TrialSetup:
     mode: Literal["max", "min"]
     cpus: float
     gpus: float
+    variants: Mapping[str, Mapping[str, Scalar]] = field(default_factory=dict)
 
 
 def worst_value(mode: str) -> float:
@@ -78,7 +82,8 @@ def trial_config(setup: TrialSetup, params: dict[str, Any]) -> TrialConfig:
     import torch
 
     device = "cuda" if setup.gpus > 0 and torch.cuda.is_available() else "cpu"
-    return TrialConfig.from_flat({**params, "device": device}, base=setup.base)
+    settings = expand_variant(params, setup.variants)
+    return TrialConfig.from_flat({**settings, "device": device}, base=setup.base)
 
 
 def run_trial(params: dict[str, Any], *, setup: TrialSetup) -> None:
