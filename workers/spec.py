@@ -403,7 +403,7 @@ class SweepSpec(StrictModel):
         """Per swept parameter of ``section`` (the variants count as one), the settings of that
         section each of its values sets."""
         prefix = f"{section}."
-        options = [
+        options: list[list[tuple[tuple[str, Any], ...]]] = [
             [((k, v),) for v in p.corners()]
             for k, p in self.parameters.items()
             if k.startswith(prefix)
