@@ -11,10 +11,12 @@ from toolbox.config import setting_names
 from workers.spec import SweepSpec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-SWEEP_FILES = sorted(p for p in EXAMPLES.glob("*.yaml") if p.name != "trial.yaml")
+SWEEP_FILES = sorted(p for p in EXAMPLES.rglob("*.yaml") if p.name != "trial.yaml")
 
 
-@pytest.mark.parametrize("path", SWEEP_FILES, ids=[p.name for p in SWEEP_FILES])
+@pytest.mark.parametrize(
+    "path", SWEEP_FILES, ids=[str(p.relative_to(EXAMPLES)) for p in SWEEP_FILES]
+)
 def test_example_sweeps_are_valid(path: Path) -> None:
     SweepSpec.model_validate(yaml.safe_load(path.read_text()))
 
@@ -24,3 +26,16 @@ def test_the_tour_sets_every_toolbox_setting_but_machine_ones() -> None:
     in_spec = {"model.arch", "model.width", "model.depth", "epochs", "seed", "data.dataset"}
     assert set(setting_names()) - set(spec.parameters) - in_spec == set()
     assert spec.dataset == "digits" and spec.num_trials <= 8
+
+
+LECTURE = sorted((EXAMPLES / "lecture").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", LECTURE, ids=[p.stem for p in LECTURE])
+def test_each_lecture_study_judges_every_setting_at_its_best_learning_rate(path: Path) -> None:
+    """A learning-rate grid and three seeds per compared setting, on digits, as a grid."""
+    spec = SweepSpec.model_validate(yaml.safe_load(path.read_text()))
+    lr, seed = spec.parameters["optim.lr"], spec.parameters["seed"]
+    assert spec.dataset == "digits" and spec.method == "grid"
+    assert len(lr.grid_values()) >= 3 and seed.grid_values() == [0, 1, 2]
+    assert spec.early_stopping.type == "none"  # every trial runs to the end: means compare
