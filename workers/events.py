@@ -29,6 +29,9 @@ FINAL_TRIAL_STATUSES: frozenset[str] = frozenset(
 
 SweepStatus = Literal["pending", "running", "cancelling", "completed", "failed", "cancelled"]
 FINAL_SWEEP_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+SAMPLES_ARTIFACT = "augmented_samples.png"
+"""Where a trial's augmentation picture (training images before and after) goes among its
+MLflow run's artifacts; the sink stores it under this path."""
 
 
 def trial_number(key: str) -> int:
@@ -107,6 +110,11 @@ class SweepSink(Protocol):
 
     def epoch_reported(self, trial_key: str, epoch: int, metrics: dict[str, float]) -> None:
         """A trial finished an epoch; ``metrics`` are finite floats keyed by metric name."""
+
+    def artifact_reported(self, trial_key: str, path: str, content: bytes) -> None:
+        """A file for the trial's MLflow run at ``path`` (a trial sends each once; a repeat
+        keeps the first). It comes before the epoch it came with, in the same batch or an
+        earlier one, so a stored epoch has its artifacts stored."""
 
     def sweep_ended(self, status: SweepStatus, message: str, best_trial_key: str | None) -> None:
         """The sweep reached a final status; ``best_trial_key`` is None when no trial counts."""

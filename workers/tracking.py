@@ -21,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from workers.errors import TrackingError, TrackingRejectedError
+from workers.events import SAMPLES_ARTIFACT as SAMPLES_ARTIFACT  # the path of a trial's picture
 
 RUN_STATUS: dict[str, str] = {
     "completed": "FINISHED",
@@ -53,8 +54,8 @@ CURVES_ARTIFACT, PARAMETERS_ARTIFACT, SUMMARY_ARTIFACT = (
 )
 """Artifacts of a sweep's parent run: every trial's curves, each varied setting against the
 metric, and the ranked trial table."""
-SAMPLES_ARTIFACT = "augmented_samples.png"
-"""Artifact of each trial run: the same training images before and after its augmentation."""
+# SAMPLES_ARTIFACT (imported above), of each trial run: the same training images before and after
+# its augmentation. Named in workers.events: the sweep job, which never imports mlflow, stores it.
 _METRICS_PER_BATCH, _PARAMS_PER_BATCH, _TAGS_PER_BATCH = 800, 100, 100
 """At most this many per ``log_batch`` request (MLflow: 1000, 100, 100, and 1000 in all)."""
 

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import store
 from service.dispatch.loop import Loop
 from service.errors import StorageError
+from service.store import artifacts
 from service.store import tracking as journal
 from service.store.db import session_scope
 from service.store.models import EpochMetric, MlflowRun, Sweep, Trial
@@ -188,6 +189,8 @@ class TrackingSender:
         step = state.logged_step if state else 0
         with session_scope(self.factory) as session:
             epochs = journal.epochs_after(session, trial.id, step)
+            files = artifacts.unsent_artifacts(session, trial.id)  # read after: see _send_files
+        self._send_files(sweep, run_id, files)
         params = None if state is not None and state.params_sent else trial.config or trial.params
         for i in range(0, max(len(epochs), 1), EPOCHS_PER_REQUEST):
             chunk = epochs[i : i + EPOCHS_PER_REQUEST]
@@ -201,6 +204,18 @@ class TrackingSender:
         if final:
             self._rejectable(sweep, lambda: self.runs.close(run_id, RUN_STATUS[trial.status]))
             self._advance(sweep.id, trial.key, closed=True)
+
+    def _send_files(self, sweep: Sweep, run_id: str, files: list[tuple[int, str, bytes]]) -> None:
+        """Upload the trial's files MLflow lacks, each marked sent once accepted.
+
+        Before the epochs read with them: a trial's file is stored no later than the epoch it
+        came with, and read here after the epochs, so a run whose epochs MLflow has (the pass
+        skips it then) or that is closed has its files too.
+        """
+        for file_id, path, content in files:
+            self._rejectable(sweep, functools.partial(self.runs.log_file, run_id, content, path))
+            with session_scope(self.factory) as session:
+                artifacts.mark_sent(session, file_id)
 
     def _close_parent(self, sweep: Sweep, parent: str) -> None:
         with session_scope(self.factory) as session:

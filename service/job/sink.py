@@ -98,6 +98,11 @@ class DatabaseSink:
         with self._session() as session:
             store.record_epoch(session, self.sweep_id, trial_key, epoch, metrics)
 
+    def artifact_reported(self, trial_key: str, path: str, content: bytes) -> None:
+        """Store a file of the trial's MLflow run (a repeat keeps the first)."""
+        with self._session() as session:
+            store.record_artifact(session, self.sweep_id, trial_key, path, content)
+
     def sweep_ended(self, status: SweepStatus, message: str, best_trial_key: str | None) -> None:
         """Give the sweep its final status; trials still open end with it."""
         with self._session() as session:

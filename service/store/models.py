@@ -1,5 +1,5 @@
-"""The tables: sweeps, their trials, each trial's per-epoch metrics, what MLflow has been told
-of each run, and warm standby drivers.
+"""The tables: sweeps, their trials, each trial's per-epoch metrics and files for MLflow, what
+MLflow has been told of each run, and warm standby drivers.
 
 Statuses are the strings of :mod:`workers.events`; the spec is stored as the validated JSON of
 :class:`workers.spec.SweepSpec`, so a resumed job rebuilds exactly what was accepted.
@@ -16,6 +16,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -158,6 +159,21 @@ class EpochMetric(Base):
     reported_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     trial: Mapped[Trial] = relationship(back_populates="epochs")
+
+
+class TrialArtifact(Base):
+    """A file a trial sent for its MLflow run (its augmentation picture), kept until the
+    tracking sender has uploaded it (``sent``); the first one sent for a path stays."""
+
+    __tablename__ = "trial_artifacts"
+    __table_args__ = (UniqueConstraint("trial_id", "path"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(String(200))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    sent: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class MlflowRun(Base):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.orm import Session
 
+from service.store import artifacts
 from service.store.models import EpochMetric, MlflowRun, Sweep, Trial
 from workers.events import FINAL_SWEEP_STATUSES, FINAL_TRIAL_STATUSES
 
@@ -127,8 +128,8 @@ def set_error(session: Session, sweep_id: int, error: str) -> None:
 
 
 def backlog(session: Session, sweep: Sweep) -> int:
-    """How many writes MLflow is missing of the sweep: run creations, configurations, epochs
-    and closes of its parent and trial runs (0 once everything was delivered)."""
+    """How many writes MLflow is missing of the sweep: run creations, configurations, epochs,
+    files and closes of its parent and trial runs (0 once everything was delivered)."""
     if sweep.mlflow_done:
         return 0
     final = sweep.status in FINAL_SWEEP_STATUSES
@@ -169,4 +170,4 @@ def backlog(session: Session, sweep: Sweep) -> int:
         .outerjoin(MlflowRun, joined)
         .where(Trial.sweep_id == sweep.id)
     )
-    return missing + int(session.scalar(stmt) or 0)
+    return missing + int(session.scalar(stmt) or 0) + artifacts.unsent_count(session, sweep.id)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from service.errors import TrialNotFoundError
 from service.store.db import affected
-from service.store.models import EpochMetric, Sweep, Trial, utcnow
+from service.store.models import EpochMetric, Sweep, Trial, TrialArtifact, utcnow
 from workers.events import FINAL_TRIAL_STATUSES, TrialUpdate, finite_metrics, trial_number
 
 NOT_BEST = frozenset({"diverged", "failed"})
@@ -80,6 +80,18 @@ def record_epoch(
         session.add(row)
         session.flush()
     return row
+
+
+def record_artifact(
+    session: Session, sweep_id: int, trial_key: str, path: str, content: bytes
+) -> None:
+    """Store a file of the trial's MLflow run at ``path``; one sent again (a trial restarted
+    from scratch renders its picture again) keeps the first."""
+    trial = _trial_by_key(session, sweep_id, trial_key)
+    of_trial = (TrialArtifact.trial_id == trial.id, TrialArtifact.path == path)
+    if session.scalar(select(TrialArtifact.id).where(*of_trial)) is None:
+        session.add(TrialArtifact(trial_id=trial.id, path=path, content=content, sent=False))
+        session.flush()
 
 
 def _trial_by_key(session: Session, sweep_id: int, key: str) -> Trial:

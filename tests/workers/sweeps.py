@@ -30,6 +30,7 @@ class RecordingSink:
     epoch_write_s: float = 0.0
     updates: list[TrialUpdate] = field(default_factory=list)
     epochs: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+    artifacts: list[tuple[str, str, bytes]] = field(default_factory=list)  # (key, path, content)
     started: list[str] = field(default_factory=list)
     ended: tuple[str, str, str | None] | None = None
     cancel_at: float | None = None
@@ -61,6 +62,10 @@ class RecordingSink:
         n = sum(len(e) for e in self.epochs.values())
         if self.cancel_after_epochs is not None and n >= self.cancel_after_epochs:
             self.cancel_at = self.cancel_at or time.monotonic()
+
+    def artifact_reported(self, trial_key: str, path: str, content: bytes) -> None:
+        self._reachable()
+        self.artifacts.append((trial_key, path, content))
 
     def sweep_ended(self, status: str, message: str, best_trial_key: str | None) -> None:
         self.ended = (status, message, best_trial_key)

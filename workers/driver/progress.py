@@ -89,7 +89,16 @@ class _Epoch:
     metrics: dict[str, float]
 
 
-_Write = _Update | _Epoch
+@dataclass(frozen=True)
+class _Artifact:
+    """A file of the trial's MLflow run (it came with a result)."""
+
+    rec: TrialRecord
+    path: str
+    content: bytes
+
+
+_Write = _Update | _Epoch | _Artifact
 
 
 class SweepProgress:
@@ -204,6 +213,10 @@ class SweepProgress:
             self._writing = f"epoch {w.epoch} of {w.rec.key}"
             self.sink.epoch_reported(w.rec.key, w.epoch, w.metrics)  # idempotent by contract
             return
+        if isinstance(w, _Artifact):
+            self._writing = f"artifact {w.path} of {w.rec.key}"
+            self.sink.artifact_reported(w.rec.key, w.path, w.content)
+            return
         self._writing = f"{w.status} update of {w.rec.key}"
         update = TrialUpdate(
             key=w.rec.key,
@@ -268,6 +281,13 @@ class SweepProgress:
         rec.last_epoch = epoch
         rec.value = metrics.get(self.spec.metric.name, rec.value)
         self._queue(_Epoch(rec, epoch, metrics))
+
+    def artifact(self, key: str, path: str, content: bytes) -> None:
+        """A file for the trial's MLflow run; called before :meth:`result` with the result it
+        came with, so it is written no later than that epoch."""
+        rec = self.trials.get(key)
+        if rec is not None and not rec.final:
+            self._queue(_Artifact(rec, path, content))
 
     def finished(self, key: str) -> None:
         """Tune ended the trial without error: all epochs run, or stopped early."""

@@ -28,9 +28,9 @@ from workers.driver.retention import apply_retention
 from workers.driver.search import build_plan
 from workers.driver.storage import local_path, storage_filesystem
 from workers.errors import ClusterLostError, SinkUnavailableError
-from workers.events import KeepCheckpoints, SweepSink, SweepStatus
+from workers.events import SAMPLES_ARTIFACT, KeepCheckpoints, SweepSink, SweepStatus
 from workers.spec import SweepSpec
-from workers.trial.trainable import DIVERGED, INVALID, TrialSetup, run_trial
+from workers.trial.trainable import DIVERGED, INVALID, SAMPLES, TrialSetup, run_trial
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_S = 1.0
@@ -300,7 +300,15 @@ class ProgressCallback(tune.Callback):
         self.progress.restarting(trial.trial_id, trial.num_failures + 1, message)
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result, **info):
+        # Tune hands callbacks the result it then keeps as the trial's last (it allows changes
+        # in place): the picture goes to the sink only, never into Tune's experiment state.
+        picture = result.pop(SAMPLES, None)
+        if picture is not None:
+            self.progress.artifact(trial.trial_id, SAMPLES_ARTIFACT, picture)
         self.progress.result(trial.trial_id, result)
+
+    def on_trial_save(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        _forget_samples(trial)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
         self.progress.finished(trial.trial_id)
@@ -371,6 +379,22 @@ class CancelStopper(tune.Stopper):
             return False
         self._last_answer = time.monotonic()
         return cancelled
+
+
+def _forget_samples(trial: Trial) -> None:
+    """Drop the picture from the metrics Tune keeps with the trial's newest checkpoint.
+
+    The trial's worker hands Tune its whole first result again with that checkpoint, and Tune
+    keeps every checkpoint's metrics in the experiment state it snapshots every few seconds.
+    Tune's API has no other way to them, so a Tune without these attributes keeps the picture
+    there (tens of KB per trial), which costs space, never correctness.
+    """
+    manager = getattr(trial.run_metadata, "checkpoint_manager", None)
+    latest = getattr(manager, "latest_checkpoint_result", None)
+    metrics = getattr(latest, "metrics", None)
+    if isinstance(metrics, dict) and metrics.pop(SAMPLES, None) is not None:
+        trial.invalidate_json_state()
+        trial.run_metadata.invalidate_cache()
 
 
 def _error_line(trial: Trial) -> str:

@@ -13,6 +13,7 @@ flagged ``invalid``, with the reason: it fails alone, at once, and is not retrie
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 # sweep's driver imports this module for run_trial and the result keys below, never trains, and
 # would otherwise pay torch's import (seconds) on every job's start-up.
 
+log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "trial_state.pt"
 DIVERGED = "diverged"
 """Result key: True on the last result of a diverged trial."""
@@ -45,6 +47,10 @@ PID = "pid"
 """Result key: the worker process id (tests kill it to exercise recovery)."""
 WORST = 1e30
 """Magnitude of the stand-in metric of a diverged trial; finite, and beyond any real value."""
+SAMPLES = "augmented_samples"
+"""Result key: the PNG of the trial's augmentation (:mod:`workers.trial.samples`), bytes, on the
+first result after the trial's first start only (a resumed trial reported it before). The driver
+takes it out of the result before Tune keeps it."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,7 @@ def run_trial(params: dict[str, Any], *, setup: TrialSetup) -> None:
         return
     torch.set_num_threads(max(1, int(setup.cpus)))  # the trial's CPU share, not the machine
     state = _load_checkpoint()
+    samples = _samples(cfg) if state is None else {}  # sent once, with the first result
 
     def on_epoch(metrics: EpochMetrics, checkpoint: Any) -> None:
         report: dict[str, Any] = {**finite_metrics(metrics.as_dict()), EPOCH: metrics.epoch}
@@ -112,13 +119,14 @@ def run_trial(params: dict[str, Any], *, setup: TrialSetup) -> None:
             torch.save(checkpoint(), Path(tmp, CHECKPOINT_FILE))
             # report() copies the directory to the run's storage before returning.
             tune.report(
-                {**report, PID: os.getpid()}, checkpoint=tune.Checkpoint.from_directory(tmp)
+                {**report, PID: os.getpid(), **_take(samples)},
+                checkpoint=tune.Checkpoint.from_directory(tmp),
             )
 
     try:
         result = train(cfg, on_epoch=on_epoch, resume=state)
     except _Diverged as err:
-        _report_last(setup, epoch=err.epoch, flag=DIVERGED, message=str(err))
+        _report_last(setup, err.epoch, DIVERGED, str(err), _take(samples))
         return
     except DataUnavailableError as err:  # retrying cannot help: fail alone, at once
         where = (
@@ -129,7 +137,7 @@ def run_trial(params: dict[str, Any], *, setup: TrialSetup) -> None:
         return
     if result.outcome == "diverged":
         last = result.history[-1].epoch if result.history else 0
-        _report_last(setup, epoch=last + 1, flag=DIVERGED, message=result.message)
+        _report_last(setup, last + 1, DIVERGED, result.message, _take(samples))
 
 
 class _Diverged(Exception):
@@ -140,9 +148,11 @@ class _Diverged(Exception):
         self.epoch = epoch
 
 
-def _report_last(setup: TrialSetup, epoch: int, flag: str, message: str) -> None:
+def _report_last(
+    setup: TrialSetup, epoch: int, flag: str, message: str, extra: dict[str, Any] | None = None
+) -> None:
     """The last result of a diverged or invalid trial: flagged, with a metric that ranks it
-    last."""
+    last; ``extra`` entries go with it."""
     tune.report(
         {
             setup.metric: worst_value(setup.mode),
@@ -150,8 +160,33 @@ def _report_last(setup: TrialSetup, epoch: int, flag: str, message: str) -> None
             PID: os.getpid(),
             flag: True,
             "message": message or flag,
+            **(extra or {}),
         }
     )
+
+
+def _samples(cfg: TrialConfig) -> dict[str, Any]:
+    """``{SAMPLES: png}``, or nothing when the picture cannot be made: it never fails a trial."""
+    from toolbox.data import load_split
+    from toolbox.train import resolve_device
+    from workers.trial.samples import render_samples
+
+    try:
+        # The split training loads next (the same cached tensors), not a CPU copy of its own.
+        data = load_split(cfg.data, resolve_device(cfg.device))
+        return {SAMPLES: render_samples(cfg, data)}
+    except DataUnavailableError:
+        return {}  # training reports it, as the trial's failure
+    except Exception:
+        log.warning("cannot render the augmentation picture; the trial goes on", exc_info=True)
+        return {}
+
+
+def _take(entries: dict[str, Any]) -> dict[str, Any]:
+    """Everything in ``entries``, which is emptied: what is sent once goes with one result."""
+    taken = dict(entries)
+    entries.clear()
+    return taken
 
 
 def _validation_message(err: ValidationError) -> str:

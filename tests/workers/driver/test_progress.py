@@ -65,6 +65,9 @@ class SlowSink:
     def epoch_reported(self, trial_key: str, epoch: int, metrics: dict[str, float]) -> None:
         self.journal.note("epoch_reported", trial_key, epoch, dict(metrics))
 
+    def artifact_reported(self, trial_key: str, path: str, content: bytes) -> None:
+        self.journal.note("artifact_reported", trial_key, path, len(content))
+
     def sweep_ended(self, status: str, message: str, best_trial_key: str | None) -> None:
         self.journal.note("sweep_ended", status, best_trial_key)
 

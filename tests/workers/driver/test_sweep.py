@@ -17,6 +17,7 @@ import pytest
 
 from tests.workers.sweeps import RecordingSink, alive_trial_worker_pids, digits_spec, sweep
 from workers.driver.sweep import run_sweep
+from workers.events import SAMPLES_ARTIFACT
 from workers.spec import SweepSpec
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -155,6 +156,8 @@ def test_killed_worker_is_retried_from_its_checkpoint(ray_cluster, ray_session, 
     last = sink.last_update(key)
     assert last.status == "completed" and last.attempt >= 2
     assert sorted(sink.epochs[key]) == list(range(1, epochs + 1))
+    # rendered at the first start only, not again when resumed from the checkpoint
+    assert [(k, path) for k, path, _ in sink.artifacts] == [(key, SAMPLES_ARTIFACT)]
 
 
 @pytest.mark.slow
