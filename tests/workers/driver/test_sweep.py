@@ -101,6 +101,7 @@ def test_diverging_trial_is_flagged_and_never_best(ray_session, tmp_path):
     assert "diverged" in diverged.message
     assert sink.final_status()[by_lr[0.05]] == "completed"
     assert sink.ended is not None and sink.ended[2] == by_lr[0.05]
+    assert sorted(k for k, _, _ in sink.artifacts) == sorted(by_lr.values())  # a picture each
 
 
 @pytest.mark.slow
