@@ -19,7 +19,22 @@ unit variance per channel with training-split statistics (``standardize``); zero
 variance per sample (``per_instance``)."""
 HiddenNorm = Literal["none", "batch", "layer", "instance", "group"]
 Arch = Literal["mlp", "cnn"]
+Activation = Literal["relu", "sigmoid", "tanh"]
+"""Hidden units' nonlinearity; ``sigmoid`` and ``tanh`` saturate, which is why inputs and hidden
+layers are normalized."""
+DropoutRule = Literal["inverted", "weight_scaling"]
+"""How dropout keeps expected outputs: ``inverted`` scales kept units by 1 / (1 - p) while
+training and changes nothing at test; ``weight_scaling`` leaves training unscaled and multiplies
+outgoing weights (equivalently the unit's output) by 1 - p at test."""
 DeviceName = Literal["auto", "cpu", "cuda"]
+
+PARTITION_SIZES: dict[str, int] = {
+    "digits": 1797,
+    "mnist": 60000,
+    "fashion_mnist": 60000,
+    "cifar10": 50000,
+}
+"""Labelled images of each data set's official training partition (before the split)."""
 
 
 class StrictModel(BaseModel):
@@ -37,6 +52,8 @@ class DataConfig(StrictModel):
             available); ``None`` means ``~/.cache/toolbox-sweeps/data``.
         val_fraction: share of the training data held out for validation.
         split_seed: seed of the train/validation split, fixed so every trial sees the same split.
+        train_size: train on the first ``train_size`` samples of that fixed training split
+            (small-data regimes); ``None`` uses all of it. The validation split is unchanged.
         download: let torchvision try to download a missing data set.
     """
 
@@ -44,7 +61,25 @@ class DataConfig(StrictModel):
     data_dir: str | None = None
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = Field(0, ge=0, le=2**31 - 1)
+    train_size: int | None = Field(None, ge=1)
     download: bool = True
+
+    def train_split_size(self, partition_size: int) -> int:
+        """Samples the seeded split leaves for training out of ``partition_size`` labelled ones."""
+        return partition_size - max(1, round(partition_size * self.val_fraction))
+
+    @model_validator(mode="after")
+    def _check_train_size(self) -> DataConfig:
+        # The official partitions' sizes bound it here; files of another size in data_dir are
+        # checked when they are loaded (toolbox.data).
+        available = self.train_split_size(PARTITION_SIZES[self.dataset])
+        if self.train_size is not None and self.train_size > available:
+            raise ValueError(
+                f"data.train_size={self.train_size} is larger than the training split of "
+                f"{self.dataset} ({available} samples with data.val_fraction="
+                f"{self.val_fraction}); choose at most {available}, or none for all of it"
+            )
+        return self
 
 
 class AugmentConfig(StrictModel):
@@ -123,18 +158,23 @@ class ModelConfig(ModelShape):
     """The network: an MLP or a small CNN (its shape, see :class:`ModelShape`, and its layers).
 
     Attributes:
+        activation: hidden units' nonlinearity (see :data:`Activation`).
         norm: hidden-layer normalization; all kinds have learned gamma and beta.
         groups: number of groups for ``norm='group'``; must divide every normalized width.
-        dropout: dropout probability on fully connected layers (inverted scaling).
+        dropout: dropout probability on fully connected layers.
+        dropout_rule: how dropout and DropConnect keep expected outputs (see
+            :data:`DropoutRule`).
         dropout_conv: also apply (channel) dropout after conv blocks.
         dropconnect: drop weights (DropConnect) instead of activations on fully connected
             layers, with the same probability ``dropout``.
         fc_width: hidden units of the CNN's fully connected head.
     """
 
+    activation: Activation = "relu"
     norm: HiddenNorm = "none"
     groups: int = Field(4, ge=1, le=4096)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout_rule: DropoutRule = "inverted"
     dropout_conv: bool = False
     dropconnect: bool = False
     fc_width: int = Field(128, ge=1, le=4096)
@@ -208,6 +248,9 @@ class TrialConfig(StrictModel):
         optim: the optimizer and batch size.
         epochs: number of passes over the training split.
         seed: seed of initialization, shuffling, augmentation and dropout.
+        measure_grad_noise: also measure the ``grad_noise`` metric, the spread of the
+            minibatch gradients over each epoch (off by default: it costs up to ~10% of a
+            small model's epoch).
         device: ``auto`` picks CUDA when present.
     """
 
@@ -218,6 +261,7 @@ class TrialConfig(StrictModel):
     optim: OptimConfig = OptimConfig()
     epochs: int = Field(5, ge=1, le=1000)
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    measure_grad_noise: bool = False
     device: DeviceName = "auto"
 
     def flatten(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ live on the trial's device (the GPU when there is one), so training never waits 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import pickle
 import warnings
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from toolbox.config import DataConfig
-from toolbox.errors import DataUnavailableError
+from toolbox.errors import ConfigError, DataUnavailableError
 
 DEFAULT_DATA_DIR = "~/.cache/toolbox-sweeps/data"
 """Where torchvision data sets live when ``DataConfig.data_dir`` is ``None``."""
@@ -212,7 +213,7 @@ def load_split(cfg: DataConfig, device: torch.device | str = "cpu") -> DataSplit
     """Load ``cfg.dataset`` onto ``device`` and split it, reusing the per-process cache.
 
     Args:
-        cfg: which data set and how to split it.
+        cfg: which data set, how to split it and how much of the training split to keep.
         device: where the tensors live; trials in one worker process share them.
 
     Returns:
@@ -220,8 +221,32 @@ def load_split(cfg: DataConfig, device: torch.device | str = "cpu") -> DataSplit
 
     Raises:
         toolbox.errors.DataUnavailableError: the data set is missing and cannot be downloaded.
+        toolbox.errors.ConfigError: ``data.train_size`` exceeds the training split.
     """
-    return _cached_split(cfg, str(torch.device(device)))
+    # Every train_size shares one cached split: its training tensors are views of the full ones.
+    whole = _cached_split(cfg.model_copy(update={"train_size": None}), str(torch.device(device)))
+    return limit_train(whole, cfg.train_size)
+
+
+def limit_train(split: DataSplit, train_size: int | None) -> DataSplit:
+    """Keep the first ``train_size`` training samples of ``split`` (all when ``None``).
+
+    The validation tensors are untouched, and an already limited split stays as it is.
+
+    Raises:
+        toolbox.errors.ConfigError: ``train_size`` exceeds the training split.
+    """
+    available = len(split.train_y)
+    if train_size is None or train_size == available:
+        return split
+    if train_size > available:
+        raise ConfigError(
+            f"data.train_size={train_size} is larger than the training split of {split.name} "
+            f"({available} samples); choose at most {available}, or none for all of it"
+        )
+    return dataclasses.replace(
+        split, train_x=split.train_x[:train_size], train_y=split.train_y[:train_size]
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -229,7 +254,7 @@ def _cached_split(cfg: DataConfig, device: str) -> DataSplit:
     images, labels, num_classes = LOADERS[cfg.dataset](cfg)
     rng = np.random.default_rng(cfg.split_seed)
     order = rng.permutation(len(labels))
-    n_val = max(1, round(len(labels) * cfg.val_fraction))
+    n_val = len(labels) - cfg.train_split_size(len(labels))
     val_idx, train_idx = order[:n_val], order[n_val:]
     return DataSplit(
         train_x=_images_to(images, train_idx, device),

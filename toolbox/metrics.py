@@ -22,6 +22,11 @@ class EpochMetrics:
         val_accuracy: share of validation samples classified correctly after the epoch.
         epoch_seconds: wall time of the epoch, training plus evaluation.
         samples_per_second: training samples divided by the training time alone.
+        grad_noise: how far the epoch's minibatch gradients (of the loss, taken before each
+            step) spread around their mean: the square root of their mean squared Euclidean
+            distance from it, with Bessel's correction over the epoch's batches. It falls
+            like 1 / sqrt(batch size). Measured with ``measure_grad_noise`` and at least two
+            batches; otherwise ``None``, a metric the epoch does not report.
     """
 
     epoch: int
@@ -31,13 +36,15 @@ class EpochMetrics:
     val_accuracy: float
     epoch_seconds: float
     samples_per_second: float
+    grad_noise: float | None = None
 
-    def as_dict(self) -> dict[str, float]:
-        """Return ``{field name: value}``, including ``epoch``."""
+    def as_dict(self) -> dict[str, float | None]:
+        """Return ``{field name: value}``, including ``epoch`` and unmeasured (``None``) ones."""
         return dataclasses.asdict(self)
 
 
 METRIC_NAMES: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(EpochMetrics) if f.name != "epoch"
 )
-"""The names a sweep's metric and the trials' reports use: every field but ``epoch``."""
+"""The names a sweep's metric and the trials' reports use: every field but ``epoch``. A trial
+reports only the measured ones (finite numbers, see ``workers.events.finite_metrics``)."""

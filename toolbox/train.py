@@ -3,7 +3,8 @@
 The whole data set lives on the device; each epoch shuffles it with a device generator, gathers
 a few minibatches at a time, augments them there in one go, normalizes the inputs and takes one
 SGD step per batch. Loss and accuracy accumulate on the device and are read once per epoch,
-after evaluation.
+after evaluation. With ``measure_grad_noise``, running sums of the minibatch gradients give the
+epoch's ``grad_noise`` too (see :mod:`toolbox.grad_noise`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolbox.config import TrialConfig
-from toolbox.data import DataSplit, load_split
+from toolbox.data import DataSplit, limit_train, load_split
 from toolbox.errors import ConfigError
+from toolbox.grad_noise import GradNoise
 from toolbox.metrics import EpochMetrics
 from toolbox.models import build_model
 from toolbox.optim import build_optimizer
@@ -151,11 +153,13 @@ def train_epoch(
     augment: Callable[..., torch.Tensor] | None,
     generator: torch.Generator,
     batch_size: int,
+    grad_noise: GradNoise | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over the freshly shuffled training split; one SGD step per minibatch.
 
     The minibatches are those of the shuffled order; with ``augment``, they are gathered and
-    augmented :data:`AUGMENT_AHEAD` samples at a time, then stepped through one by one.
+    augmented :data:`AUGMENT_AHEAD` samples at a time, then stepped through one by one. With
+    ``grad_noise``, every minibatch's gradient is added to its sums before the step.
 
     Returns:
         (summed training loss, correct count) as 0-dim device tensors, not synchronized.
@@ -179,6 +183,8 @@ def train_epoch(
             logits = model(normalize(x))  # (B, classes)
             loss = F.cross_entropy(logits, y)
             loss.backward()
+            if grad_noise is not None:
+                grad_noise.add()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach() * len(y)
@@ -255,7 +261,8 @@ def train(
             returns a checkpoint; may raise to stop training (the exception propagates).
         resume: a checkpoint from ``on_epoch``; training continues after its epoch and the
             returned history includes the epochs before it.
-        data: a prepared split; by default ``load_split(config.data, device)``.
+        data: a prepared split (``data.train_size`` applies to it too); by default
+            ``load_split(config.data, device)``.
 
     Returns:
         ``completed`` with every epoch, or ``diverged`` when a loss became NaN or infinite
@@ -263,10 +270,14 @@ def train(
 
     Raises:
         toolbox.errors.DataUnavailableError: the data set cannot be loaded.
-        toolbox.errors.ConfigError: ``resume`` is not a checkpoint of this version.
+        toolbox.errors.ConfigError: ``resume`` is not a checkpoint of this version, or
+            ``data.train_size`` exceeds the training split.
     """
     device = resolve_device(config.device)
-    split = _on_device(data, device) if data is not None else load_split(config.data, device)
+    if data is None:
+        split = load_split(config.data, device)
+    else:
+        split = _on_device(limit_train(data, config.data.train_size), device)
     torch.manual_seed(config.seed)
     model = build_model(config.model, split.in_shape, split.num_classes).to(device)
     generator = torch.Generator(device=device)
@@ -287,16 +298,18 @@ def train(
     for epoch in range(len(state.history) + 1, config.epochs + 1):
         _synchronize(device)
         t0 = time.perf_counter()
+        noise = GradNoise(model.parameters()) if config.measure_grad_noise else None
         train_sums = train_epoch(
             model, state.optimizer, split, state.normalize, augment, generator,
-            config.optim.batch_size,
+            config.optim.batch_size, noise,
         )  # fmt: skip
         _synchronize(device)
         train_seconds = time.perf_counter() - t0
         val_sums = evaluate_sums(model, split.val_x, split.val_y, state.normalize)
+        noise_value = noise.value() if noise is not None else None
         # The one host-device synchronization of the epoch.
-        train_loss, train_correct, val_loss, val_correct = torch.stack(
-            [*train_sums, *val_sums]
+        train_loss, train_correct, val_loss, val_correct, *grad_noise = torch.stack(
+            [*train_sums, *val_sums, *([] if noise_value is None else [noise_value])]
         ).tolist()
         epoch_seconds = time.perf_counter() - t0
         if not _all_finite(train_loss, val_loss):
@@ -315,6 +328,7 @@ def train(
             val_accuracy=val_correct / n_val,
             epoch_seconds=epoch_seconds,
             samples_per_second=n_train / train_seconds,
+            grad_noise=grad_noise[0] if grad_noise else None,
         )
         state.history.append(metrics)
         if on_epoch is not None:

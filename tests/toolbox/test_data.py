@@ -1,4 +1,5 @@
-"""Data loading: the seeded split, the per-process cache, torchvision formats, missing data."""
+"""Data loading: the seeded split, the per-process cache, torchvision formats, missing data,
+the training-set size."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from toolbox.config import DataConfig
-from toolbox.data import DEFAULT_DATA_DIR, _cached_split, data_root, load_split
-from toolbox.errors import DataUnavailableError
+from toolbox.data import DEFAULT_DATA_DIR, _cached_split, data_root, limit_train, load_split
+from toolbox.errors import ConfigError, DataUnavailableError
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -146,3 +148,34 @@ def test_missing_data_error_names_directory_and_layout(
 def test_default_data_dir_is_the_user_cache() -> None:
     assert data_root(DataConfig()) == Path(DEFAULT_DATA_DIR).expanduser()
     assert data_root(DataConfig(data_dir="/srv/data")) == Path("/srv/data")
+
+
+def test_train_size_keeps_the_first_training_samples_and_the_same_validation() -> None:
+    cfg = DataConfig(dataset="digits", split_seed=5)
+    whole = load_split(cfg)
+    small = load_split(cfg.model_copy(update={"train_size": 100}))
+    assert len(small.train_y) == 100
+    assert torch.equal(small.train_x, whole.train_x[:100])
+    assert torch.equal(small.train_y, whole.train_y[:100])
+    assert small.val_x is whole.val_x and small.val_y is whole.val_y
+    # Views of the one cached split, not a second copy of the data set.
+    assert small.train_x.data_ptr() == whole.train_x.data_ptr()
+    assert limit_train(small, 100) is small  # limiting twice changes nothing
+
+
+def test_train_size_is_validated_against_the_official_split_at_the_config_edge() -> None:
+    available = 1797 - round(1797 * 0.2)  # digits' training split with val_fraction 0.2
+    assert DataConfig(train_size=available).train_size == available
+    with pytest.raises(ValidationError, match=rf"data\.train_size=1500 .*{available} samples"):
+        DataConfig(train_size=1500)
+    with pytest.raises(ValidationError, match="train_size"):
+        DataConfig(train_size=0)
+
+
+def test_train_size_beyond_smaller_files_fails_when_loaded(tmp_path: Path) -> None:
+    _write_mnist(tmp_path, "MNIST", n=40, seed=2)  # well-formed files, far below 60000 images
+    cfg = DataConfig(
+        dataset="mnist", data_dir=str(tmp_path), val_fraction=0.25, download=False, train_size=31
+    )
+    with pytest.raises(ConfigError, match=r"data\.train_size=31 .*mnist \(30 samples\)"):
+        load_split(cfg)

@@ -1,9 +1,12 @@
-"""Dropout and DropConnect: rate, inverted scaling, identity in eval and at p=0."""
+"""Dropout and DropConnect: rate, both scaling rules, identity in eval and at p=0, and the
+lecture's claim that either rule keeps the expected output."""
 
 import pytest
 import torch
+from torch import nn
 
-from toolbox.dropout import DropConnectLinear, Dropout, dropout
+from toolbox.config import DropoutRule
+from toolbox.dropout import RULES, DropConnectLinear, Dropout, dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
@@ -80,3 +83,69 @@ def test_modules_describe_themselves() -> None:
 def test_invalid_probability_is_rejected() -> None:
     with pytest.raises(ValueError):
         Dropout(1.0)
+
+
+P = 0.4
+
+
+def test_weight_scaling_trains_unscaled_and_scales_by_one_minus_p_at_test() -> None:
+    torch.manual_seed(0)
+    x = torch.ones(200, 500)
+    y = Dropout(P, rule="weight_scaling").train()(x)
+    assert abs((y == 0).float().mean().item() - P) < 0.01
+    assert torch.allclose(y[y != 0], torch.ones(()))  # kept units pass unscaled
+    assert torch.allclose(dropout(x, P, training=False, rule="weight_scaling"), x * (1 - P))
+    layer = DropConnectLinear(10, 5, p=P, rule="weight_scaling").eval()
+    z = torch.randn(4, 10)
+    expected = torch.nn.functional.linear(z, layer.weight * (1 - P), layer.bias)
+    assert torch.allclose(layer(z), expected)
+
+
+def _net(kind: str, rule: DropoutRule) -> tuple[nn.Module, nn.Linear]:
+    """20 inputs -> 3 outputs, dropping the inputs (dropout) or the weights (DropConnect), and
+    its linear layer (whose weights are the dropped units' outgoing ones); seeded weights."""
+    torch.manual_seed(1)
+    if kind == "dropout":
+        linear = nn.Linear(20, 3)
+        return nn.Sequential(Dropout(P, rule=rule), linear), linear
+    linear = DropConnectLinear(20, 3, p=P, rule=rule)
+    return linear, linear
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("kind", ["dropout", "dropconnect"])
+def test_averaged_over_masks_training_output_is_the_test_output(kind: str, rule: str) -> None:
+    """The lecture's claim, for each rule: a unit's expected output in training (over the random
+    masks) is what it outputs at test, where every unit is kept and scaled by the rule. The
+    mean of 4000 masked forward passes must lie within 5 standard errors of the eval output."""
+    net, _ = _net(kind, rule)  # type: ignore[arg-type]
+    x = torch.randn(2, 20)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        masked = torch.stack([net.train()(x) for _ in range(4000)])  # (masks, 2, 3)
+        at_test = net.eval()(x)
+    standard_error = masked.std(dim=0) / 4000**0.5
+    assert torch.all((masked.mean(dim=0) - at_test).abs() <= 5 * standard_error)
+
+
+@pytest.mark.parametrize("kind", ["dropout", "dropconnect"])
+def test_the_rules_are_one_model_up_to_the_scale_of_outgoing_weights(kind: str) -> None:
+    """Weights w under the inverted rule compute exactly what weights w / (1 - p) compute under
+    weight scaling: in training (for the same masks) and at test. So the rules differ only in
+    where the 1 / (1 - p) lives, not in what the network can learn or predict."""
+    inverted, _ = _net(kind, "inverted")
+    scaled, scaled_linear = _net(kind, "weight_scaling")  # the same (seeded) initial weights
+    with torch.no_grad():
+        scaled_linear.weight /= 1 - P
+    x = torch.randn(8, 20)
+    for mode in ("train", "eval"):
+        torch.manual_seed(3)
+        a = getattr(inverted, mode)()(x)
+        torch.manual_seed(3)
+        b = getattr(scaled, mode)()(x)
+        assert torch.allclose(a, b, atol=1e-6), mode
+
+
+def test_an_unknown_rule_is_rejected() -> None:
+    with pytest.raises(ValueError, match="rule"):
+        Dropout(0.5, rule="sometimes")  # type: ignore[arg-type]

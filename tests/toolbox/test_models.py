@@ -63,3 +63,28 @@ def test_eval_mode_is_deterministic_with_dropout() -> None:
     assert torch.equal(model(x), model(x))
     model.train()
     assert not torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize(
+    ("activation", "layer"), [("relu", nn.ReLU), ("sigmoid", nn.Sigmoid), ("tanh", nn.Tanh)]
+)
+@pytest.mark.parametrize(("arch", "hidden"), [("mlp", 3), ("cnn", 4)])  # cnn: 3 blocks + head
+def test_every_hidden_layer_uses_the_configured_activation(
+    arch: str, hidden: int, activation: str, layer: type[nn.Module]
+) -> None:
+    cfg = ModelConfig(arch=arch, width=8, depth=3, activation=activation)  # type: ignore[arg-type]
+    model = build_model(cfg, (1, 8, 8), 10)
+    kinds = [type(m) for m in model.modules() if isinstance(m, nn.ReLU | nn.Sigmoid | nn.Tanh)]
+    assert kinds == [layer] * hidden
+    assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_dropout_and_dropconnect_follow_the_configured_rule() -> None:
+    cfg = ModelConfig(arch="cnn", width=8, depth=2, dropout=0.3, dropout_conv=True)
+    for rule in ("inverted", "weight_scaling"):
+        model = build_model(cfg.model_copy(update={"dropout_rule": rule}), (1, 8, 8), 10)
+        drops = [m for m in model.modules() if isinstance(m, Dropout)]
+        assert len(drops) == 3 and {d.rule for d in drops} == {rule}
+        dc = ModelConfig(arch="mlp", width=8, dropout=0.3, dropconnect=True, dropout_rule=rule)  # type: ignore[arg-type]
+        layers = [m for m in build_model(dc, (1, 8, 8), 10).modules()]
+        assert {m.rule for m in layers if isinstance(m, DropConnectLinear)} == {rule}
