@@ -29,8 +29,10 @@ COLUMNS = (
     ("val_acc", "val_accuracy", 4),
     ("seconds", "epoch_seconds", 2),
     ("samples/s", "samples_per_second", 0),
+    ("grad_noise", "grad_noise", 4),
 )
-"""(header, EpochMetrics field, decimals) of each printed column."""
+"""(header, EpochMetrics field, decimals) of each printed column; an unmeasured metric
+(``None``) prints as ``-``."""
 
 
 def load_config(path: Path, overrides: Sequence[str] = ()) -> TrialConfig:
@@ -72,8 +74,11 @@ def print_header(out: TextIO) -> None:
 
 def print_epoch(metrics: EpochMetrics, out: TextIO) -> None:
     """Print one row of the per-epoch table."""
-    cells = (f"{getattr(metrics, field):>10.{decimals}f}" for _, field, decimals in COLUMNS)
-    print("  ".join(cells), file=out, flush=True)
+    print("  ".join(_cell(getattr(metrics, f), d) for _, f, d in COLUMNS), file=out, flush=True)
+
+
+def _cell(value: float | None, decimals: int) -> str:
+    return f"{'-':>10}" if value is None else f"{value:>10.{decimals}f}"
 
 
 def print_outcome(result: TrainResult, out: TextIO) -> None:

@@ -57,6 +57,8 @@ MAX_VARIANTS = 100
 """The most variants a sweep may name."""
 VARIANT = "variant"
 """The parameter that picks one of the sweep's ``variants`` (made from them, never written)."""
+MEASURE_GRAD_NOISE = "measure_grad_noise"
+"""The setting without which trials do not report the ``grad_noise`` metric."""
 CORNER_LIMIT = 1024
 """Rules that tie a section's settings together are checked on every combination of the
 swept values (a range's ends) of that section while there are at most this many."""
@@ -321,6 +323,23 @@ class SweepSpec(StrictModel):
                     f"variants.{name}: {', '.join(both)} is also a parameter; set it in the "
                     "variants or in parameters, not both"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _check_metric(self) -> SweepSpec:
+        # Only trials that measure grad_noise report it: the others could not be ranked.
+        if self.metric.name != "grad_noise":
+            return self
+        flag = self.parameters.get(MEASURE_GRAD_NOISE)
+        if flag is not None:
+            measured = flag.corners()
+        else:
+            measured = [s.get(MEASURE_GRAD_NOISE, False) for s in self.variants.values()]
+        if not measured or not all(v is True for v in measured):
+            raise ValueError(
+                f"metric.name=grad_noise is reported only by trials that measure it; set "
+                f"parameters.{MEASURE_GRAD_NOISE}: true"
+            )
         return self
 
     @model_validator(mode="after")

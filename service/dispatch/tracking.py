@@ -44,7 +44,8 @@ from workers.tracking import (
 
 log = logging.getLogger(__name__)
 EPOCHS_PER_REQUEST = 100
-"""Epochs of one run per ``log_batch`` (7 metrics each stays under MLflow's 1000)."""
+"""Epochs of one run per ``log_batch`` (at most 8 metrics each, epoch and grad_noise included,
+stays under MLflow's 1000)."""
 PROBE_S = 2.0
 """While deliveries back off, how often MLflow is asked whether it answers again."""
 

@@ -145,3 +145,15 @@ def test_a_setting_in_both_a_variant_and_the_parameters_is_refused():
 def test_variant_names_must_be_defined():
     message = _error({"parameters": {"variant": ["plain"]}})
     assert "parameters.variant" in message and "define them under variants" in message
+
+
+def test_grad_noise_metric_needs_every_trial_to_measure_it():
+    metric = {"name": "grad_noise", "goal": "minimize"}
+    message = _error({"parameters": {"optim.batch_size": [8, 64]}, "metric": metric})
+    assert "metric.name=grad_noise" in message and "measure_grad_noise: true" in message
+    swept = {"optim.batch_size": 8, "measure_grad_noise": [True, False]}
+    assert "measure_grad_noise: true" in _error({"parameters": swept, "metric": metric})
+    spec = SweepSpec.model_validate(
+        {"parameters": {"optim.batch_size": [8, 64], "measure_grad_noise": True}, "metric": metric}
+    )
+    assert spec.metric.name == "grad_noise"
