@@ -10,7 +10,8 @@ import torch
 
 import toolbox.train
 from toolbox.config import TrialConfig
-from toolbox.data import DataSplit
+from toolbox.data import DataSplit, limit_train, load_split
+from toolbox.errors import ConfigError
 from toolbox.metrics import EpochMetrics
 from toolbox.models import build_model
 from toolbox.optim import build_optimizer
@@ -229,3 +230,12 @@ def _tiny_split(n_train: int, n_val: int, classes: int = 10) -> DataSplit:
         num_classes=classes,
         name="tiny",
     )
+
+
+def test_train_size_applies_to_a_prepared_split_too() -> None:
+    cfg = _config(epochs=1, **{"data.train_size": 50})
+    whole = load_split(cfg.data.model_copy(update={"train_size": None}))
+    from_whole = train(cfg, data=whole).history[0]
+    assert _curve(TrainResult("completed", [from_whole])) == _curve(train(cfg))
+    with pytest.raises(ConfigError, match=r"data\.train_size=50 .*\(40 samples\)"):
+        train(cfg, data=limit_train(whole, 40))
