@@ -1,0 +1,67 @@
+"""Synthetic sweep results for the analysis, plot and summary tests: the metric is decided by
+``model.norm`` (plus a small effect of the learning rate and noise from the seed)."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+from workers.analysis import SweepResults, TrialResult, settings_of
+
+PARAMETERS: dict[str, Any] = {
+    "model.norm": {"values": ["none", "batch", "layer"]},
+    "optim.lr": {"values": [0.01, 0.1]},
+    "seed": {"values": [0, 1, 2]},
+    "model.width": {"value": 32},
+}
+LEVEL = {"none": 0.6, "batch": 0.9, "layer": 0.8}
+"""The final accuracy of each norm at the learning rate 0.1 (0.01 costs 0.02)."""
+
+
+def trial(number: int, norm: str, lr: float, seed: int, status: str = "completed") -> TrialResult:
+    noise = 0.005 * (seed - 1)
+    final = LEVEL[norm] - (0.02 if lr == 0.01 else 0.0) + noise
+    curve = [
+        (e, {"val_accuracy": final - 0.05 * (5 - e), "val_loss": 2.0 * math.exp(-e) + 0.1})
+        for e in range(1, 6)
+    ]
+    params = {"model.norm": norm, "optim.lr": lr, "seed": seed}
+    return TrialResult(number, f"norm={norm} lr={lr} seed={seed}", status, params, curve)
+
+
+def results(extra: list[TrialResult] | None = None) -> SweepResults:
+    """The full grid (18 trials, all completed), plus ``extra``."""
+    trials = []
+    for norm in LEVEL:
+        for lr in (0.01, 0.1):
+            for seed in (0, 1, 2):
+                trials.append(trial(len(trials) + 1, norm, lr, seed))
+    trials += extra or []
+    return SweepResults("norms", "val_accuracy", "maximize", settings_of(PARAMETERS), trials)
+
+
+def big_results(n: int = 120, epochs: int = 30) -> SweepResults:
+    """A random search of ``n`` trials over a log-uniform learning rate and three norms."""
+    rng = random.Random(0)
+    params: dict[str, Any] = {
+        "optim.lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 0.3},
+        "model.norm": {"values": list(LEVEL)},
+        "optim.batch_size": {"values": [8, 64, 512]},
+    }
+    trials = []
+    for number in range(1, n + 1):
+        p = {
+            "optim.lr": math.exp(rng.uniform(math.log(1e-3), math.log(0.3))),
+            "model.norm": rng.choice(list(LEVEL)),
+            "optim.batch_size": rng.choice([8, 64, 512]),
+        }
+        status = "diverged" if number % 17 == 0 else "completed"
+        level = LEVEL[p["model.norm"]]
+        curve = [
+            (e, {"val_accuracy": level * (1 - math.exp(-e / 5)) + rng.gauss(0, 0.01),
+                 "val_loss": 2 * math.exp(-e / 5) + 0.1})
+            for e in range(1, epochs + 1)
+        ]  # fmt: skip
+        trials.append(TrialResult(number, f"big #{number}", status, p, curve))
+    return SweepResults("big", "val_accuracy", "maximize", settings_of(params), trials)
