@@ -18,8 +18,11 @@ install: $(STAMP)
 # System tools the tests use: docker-compose validates docker/ (no engine needed), the
 # PostgreSQL server on 127.0.0.1:5432 backs the storage tests (each run makes its own databases),
 # and Debian's PostgreSQL binaries start the private server the fault tests stop and restart.
+# Debian's chromium is the browser Playwright drives in the browser tests (Playwright never
+# downloads one of its own).
 tools:
 	command -v docker-compose >/dev/null || (apt-get update && apt-get install -y docker-compose)
+	test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update && apt-get install -y postgresql)
 	pg_isready -q -h 127.0.0.1 -p 5432 || echo "warning: no PostgreSQL on 127.0.0.1:5432; the postgres tests will fail" >&2
 
