@@ -123,6 +123,8 @@ class Settings(BaseSettings):
         data_dir, data_download: where trial workers read data sets (default
             ``~/.cache/toolbox-sweeps/data``) and whether they may download a missing one
             there; deployment settings, never sweep parameters.
+        tracking_plots_seconds: how often, at most, a running sweep's pictures and trial table
+            on its MLflow parent run are drawn again (see :mod:`service.dispatch.parent_plots`).
         keep_checkpoints: what a final sweep leaves on storage: ``best`` (the best trial's
             last checkpoint), ``none`` or ``all`` (Tune's experiment directory untouched).
     """
@@ -153,6 +155,7 @@ class Settings(BaseSettings):
     stuck_after_seconds: float = Field(120.0, gt=0)
     ray_grace_seconds: float = Field(300.0, gt=0)
     tracking_backoff_seconds: float = Field(30.0, gt=0)
+    tracking_plots_seconds: float = Field(10.0, gt=0)
     max_body_bytes: int = Field(1 << 20, ge=1024)
     rate_limit: str = "600/minute"
     max_open_sweeps: int = Field(20, ge=1)

@@ -54,7 +54,7 @@ def ranked_table(results: SweepResults) -> str:
         rows.append(
             [
                 str(rank) if rank is not None else "-",
-                f"#{t.number} {t.name}",
+                t.name,
                 t.status,
                 *(_value(t.params.get(k, "")) for k in keys),
                 _metric(t.final(m)),

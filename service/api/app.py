@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
             factory,
             MlflowRuns(settings.mlflow_tracking_uri),
             backoff_s=(0.5, settings.tracking_backoff_seconds),
+            plots_every_s=settings.tracking_plots_seconds,
         )
 
         def start_background() -> None:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
 from service.dispatch.loop import Loop
+from service.dispatch.parent_plots import PLOTS_EVERY_S, ParentPlots
 from service.errors import StorageError
 from service.store import artifacts
 from service.store import tracking as journal
@@ -60,9 +61,11 @@ class TrackingSender:
         *,
         poll_s: float = 0.25,
         backoff_s: tuple[float, float] = (0.5, 30.0),
+        plots_every_s: float = PLOTS_EVERY_S,
     ) -> None:
         self.factory = factory
         self.runs = runs
+        self.plots = ParentPlots(factory, runs, plots_every_s)  # the parent run's pictures
         self.backoff_s = backoff_s
         self._synced: dict[int, str] = {}  # sweep id -> its version when last fully delivered
         self._rejected = False  # MLflow refused a request of the sweep being delivered
@@ -121,7 +124,7 @@ class TrackingSender:
         """
         with session_scope(self.factory) as session:
             version = store.sweep_version(session, sweep_id)
-        if self._synced.get(sweep_id) == version:
+        if self._synced.get(sweep_id) == version and not self.plots.due(sweep_id):
             return
         self._rejected = False
         sweep = self._view(sweep_id)  # read before its trials: final here means they all are
@@ -135,6 +138,7 @@ class TrackingSender:
             self._close_parent(sweep, parent)
             self._synced.pop(sweep_id, None)
         else:
+            self._rejectable(sweep, lambda: self.plots.refresh(sweep, parent, trials))
             self._synced[sweep_id] = version
         if sweep.mlflow_error and not self._rejected:
             self._note(sweep_id, "")  # a complete pass: no error stands
@@ -231,10 +235,13 @@ class TrackingSender:
                 tags |= best_tags(best.trial.key, best.trial.params, best.trial.mlflow_run_id)
                 ended = int((sweep.ended_at or sweep.updated_at).timestamp() * 1000)
                 points = [Point(f"best_{sweep.metric_name}", best.value, ended, 0)]
+        # the final pictures, before the close (sent again after a crash before it: harmless)
+        self._rejectable(sweep, lambda: self.plots.upload(sweep, parent, runs))
         self._rejectable(sweep, lambda: self.runs.log(parent, points, tags=tags))
         self._rejectable(sweep, lambda: self.runs.close(parent, RUN_STATUS[sweep.status]))
         with session_scope(self.factory) as session:
             journal.delivered(session, sweep.id)
+        self.plots.forget(sweep.id)
 
     def _run_id(
         self,

@@ -171,3 +171,17 @@ def backlog(session: Session, sweep: Sweep) -> int:
         .where(Trial.sweep_id == sweep.id)
     )
     return missing + int(session.scalar(stmt) or 0) + artifacts.unsent_count(session, sweep.id)
+
+
+def sweep_curves(session: Session, sweep_id: int) -> dict[int, list[EpochMetric]]:
+    """Every stored epoch of the sweep's trials, by trial id, in epoch order."""
+    stmt = (
+        select(EpochMetric)
+        .join(Trial)
+        .where(Trial.sweep_id == sweep_id)
+        .order_by(EpochMetric.trial_id, EpochMetric.epoch)
+    )
+    out: dict[int, list[EpochMetric]] = {}
+    for row in session.scalars(stmt):
+        out.setdefault(row.trial_id, []).append(row)
+    return out

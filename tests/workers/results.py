@@ -27,7 +27,7 @@ def trial(number: int, norm: str, lr: float, seed: int, status: str = "completed
         for e in range(1, 6)
     ]
     params = {"model.norm": norm, "optim.lr": lr, "seed": seed}
-    return TrialResult(number, f"norm={norm} lr={lr} seed={seed}", status, params, curve)
+    return TrialResult(number, f"norms #{number} norm={norm}", status, params, curve)
 
 
 def results(extra: list[TrialResult] | None = None) -> SweepResults:

@@ -51,8 +51,8 @@ def test_summary_ranks_every_trial() -> None:
     lines = [line for line in text.splitlines() if line.startswith("| ")]
     assert lines[0].startswith("| rank | run | status | model.norm | optim.lr | seed |")
     assert len(lines) == 1 + 19
-    assert lines[1].startswith("| 1 | #") and "| batch | 0.1 |" in lines[1]
-    assert lines[-1].startswith("| - | #19 ") and "diverged" in lines[-1]
+    assert lines[1].startswith("| 1 | norms #12 ") and "| batch | 0.1 |" in lines[1]
+    assert lines[-1].startswith("| - | norms #19 ") and "diverged" in lines[-1]
     assert "model.norm 0.9" in text
 
 
