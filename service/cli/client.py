@@ -74,9 +74,15 @@ class SweepsClient:
         )
         return result
 
-    def trials(self, sweep_id: int) -> dict[str, Any]:
-        """``GET /sweeps/{id}/trials`` (the first 500)."""
-        result: dict[str, Any] = self._call("GET", f"/sweeps/{sweep_id}/trials?limit=500")
+    def trials(self, sweep_id: int, offset: int = 0) -> dict[str, Any]:
+        """``GET /sweeps/{id}/trials``: 500 trials from ``offset`` (the first 500 by default)."""
+        params = {"limit": 500, "offset": offset}
+        result: dict[str, Any] = self._call("GET", f"/sweeps/{sweep_id}/trials", params=params)
+        return result
+
+    def trial(self, sweep_id: int, number: int) -> dict[str, Any]:
+        """``GET /sweeps/{id}/trials/{number}``: one trial with its whole curve."""
+        result: dict[str, Any] = self._call("GET", f"/sweeps/{sweep_id}/trials/{number}")
         return result
 
     def cancel(self, sweep_id: int) -> dict[str, Any]:

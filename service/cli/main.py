@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from service.cli import report
 from service.cli.client import ApiError, SweepsClient
 from service.config import STATE_DIR, Settings, load_settings
 from workers.events import FINAL_SWEEP_STATUSES, FINAL_TRIAL_STATUSES
@@ -77,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("sweep_id", type=int)
         cmd.set_defaults(run=run)
+    report.add_parser(sub, _client)
     return parser
 
 
