@@ -31,7 +31,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "service.cli": {"service", "service.cli", "workers"},
 }
 """Folder (as a dotted package) -> the folders its modules may import. A folder's own modules
-are its files, not its sub-folders: ``workers`` is spec, events, errors, tracking and jobs."""
+are its files, not its sub-folders: ``workers`` is spec, events, errors, tracking, jobs,
+analysis, plots and summary."""
 
 NEVER: dict[str, tuple[str, ...]] = {
     "toolbox": ("ray", "mlflow", "fastapi", "starlette", "sqlalchemy", "httpx"),
