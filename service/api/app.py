@@ -5,6 +5,8 @@ database cannot be reached: the API starts anyway, and answers 503 meanwhile), b
 dispatcher and starts the monitor, whose first act is to reconcile the database with what Ray
 is really running, and the tracking sender; at shutdown it retires the warm standby drivers the
 monitor started.
+The docs (``/docs``, ``/redoc``) load Swagger UI and ReDoc from the API itself (fastapi-offline's
+copies, under ``/static-offline-docs``), not from a CDN: they work offline.
 Access control is one middleware (:class:`service.api.auth.BearerAuthMiddleware`); the body size
 and request rate limits are two more, outside it (:mod:`service.api.limits`).
 """
@@ -17,6 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from service.api.auth import BearerAuthMiddleware
 from service.api.error_handlers import install_error_handlers
@@ -89,7 +92,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
                     log.warning("could not retire the standby drivers", exc_info=True)
             engine.dispose()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="toolbox-sweeps",
         summary="Hyperparameter sweeps of PyTorch classifiers on Ray Tune, tracked in MLflow.",
         version="0.1.0",

@@ -52,8 +52,18 @@ class Links(BaseModel):
 
     self: str
     trials: str | None = None
-    mlflow_experiment: str | None = None
-    mlflow_run: str | None = None
+    mlflow_experiment: str | None = Field(
+        None,
+        description="the sweep's trials in MLflow's chart view, best first, their validation "
+        "curves drawn together (the same link while the sweep runs and after it)",
+    )
+    mlflow_run: str | None = Field(None, description="this sweep's or trial's run in MLflow")
+    mlflow_artifacts: str | None = Field(None, description="that run's artifacts in MLflow")
+    artifacts: dict[str, str] = Field(
+        default_factory=dict,
+        description="file name -> its raw download from MLflow (404 until the service "
+        "uploaded it: a sweep's curves, parameter plot and summary, a trial's samples)",
+    )
 
 
 class SweepPublic(BaseModel):

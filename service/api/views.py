@@ -1,9 +1,15 @@
 """Turning stored rows into response models, with the API's and MLflow's links.
 
-Responses are built from the rows alone: a stored spec is never validated again here.
+Responses are built from the rows alone: a stored spec is never validated again here. The
+MLflow comparison link is the experiment's runs view narrowed to the sweep's trials, sorted by
+its metric and in chart view: what MLflow's UI honours, and why, is in ARCHITECTURE.md
+("The MLflow comparison link").
 """
 
 from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, urlencode
 
 from sqlalchemy.orm import Session
 
@@ -21,6 +27,22 @@ from service.config import Settings
 from service.store import tracking
 from service.store.models import Sweep, Trial
 from workers.events import TRIAL_STATUSES, finite_metrics
+from workers.tracking import (
+    CURVES_ARTIFACT,
+    PARAMETERS_ARTIFACT,
+    ROLE,
+    SAMPLES_ARTIFACT,
+    SPEC_ARTIFACT,
+    SUMMARY_ARTIFACT,
+    SWEEP_UID,
+)
+
+SWEEP_ARTIFACTS = (CURVES_ARTIFACT, PARAMETERS_ARTIFACT, SUMMARY_ARTIFACT, SPEC_ARTIFACT)
+"""What the service uploads to a sweep's parent run."""
+TRIAL_ARTIFACTS = (SAMPLES_ARTIFACT,)
+"""What the service uploads to a trial's run."""
+MlflowLinks = dict[str, Any]
+"""Keyword arguments of :class:`Links` that point into MLflow."""
 
 
 class Views:
@@ -31,27 +53,52 @@ class Views:
         self.mlflow = settings.mlflow_link_base
 
     def experiment_url(self, sweep: Sweep) -> str | None:
-        """The MLflow experiment page where the sweep's runs can be compared."""
+        """MLflow's comparison of the sweep's trials: one row each, best first, and their
+        curves drawn together (chart view); the same link while the sweep runs and after."""
         if sweep.mlflow_experiment_id is None:
             return None
-        return f"{self.mlflow}/#/experiments/{sweep.mlflow_experiment_id}"
+        query = {
+            "workflowType": "machine_learning",  # MLflow 3 opens in GenAI mode otherwise
+            "compareRunsMode": "CHART",
+            # Only the trials: the parent run carries the sweep's single best value.
+            "searchFilter": f"tags.`{SWEEP_UID}` = '{sweep.uid}' and tags.`{ROLE}` = 'trial'",
+            # Any order but by date shows child runs as rows of their own, not folded under
+            # their parent; the chart view draws the first 10 rows: the best 10 trials.
+            "orderByKey": f"metrics.`{sweep.metric_name}`",
+            "orderByAsc": str(sweep.metric_goal == "minimize").lower(),
+        }
+        runs = f"{self.mlflow}/#/experiments/{sweep.mlflow_experiment_id}/runs"
+        return f"{runs}?{urlencode(query, quote_via=quote)}"
 
     def run_url(self, sweep: Sweep, run_id: str | None) -> str | None:
         """The MLflow page of one run of the sweep."""
-        experiment = self.experiment_url(sweep)
-        if experiment is None or run_id is None:
+        if sweep.mlflow_experiment_id is None or run_id is None:
             return None
-        return f"{experiment}/runs/{run_id}"
+        return f"{self.mlflow}/#/experiments/{sweep.mlflow_experiment_id}/runs/{run_id}"
+
+    def mlflow_links(self, sweep: Sweep, run_id: str | None, names: tuple[str, ...]) -> MlflowLinks:
+        """The MLflow part of a sweep's or trial's links: the comparison, the run, its
+        artifacts page and a raw download of each of ``names``."""
+        run = self.run_url(sweep, run_id)
+        if run is None:
+            return {"mlflow_experiment": self.experiment_url(sweep)}
+        return {
+            "mlflow_experiment": self.experiment_url(sweep),
+            "mlflow_run": run,
+            "mlflow_artifacts": f"{run}/artifacts",
+            "artifacts": {
+                name: f"{self.mlflow}/get-artifact?"
+                + urlencode({"path": name, "run_uuid": run_id}, quote_via=quote)
+                for name in names
+            },
+        }
 
     def sweep_links(self, sweep: Sweep) -> Links:
-        """Links of a sweep: itself, its trials, its MLflow experiment and parent run."""
+        """Links of a sweep: itself, its trials, its MLflow comparison, parent run and
+        artifacts."""
         base = f"{self.api}/sweeps/{sweep.id}"
-        return Links(
-            self=base,
-            trials=f"{base}/trials",
-            mlflow_experiment=self.experiment_url(sweep),
-            mlflow_run=self.run_url(sweep, sweep.parent_run_id),
-        )
+        mlflow = self.mlflow_links(sweep, sweep.parent_run_id, SWEEP_ARTIFACTS)
+        return Links(self=base, trials=f"{base}/trials", **mlflow)
 
     def sweep(self, sweep: Sweep) -> SweepPublic:
         """A sweep as listed."""
@@ -106,12 +153,9 @@ class Views:
         )
 
     def trial_links(self, sweep: Sweep, trial: Trial) -> Links:
-        """Links of a trial: itself and its MLflow child run."""
-        return Links(
-            self=f"{self.api}/sweeps/{sweep.id}/trials/{trial.number}",
-            mlflow_experiment=self.experiment_url(sweep),
-            mlflow_run=self.run_url(sweep, trial.mlflow_run_id),
-        )
+        """Links of a trial: itself, its sweep's MLflow comparison, its run and artifacts."""
+        mlflow = self.mlflow_links(sweep, trial.mlflow_run_id, TRIAL_ARTIFACTS)
+        return Links(self=f"{self.api}/sweeps/{sweep.id}/trials/{trial.number}", **mlflow)
 
     def trial(self, sweep: Sweep, trial: Trial) -> TrialPublic:
         """A trial as listed, with its latest metrics."""

@@ -88,10 +88,9 @@ class Api:
     def __init__(self, settings: Settings, log: Path) -> None:
         self.settings, self.log = settings, log
         self.proc: subprocess.Popen[bytes] | None = None
-        token = settings.api_token.get_secret_value() if settings.api_token else ""
-        self.http = httpx.Client(
-            base_url=settings.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-        )
+        token = settings.api_token.get_secret_value() if settings.api_token else None
+        auth = {"Authorization": f"Bearer {token}"} if token else {}  # "Bearer " is no header
+        self.http = httpx.Client(base_url=settings.api_url, headers=auth, timeout=30)
 
     def start(self) -> None:
         cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.api.app:create_app",
