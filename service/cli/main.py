@@ -1,7 +1,8 @@
 """``sweeps``: start the stack, submit sweeps and follow them from the terminal.
 
 Client commands talk to the API over HTTP (``--url`` and ``--token``, defaulting to the
-settings' ``public_url`` and ``api_token``); ``up`` and ``demo`` start the embedded stack.
+settings' ``public_url`` and ``api_token``); ``up`` and ``demo`` start the embedded stack and
+keep it up until Ctrl-C (or SIGTERM, SIGHUP), printing the links of each sweep that ends.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rich.table import Table
 
 from service.cli import report
 from service.cli.client import ApiError, SweepsClient
+from service.cli.links import EndedSweeps, show_links
 from service.config import STATE_DIR, Settings, load_settings
 from workers.events import FINAL_SWEEP_STATUSES, FINAL_TRIAL_STATUSES
 from workers.spec import PARAMETERS, varied_keys
@@ -34,6 +36,8 @@ WATCH_WAIT_S = 30.0
 """How long ``sweeps watch`` lets the API hold each request while nothing changes."""
 TRACKED_WAIT_S = 30.0
 """How long ``sweeps watch`` waits, once the sweep ended, for MLflow to have all of it."""
+FOLLOW_EVERY_S = 5.0
+"""How often ``sweeps up`` asks the API for sweeps that ended, to print their links."""
 console = Console()
 
 
@@ -57,8 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
     cmd = sub.add_parser("up", help="start MLflow, a Ray head and the API on loopback")
     cmd.set_defaults(run=_up)
-    cmd = sub.add_parser("demo", help="start the stack, run one sweep file to its end, stop")
+    cmd = sub.add_parser("demo", help="start the stack, run one sweep file to its end, stay up")
     cmd.add_argument("file", type=Path)
+    cmd.add_argument("--exit", action="store_true", help="stop the stack once the sweep ended")
     cmd.set_defaults(run=_demo)
     cmd = sub.add_parser("submit", help="submit a sweep file (YAML)")
     cmd.add_argument("file", type=Path)
@@ -169,11 +174,7 @@ def show_best(sweep: dict[str, Any], keys: list[str]) -> None:
     if behind:
         error = sweep.get("mlflow_error")
         console.print(f"MLflow is behind by {behind} writes" + (f" ({error})" if error else ""))
-    links = sweep["links"]
-    if links.get("mlflow_experiment"):
-        console.print(f"compare in MLflow: {links['mlflow_experiment']}")
-    if links.get("mlflow_run"):
-        console.print(f"sweep run: {links['mlflow_run']}")
+    show_links(console, sweep["links"])
 
 
 def watch(client: SweepsClient, sweep_id: int, *, tracked_wait_s: float = TRACKED_WAIT_S) -> int:
@@ -259,14 +260,8 @@ def _up(args: argparse.Namespace) -> int:
     console.print(f"starting MLflow, Ray and the API (logs under {STATE_DIR}/logs)...")
     try:
         with _embedded_stack() as (stack, settings):
-            console.print(f"API     {settings.api_url}  (docs: {settings.api_url}/docs)")
-            console.print(f"MLflow  {settings.mlflow_link_base}")
-            console.print(f"Ray     {settings.ray_dashboard_url}  (logs in {stack.state}/logs)")
-            console.print("Ctrl-C stops the stack.")
-            while all(p.proc.poll() is None for p in stack.procs):
-                time.sleep(1)
-            console.print("[red]a process of the stack exited[/]; stopping")
-            return 1
+            _show_stack(stack, settings)
+            return _serve(stack, _stack_client(args, settings))
     except KeyboardInterrupt:
         return 0
 
@@ -274,11 +269,45 @@ def _up(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     spec = _read_spec(args.file)
     console.print(f"starting MLflow, Ray and the API (logs under {STATE_DIR}/logs)...")
-    with _embedded_stack() as (_, settings):
-        client = SweepsClient(args.url or settings.api_url, args.token)
-        sweep = client.submit(spec)
-        console.print(f"sweep {sweep['id']} submitted: {sweep['links']['self']}")
-        return watch(client, sweep["id"])
+    code = 130  # interrupted before the sweep ended
+    try:
+        with _embedded_stack() as (stack, settings):
+            client = _stack_client(args, settings)
+            sweep = client.submit(spec)
+            console.print(f"sweep {sweep['id']} submitted: {sweep['links']['self']}")
+            code = watch(client, sweep["id"])
+            if args.exit:
+                return code
+            _show_stack(stack, settings)
+            return _serve(stack, client) or code
+    except KeyboardInterrupt:
+        return code
+
+
+def _stack_client(args: argparse.Namespace, settings: Settings) -> SweepsClient:
+    token = args.token or (settings.api_token.get_secret_value() if settings.api_token else None)
+    return SweepsClient(args.url or settings.api_url, token)
+
+
+def _show_stack(stack: Stack, settings: Settings) -> None:
+    console.print(f"API     {settings.api_url}  (docs: {settings.api_url}/docs)")
+    console.print(f"MLflow  {settings.mlflow_link_base}")
+    console.print(f"Ray     {settings.ray_dashboard_url}  (logs in {stack.state}/logs)")
+    console.print("The stack stays up: Ctrl-C stops it.")
+
+
+def _serve(stack: Stack, client: SweepsClient) -> int:
+    """Keep the stack up, printing the links of each sweep that ends, until a stop signal
+    (KeyboardInterrupt) or until a process of the stack exits (then 1)."""
+    ended = EndedSweeps(client, console)
+    next_poll = 0.0
+    while all(p.proc.poll() is None for p in stack.procs):
+        if time.monotonic() >= next_poll:
+            ended.poll()
+            next_poll = time.monotonic() + FOLLOW_EVERY_S
+        time.sleep(0.5)
+    console.print("[red]a process of the stack exited[/]; stopping")
+    return 1
 
 
 if __name__ == "__main__":
