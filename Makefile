@@ -31,6 +31,12 @@ tools:
 run: install
 	$(BIN)/sweeps demo examples/toolbox-tour.yaml
 
+# The lecture's claims (examples/lecture/), each a sweep through the REST API of the embedded
+# stack; writes docs/lecture.md with its figures and refreshes the README's headline table.
+.PHONY: lecture
+lecture: install
+	$(BIN)/sweeps lecture examples/lecture --out docs --up
+
 # One trial with the toolbox alone, no service.
 train: install
 	$(BIN)/toolbox-train examples/trial.yaml

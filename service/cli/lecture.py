@@ -15,20 +15,32 @@ page says, per study, whether the measured means keep that order.
 
 from __future__ import annotations
 
+import argparse
+import math
+import os
 import platform
 import re
+import statistics
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.console import Console
 
 from service.cli.client import SweepsClient
+from service.cli.report import build_report
 from service.errors import ServiceError
+from workers.analysis import LR, Comparison, SweepResults
+from workers.summary import report_markdown
 
 _HEADER = re.compile(r"^#\s*(?:(claim|by|expect):\s*)?(.*)$", re.IGNORECASE)
 _ORDER = re.compile(r"\s*(>=|>)\s*")
+BATCH, GRAD_NOISE = "optim.batch_size", "grad_noise"
+console = Console()
 
 
 class StudyError(ServiceError):
@@ -106,20 +118,179 @@ def verdict(expect: str, means: dict[str, float], goal: str) -> str:
 
 def machine() -> str:
     """One line naming this machine, for the page's date line."""
-    import os
-
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU used, Python {platform.python_version()}"
-
-
-def today() -> str:
-    """Today's date, ISO."""
-    return date.today().isoformat()
+    cores = os.cpu_count()
+    return f"{platform.machine()}, {cores} CPU cores, no GPU, Python {platform.python_version()}"
 
 
-def submit_and_wait(client: SweepsClient, study: Study) -> dict[str, Any]:
-    """Run one study through the API to its end; returns the ended sweep."""
+@dataclass(frozen=True)
+class Outcome:
+    """A finished study: its sweep, its comparison rows, the verdict on its claim, and its
+    report (Markdown whose figures live under the page's assets)."""
+
+    study: Study
+    sweep_id: int
+    trials: int
+    rows: list[Comparison]
+    verdict: str
+    markdown: str
+    extra: str = ""
+
+    def measured(self, goal: str) -> str:
+        """The compared values, best first, with their means."""
+        sign = -1.0 if goal == "maximize" else 1.0
+        ordered = sorted(self.rows, key=lambda r: sign * r.mean)
+        return " > ".join(f"{r.value} {r.mean:.3f} ± {r.std:.3f}" for r in ordered)
+
+
+def run_study(client: SweepsClient, study: Study, assets: Path, link: str) -> Outcome:
+    """Run ``study`` through the API to its end, compare it by its setting, judge its claim,
+    and write its figures into ``assets`` (linked from the page as ``link``/name)."""
     from service.cli.main import watch
 
-    sweep = client.submit(study.spec)
-    watch(client, int(sweep["id"]))
-    return client.get(int(sweep["id"]))
+    sweep_id = int(client.submit(study.spec)["id"])
+    watch(client, sweep_id)
+    report = build_report(client, sweep_id, study.by, level=3)
+    assets.mkdir(parents=True, exist_ok=True)
+    for name, content in report.figures.items():
+        (assets / name).write_bytes(content)
+    images = [f"{link}/{name}" for name in report.figures]
+    markdown = report_markdown(report.results, study.by, images, level=3)
+    means = {row.value: row.mean for row in report.rows}
+    has_noise = GRAD_NOISE in _metrics(report.results)
+    extra = noise_table(report.results, report.rows) if study.by == BATCH and has_noise else ""
+    return Outcome(
+        study,
+        sweep_id,
+        len(report.results.trials),
+        report.rows,
+        verdict(study.expect, means, report.results.goal),
+        markdown,
+        extra,
+    )
+
+
+def noise_table(results: SweepResults, rows: list[Comparison]) -> str:
+    """The first epoch's gradient noise per batch size, at that size's best learning rate,
+    and times sqrt(batch): constant where the noise falls as 1/sqrt(batch)."""
+    lines = [
+        "| batch size | grad_noise, epoch 1 (mean over seeds) | × √batch |",
+        "|---:|---:|---:|",
+    ]
+    for row in rows:
+        noise = [
+            t.curve[0][1][GRAD_NOISE]
+            for t in results.trials
+            if str(t.params.get(BATCH)) == row.value
+            and (row.lr is None or t.params.get(LR) == row.lr)
+            and t.curve
+            and GRAD_NOISE in t.curve[0][1]
+        ]
+        if noise:
+            mean = statistics.fmean(noise)
+            scaled = mean * math.sqrt(float(row.value))
+            lines.append(f"| {row.value} | {mean:.4g} | {scaled:.4g} |")
+    return "\n".join(lines)
+
+
+def _metrics(results: SweepResults) -> set[str]:
+    return {name for t in results.trials for _, m in t.curve for name in m}
+
+
+def headline(outcomes: list[Outcome], goal: str = "maximize") -> str:
+    """One row per study: the claim's expected order, the measured one, the verdict."""
+    lines = [
+        "| study | compared | expected (best first) | measured: mean ± std at each value's best "
+        "lr | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for o in outcomes:
+        cells = [o.study.name, o.study.by, o.study.expect, o.measured(goal), o.verdict]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def page(outcomes: list[Outcome], when: str, where: str, minutes: float) -> str:
+    """The whole ``lecture.md``: how it was measured, the headline table, then each study."""
+    trials = sum(o.trials for o in outcomes)
+    lines = [
+        "# The lecture's claims, measured on digits",
+        "",
+        f"Generated by `make lecture` on {when} ({where}): {len(outcomes)} sweeps, {trials} "
+        f"trials, {minutes:.0f} minutes, each sweep submitted to the REST API of the embedded "
+        "stack. Every compared value is judged at its own best learning rate, by the mean "
+        "final validation accuracy over three seeds there; a claim holds when those means keep "
+        "the expected order (`>`: better; `>=`: as good or better, within noise, either way "
+        "accepted). The sweep files are in `examples/lecture/`.",
+        "",
+        "## Headline",
+        "",
+        headline(outcomes),
+        "",
+    ]
+    for o in outcomes:
+        lines += [
+            f"## {o.study.title}",
+            "",
+            f"**Claim.** {o.study.claim}",
+            "",
+            f"**Expected:** {o.study.expect}. **Verdict:** {o.verdict}. "
+            f"(`examples/lecture/{o.study.path.name}`, sweep {o.sweep_id}, {o.trials} trials)",
+            "",
+        ]
+        if o.extra:
+            lines += [o.extra, ""]
+        lines += [o.markdown, ""]
+    return "\n".join(lines)
+
+
+HEADLINE_START, HEADLINE_END = "<!-- lecture:start -->", "<!-- lecture:end -->"
+"""Markers of the README's copy of the headline table, which ``make lecture`` refreshes."""
+
+
+def refresh_readme(readme: Path, outcomes: list[Outcome], when: str, where: str) -> bool:
+    """Put the headline table between the README's markers; False when it has none."""
+    text = readme.read_text()
+    if HEADLINE_START not in text or HEADLINE_END not in text:
+        return False
+    head, rest = text.split(HEADLINE_START, 1)
+    _, tail = rest.split(HEADLINE_END, 1)
+    body = f"Measured on {when} ({where}); details in `docs/lecture.md`.\n\n{headline(outcomes)}"
+    readme.write_text(f"{head}{HEADLINE_START}\n{body}\n{HEADLINE_END}{tail}")
+    return True
+
+
+def run(client: SweepsClient, folder: Path, out: Path, readme: Path | None) -> int:
+    """``sweeps lecture``: run every study of ``folder``, write ``out``/lecture.md with its
+    figures under ``out``/lecture/, and refresh the README's headline table."""
+    studies = read_studies(folder)
+    started = time.monotonic()
+    outcomes = [
+        run_study(client, s, out / "lecture" / s.name, f"lecture/{s.name}") for s in studies
+    ]
+    when, where = date.today().isoformat(), machine()
+    minutes = (time.monotonic() - started) / 60
+    (out / "lecture.md").write_text(page(outcomes, when, where, minutes))
+    console.print(f"wrote {out / 'lecture.md'}")
+    if readme is not None and refresh_readme(readme, outcomes, when, where):
+        console.print(f"refreshed the headline table in {readme}")
+    console.print(headline(outcomes))
+    return 0
+
+
+def add_parser(sub: Any, client: Callable[[argparse.Namespace], SweepsClient], stack: Any) -> None:
+    """Register ``sweeps lecture`` on the subcommands ``sub``: against the API of ``--url``, or
+    (``--up``) on an embedded stack that ``stack()`` starts and stops."""
+    cmd = sub.add_parser("lecture", help="run the lecture's studies and write docs/lecture.md")
+    cmd.add_argument("folder", type=Path, nargs="?", default=Path("examples/lecture"))
+    cmd.add_argument("--out", type=Path, default=Path("docs"), help="where lecture.md goes")
+    cmd.add_argument("--readme", type=Path, default=Path("README.md"))
+    cmd.add_argument("--up", action="store_true", help="start the embedded stack for the run")
+
+    def go(args: argparse.Namespace) -> int:
+        if not args.up:
+            return run(client(args), args.folder, args.out, args.readme)
+        with stack() as (_, settings):
+            api = SweepsClient(args.url or settings.api_url, args.token)
+            return run(api, args.folder, args.out, args.readme)
+
+    cmd.set_defaults(run=go)
