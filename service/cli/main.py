@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from service.cli import report
+from service.cli import lecture, report
 from service.cli.client import ApiError, SweepsClient
 from service.cli.links import EndedSweeps, show_links
 from service.config import STATE_DIR, Settings, load_settings
@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("sweep_id", type=int)
         cmd.set_defaults(run=run)
     report.add_parser(sub, _client)
+    lecture.add_parser(sub, _client, _embedded_stack)
     return parser
 
 
