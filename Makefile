@@ -27,7 +27,8 @@ tools:
 	pg_isready -q -h 127.0.0.1 -p 5432 || echo "warning: no PostgreSQL on 127.0.0.1:5432; the postgres tests will fail" >&2
 
 # Starts MLflow, a local Ray head and the API on loopback, submits the toolbox tour, watches it to
-# the end, prints the best trial and the MLflow URL, then stops the stack.
+# the end, prints the best trial and the links (API docs, MLflow comparison, the sweep's
+# artifacts), and keeps the stack up for them until Ctrl-C.
 run: install
 	$(BIN)/sweeps demo examples/toolbox-tour.yaml
 
