@@ -1,4 +1,5 @@
-"""The embedded stack of ``sweeps up``: every port on loopback, and nothing left running once a
+"""The embedded stack of ``sweeps up`` and ``sweeps demo``: every port on loopback, the links
+printed once a sweep ended answer while the stack stays up, and nothing is left running once a
 signal stops it.
 
 Each test starts the real stack (MLflow, a Ray head with its standby sweep job, the API) as
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import secrets
 import signal
 import socket
@@ -22,15 +24,20 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import yaml
 
 from service.cli.stack import Stack, StackError, free_port
 from service.config import Settings
+from tests.specs import digits_body
 
 SWEEPS = Path(sys.executable).parent / "sweeps"
 START_TIMEOUT_S = 300.0
 """Until the API answers and its standby sweep job is ready (all of it on two slow cores)."""
 STOP_TIMEOUT_S = 90.0
 """Until ``sweeps up`` has exited once signalled (the stack's stop grace periods, and some)."""
+PRINTED_LINK = re.compile(r"(?P<label>[\w. ]+): (?P<url>https?://[^\s)]+)")
+DEMO_TIMEOUT_S = 600.0
+"""Until ``sweeps demo`` has started the stack, run its two one-epoch trials, and said so."""
 
 
 def test_stack_refuses_to_serve_the_api_beyond_loopback(tmp_path: Path) -> None:
@@ -58,21 +65,69 @@ def test_up_listens_on_loopback_only_and_stops_everything_on(
         ]
         assert not exposed, "the stack listens beyond loopback:\n" + "\n".join(exposed)
 
-        up.send_signal(sig)
-        try:
-            up.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"`sweeps up` still runs {STOP_TIMEOUT_S:.0f} s after {sig.name}")
-        left = [p for p in tree if _alive(p)] + [p for p in _naming(str(tmp_path)) if p not in tree]
-        assert not left, f"alive after {sig.name}: " + ", ".join(map(_describe, left))
+        _stop_and_check(up, tree, sig, str(tmp_path))
+
+
+@pytest.mark.slow
+def test_demo_prints_links_that_answer_stays_up_and_stops_everything_on_sigint(
+    tmp_path: Path,
+) -> None:
+    spec = digits_body({"optim.lr": [0.05, 0.1]}, method="grid", epochs=1, name="demo-test")
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(spec))
+    token = secrets.token_hex(16)
+    with _sweeps_up(tmp_path, ("demo", "tiny.yaml"), token) as demo:
+        out = _wait_for_line(demo, tmp_path / "up.log", "The stack stays up")
+        links = _printed_links(out)
+        assert {"docs", "compare in MLflow", "sweep run", "curves.png", "summary.md"} <= set(links)
+        for what, url in links.items():
+            answer = httpx.get(url, headers={"Authorization": f"Bearer {token}"})
+            # The sweep's plots and summary come as the service uploads them (404 until then).
+            allowed = (200, 404) if what.endswith((".png", ".md")) else (200,)
+            assert answer.status_code in allowed, f"{what}: {url} answered {answer.status_code}"
+        assert demo.poll() is None, "`sweeps demo` exited after the sweep"
+        _stop_and_check(demo, _stack_processes(demo, str(tmp_path)), signal.SIGINT, str(tmp_path))
+    assert demo.returncode == 0, out
+
+
+def _stop_and_check(
+    proc: subprocess.Popen[bytes], tree: list[psutil.Process], sig: signal.Signals, marker: str
+) -> None:
+    """Send ``sig``; the command must exit in time with nothing it started left running."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`sweeps` still runs {STOP_TIMEOUT_S:.0f} s after {sig.name}")
+    left = [p for p in tree if _alive(p)] + [p for p in _naming(marker) if p not in tree]
+    assert not left, f"alive after {sig.name}: " + ", ".join(map(_describe, left))
+
+
+def _wait_for_line(proc: subprocess.Popen[bytes], log: Path, text: str) -> str:
+    """The command's output once it printed ``text``."""
+    deadline = time.monotonic() + DEMO_TIMEOUT_S
+    while time.monotonic() < deadline:
+        out = log.read_text(errors="replace")
+        if text in out:
+            return out
+        if proc.poll() is not None:
+            pytest.fail(f"`sweeps` exited ({proc.returncode}):\n{out[-3000:]}")
+        time.sleep(1)
+    pytest.fail(f"no {text!r} after {DEMO_TIMEOUT_S:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def _printed_links(out: str) -> dict[str, str]:
+    """What the output links to, by label: ``label: URL`` (the API's ``(docs: URL)`` too)."""
+    return {m["label"].strip(): m["url"] for m in PRINTED_LINK.finditer(out)}
 
 
 @contextlib.contextmanager
-def _sweeps_up(root: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``sweeps up`` started in ``root`` (its state under ``root/.sweeps``) on free ports,
-    once its API is ready and its standby sweep job too; SIGKILLed with all it started if
-    still running at the end."""
-    token = secrets.token_hex(16)
+def _sweeps_up(
+    root: Path, args: tuple[str, ...] = ("up",), token: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``sweeps up`` (or ``sweeps *args``) started in ``root`` (its state under
+    ``root/.sweeps``) on free ports with API token ``token``, once its API is ready and its
+    standby sweep job too; SIGKILLed with all it started if still running at the end."""
+    token = token or secrets.token_hex(16)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SWEEPS_", "RAY_"))}
     env |= {
@@ -86,7 +141,7 @@ def _sweeps_up(root: Path) -> Iterator[subprocess.Popen[bytes]]:
     log = root / "up.log"
     with open(log, "wb") as out, _default_dispositions():
         up = subprocess.Popen(
-            [str(SWEEPS), "up"], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT
+            [str(SWEEPS), *args], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT
         )
     tree: list[psutil.Process] = []
     try:
