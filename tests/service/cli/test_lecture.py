@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from fastapi.testclient import TestClient
 
-from service.cli.lecture import Study, StudyError, read_studies, verdict
+from service.api.app import create_app
+from service.cli.client import SweepsClient
+from service.cli.lecture import (
+    HEADLINE_END,
+    HEADLINE_START,
+    Study,
+    StudyError,
+    read_studies,
+    run,
+    verdict,
+)
+from tests.service.helpers import make_settings
 
 LECTURE = Path(__file__).resolve().parents[3] / "examples" / "lecture"
 
@@ -46,3 +61,46 @@ def test_verdict_reads_the_expected_order_best_first(
     expect: str, means: dict[str, float], goal: str, says: str
 ) -> None:
     assert verdict(expect, means, goal) == says
+
+
+@pytest.fixture
+def api(tmp_path: Path, ray_cluster: Any, mlflow_server: Any) -> Iterator[SweepsClient]:
+    settings = make_settings(tmp_path, ray_cluster, mlflow_server)
+    assert settings.api_token is not None
+    headers = {"Authorization": f"Bearer {settings.api_token.get_secret_value()}"}
+    with TestClient(create_app(settings), headers=headers) as c:
+        client = SweepsClient("http://testserver")
+        client.http = c
+        yield client
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")  # TestClient
+def test_a_study_runs_through_the_api_and_lands_on_the_page_and_in_the_readme(
+    api: SweepsClient, tmp_path: Path
+) -> None:
+    """The momentum study cut to 2 learning rates, 2 seeds and 2 epochs: 12 trials."""
+    study = yaml.safe_load((LECTURE / "momentum.yaml").read_text())
+    study |= {"epochs": 2, "parameters": {"optim.lr": [0.01, 0.1], "seed": [0, 1]}}
+    header = "".join(
+        line + "\n"
+        for line in (LECTURE / "momentum.yaml").read_text().splitlines()
+        if line.startswith("#")
+    )
+    folder, out, readme = tmp_path / "studies", tmp_path / "docs", tmp_path / "README.md"
+    folder.mkdir()
+    (folder / "momentum.yaml").write_text(header + yaml.safe_dump(study))
+    readme.write_text(f"# Title\n\n{HEADLINE_START}\nold\n{HEADLINE_END}\n\nrest\n")
+
+    assert run(api, folder, out, readme) == 0
+
+    page = (out / "lecture.md").read_text()
+    assert "12 trials" in page and "## Momentum and Nesterov" in page
+    for value in ("plain", "momentum", "nesterov"):
+        assert f"| {value} | " in page  # a row of the comparison table
+    for figure in ("curves.png", "parameters.png"):
+        assert f"](lecture/momentum/{figure})" in page
+        assert (out / "lecture" / "momentum" / figure).read_bytes().startswith(b"\x89PNG")
+    text = readme.read_text()
+    assert "\nold\n" not in text and text.endswith("\n\nrest\n")
+    assert "| momentum | variant | nesterov >= momentum > plain |" in text
