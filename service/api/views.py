@@ -82,10 +82,11 @@ class Views:
         run = self.run_url(sweep, run_id)
         if run is None:
             return {"mlflow_experiment": self.experiment_url(sweep)}
+        mode = "?workflowType=machine_learning"  # MLflow 3 opens a run in GenAI mode otherwise
         return {
             "mlflow_experiment": self.experiment_url(sweep),
-            "mlflow_run": run,
-            "mlflow_artifacts": f"{run}/artifacts",
+            "mlflow_run": f"{run}{mode}",
+            "mlflow_artifacts": f"{run}/artifacts{mode}",
             "artifacts": {
                 name: f"{self.mlflow}/get-artifact?"
                 + urlencode({"path": name, "run_uuid": run_id}, quote_via=quote)

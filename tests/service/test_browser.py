@@ -81,6 +81,16 @@ def test_the_mlflow_link_shows_every_trial_with_its_curves_and_docs_work_offline
     _screenshot(page, tmp_path / "mlflow-comparison.png")
 
     _check_artifact_links(links)
+    page = _fresh_page(browser)  # the sweep's pictures, in MLflow's artifact view
+    page.goto(links["mlflow_artifacts"])
+    page.get_by_text("curves.png").first.click(timeout=PAGE_TIMEOUT_MS)
+    page.locator("img[src^='blob:']").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+    assert (
+        page.get_by_text("Model training").count()
+        and not page.get_by_text("Evaluation runs").count()
+    )
+    _screenshot(page, tmp_path / "mlflow-curves.png")
+
     page = _fresh_page(browser)
     page.goto(f"{api.settings.api_url}/docs")
     submit = page.locator(".opblock-post .opblock-summary-path[data-path='/sweeps']")
@@ -101,13 +111,15 @@ def _fresh_page(browser: Browser) -> Page:
 
 
 def _check_artifact_links(links: dict[str, Any]) -> None:
-    """The run's artifacts page answers; the spec is there; the other files answer once the
-    service uploads them (MLflow's 404 until then)."""
+    """The run's artifacts page answers, and every file it links is there (the sweep is
+    tracked: its pictures were uploaded before its run was closed)."""
     assert httpx.get(links["mlflow_artifacts"]).status_code == 200
     assert set(links["artifacts"]) >= {"curves.png", "parameters.png", "summary.md"}
-    assert httpx.get(links["artifacts"]["sweep_spec.json"]).status_code == 200
-    for url in links["artifacts"].values():
-        assert httpx.get(url).status_code in (200, 404), url
+    for name, url in links["artifacts"].items():
+        answer = httpx.get(url)
+        assert answer.status_code == 200, url
+        if name.endswith(".png"):
+            assert answer.content.startswith(b"\x89PNG"), url
 
 
 def _screenshot(page: Page, path: Path) -> None:
