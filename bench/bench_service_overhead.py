@@ -98,7 +98,7 @@ def embedded_stack(root: Path, warm_drivers: int) -> Iterator[Any]:
         warm_drivers=warm_drivers,
     )
     stack = Stack(settings, state_dir=root)
-    stack.ray_temp = root / "ray"  # not the shared /tmp/sweeps-ray-<uid> of `sweeps up`
+    stack.ray_temp = root / "ray"  # its own, beside the rest of this run
     try:
         stack.start()
         yield stack

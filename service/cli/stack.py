@@ -10,6 +10,7 @@ started outlives it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import signal
@@ -137,7 +138,11 @@ class Stack:
 
     def __init__(self, settings: Settings, state_dir: Path = STATE_DIR) -> None:
         self.state = state_dir.resolve()
-        self.ray_temp = Path(f"/tmp/sweeps-ray-{os.getuid()}")  # short: Ray's socket paths
+        # Short (Ray's socket paths must fit 107 bytes) and one per state folder: stacks that
+        # share a Ray temp dir share its ray_current_cluster file, and a job of one cluster
+        # then connects to another's head.
+        digest = hashlib.sha1(str(self.state).encode()).hexdigest()[:10]
+        self.ray_temp = Path(f"/tmp/sweeps-ray-{os.getuid()}-{digest}")
         token_file = self.state / "ray" / "auth_token"
         self.token_file = token_file
         self.settings = settings.model_copy(update={"ray_auth_token": None})
