@@ -186,6 +186,7 @@ class Dispatcher:
             status, job_id, resumes = sweep.status, sweep.ray_job_id, sweep.resumes
             young = sweep.created_at > utcnow() - SUBMIT_GRACE
             started, beat = sweep.started_at is not None, sweep.heartbeat_at
+            handed = sweep.updated_at  # a pending sweep's row last changed when it was handed on
         if status in FINAL_SWEEP_STATUSES or (job_id is None and young):
             return
         with self._submitting_lock:
@@ -193,10 +194,8 @@ class Dispatcher:
                 return  # being submitted right now
         state = self.jobs.status(job_id) if job_id else "missing"
         if state in LIVE_JOB_STATES:
-            stuck = self._stuck_for(beat)
-            if stuck is not None and status == "running" and job_id is not None:
+            if job_id is not None and (silent := self._silent(status, beat, handed, job_id)):
                 # Stopped now, replaced once Ray reports it ended: never two drivers at once.
-                silent = f"the driver of Ray job {job_id} has not beaten for {stuck:.0f} s"
                 log.warning("sweep %s: %s; stopping its job", sweep_id, silent)
                 self._note(sweep_id, f"{silent}; its job is stopped and will be resubmitted")
                 self._stop(sweep_id, job_id)
@@ -209,6 +208,19 @@ class Dispatcher:
             self.resubmit(sweep_id, job_id, resume=started, reason=f"{reason}; resubmitted")
         else:
             self.fail(sweep_id, f"{reason} after {resumes} resumes; giving up")
+
+    def _silent(
+        self, status: str, beat: datetime | None, handed: datetime, job_id: str
+    ) -> str | None:
+        """Why the live job of a sweep must be replaced: its driver stopped beating, or never
+        started the sweep (it cannot reach the cluster, or hangs in start-up); else None."""
+        stuck = self._stuck_for(beat)
+        if stuck is not None and status == "running":
+            return f"the driver of Ray job {job_id} has not beaten for {stuck:.0f} s"
+        waited = self._stuck_for(handed) if status == "pending" and beat is None else None
+        if waited is not None:
+            return f"the driver of Ray job {job_id} has not started the sweep in {waited:.0f} s"
+        return None
 
     def _stuck_for(self, beat: datetime | None) -> float | None:
         """Seconds since the driver's last beat when that is longer than allowed, else None."""

@@ -93,9 +93,43 @@ def test_f8_a_hung_driver_is_found_by_its_heartbeat_and_replaced(
     assert_mlflow_matches(mlflow_server.uri, sweep, trials)
 
 
-def driver_pid(sweep_id: int, database_url_file: Path) -> int:
-    """The process of ``python -m service.job <sweep_id>`` on this test's database (its job
-    environment names the test's own database URL file)."""
+def test_f8_a_standby_that_never_starts_its_sweep_is_replaced(
+    tmp_path: Path, ray_cluster: Any, mlflow_server: Any
+) -> None:
+    """A warm driver alive to Ray but frozen (as one that cannot reach its cluster's head)
+    is handed a sweep; the sweep must not stay pending forever."""
+    settings = make_settings(
+        tmp_path, ray_cluster, mlflow_server, heartbeat_seconds=1, stuck_after_seconds=8,
+        warm_drivers=1,
+    )  # fmt: skip
+    with in_process(settings) as api:
+        standby = eventually_pid(lambda: driver_pid("--standby", settings.database_url_file))
+        os.kill(standby, signal.SIGSTOP)
+        try:
+            sweep_id = api.submit(long_body(2, [0.05]))
+            wait_for(lambda: api.sweep(sweep_id), lambda s: s["resumes"] == 1, 60, "a new job")
+            sweep = api.wait_final(sweep_id, timeout=300)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(standby, signal.SIGKILL)
+        assert sweep["status"] == "completed", (sweep["message"], sweep["resumes"])
+
+
+def eventually_pid(find: Any, timeout: float = 60) -> int:
+    """``find()`` once it stops raising AssertionError (the process has started)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int(find())
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def driver_pid(sweep_id: int | str, database_url_file: Path) -> int:
+    """The process of ``python -m service.job <sweep_id>`` (or ``--standby``) on this test's
+    database (its job environment names the test's own database URL file)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
