@@ -51,6 +51,7 @@ may import may still bring them, which the import test below checks for the API)
 
 
 PART_OF_PARENT = {
+    "toolbox.packed",
     "service.api.routes",
     "service.store.migrations",
     "service.store.migrations.versions",

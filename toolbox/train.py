@@ -243,6 +243,14 @@ def _all_finite(*values: float) -> bool:
     return all(math.isfinite(v) for v in values)
 
 
+def divergence_message(epoch: int, train_loss: float, val_loss: float) -> str:
+    """Why a trial diverged at ``epoch``, given the epoch's mean losses (one is non-finite)."""
+    return (
+        f"diverged at epoch {epoch}: the loss became non-finite "
+        f"(train_loss={train_loss}, val_loss={val_loss}); lower optim.lr or add normalization"
+    )
+
+
 def train(
     config: TrialConfig,
     on_epoch: EpochCallback | None = None,
@@ -313,13 +321,8 @@ def train(
         ).tolist()
         epoch_seconds = time.perf_counter() - t0
         if not _all_finite(train_loss, val_loss):
-            return TrainResult(
-                "diverged",
-                state.history,
-                f"diverged at epoch {epoch}: the loss became non-finite "
-                f"(train_loss={train_loss / n_train}, val_loss={val_loss / n_val}); "
-                "lower optim.lr or add normalization",
-            )
+            message = divergence_message(epoch, train_loss / n_train, val_loss / n_val)
+            return TrainResult("diverged", state.history, message)
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=train_loss / n_train,

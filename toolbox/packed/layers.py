@@ -1,0 +1,284 @@
+"""Layers of a packed network: K same-shape members computed as one wider layer.
+
+Every packed parameter and buffer has the member as its first dimension, (K, ...), so member k
+is the slice ``[k]`` and the packed optimizer broadcasts per-member coefficients over it. Two
+activation layouts are used: fully connected features are (K, B, F), ready for one batched matrix
+product (``torch.baddbmm``) over the stacked weights; conv maps are (B, K*C, H, W), member k's
+channels being ``[k*C, (k+1)*C)``, ready for one grouped convolution (``groups=K``) and for
+normalization over K*C channels.
+
+Randomness is per member: dropout and DropConnect masks are drawn for each member from its own
+generator (:class:`MemberRandom`), with exactly the shapes and operations the single-trial
+layers use (``toolbox.dropout``: a Bernoulli(1 - p) draw divided by 1 - p), so on the CPU a
+member draws bit-identical masks to the same trial trained alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toolbox.config import DropoutRule
+
+NORM_EPS = 1e-5
+"""The eps of torch's norm layers, which the single-trial models use with their defaults."""
+BN_MOMENTUM = 0.1
+"""torch's batch-norm momentum for the running statistics, as the single-trial models use."""
+
+
+@dataclass
+class MemberRandom:
+    """The members' dropout generators and which members still train.
+
+    Attributes:
+        generators: member k's dropout and DropConnect masks come from ``generators[k]``.
+        active: masked members (``False``) draw nothing, so their streams stay where they
+            were when they stopped.
+    """
+
+    generators: list[torch.Generator] = field(default_factory=list)
+    active: list[bool] = field(default_factory=list)
+
+    def keep(self, idx: Sequence[int]) -> None:
+        """Keep only the members ``idx``, in that order."""
+        self.generators = [self.generators[i] for i in idx]
+        self.active = [self.active[i] for i in idx]
+
+
+class MemberModule(nn.Module):
+    """A module whose parameters, buffers and :attr:`member_lists` are indexed by member."""
+
+    member_lists: tuple[str, ...] = ()
+    """Names of plain list attributes with one entry per member."""
+
+    def keep_members(self, idx: Sequence[int]) -> None:
+        """Keep only the members ``idx`` (new tensors; a packed optimizer must follow)."""
+        index = list(idx)
+        for name, param in list(self._parameters.items()):
+            if param is not None:
+                self._parameters[name] = nn.Parameter(param.detach()[index].clone())
+        for name, buf in list(self._buffers.items()):
+            if buf is not None:
+                self._buffers[name] = buf[index].clone()
+        for name in self.member_lists:
+            setattr(self, name, [getattr(self, name)[i] for i in index])
+
+    def load_members(self, solos: Sequence[nn.Module]) -> None:
+        """Stack the same-named parameters and buffers of one single-trial layer per member."""
+        with torch.no_grad():
+            for name, tensor in [*self._parameters.items(), *self._buffers.items()]:
+                if tensor is not None:
+                    tensor.copy_(torch.stack([getattr(s, name).detach() for s in solos]))
+
+    def member_state(self, k: int) -> dict[str, torch.Tensor]:
+        """Member ``k``'s parameters and buffers under the single-trial layer's names."""
+        named = [*self._parameters.items(), *self._buffers.items()]
+        return {name: t.detach()[k].clone() for name, t in named if t is not None}
+
+
+def member_masks(
+    shape: tuple[int, ...], rates: Sequence[float], rand: MemberRandom, like: torch.Tensor
+) -> torch.Tensor:
+    """(K, *shape) dropout masks: member k's Bernoulli(1 - p_k) draw divided by 1 - p_k.
+
+    This is the mask ``torch.nn.functional.dropout`` draws on the CPU (same shape, same
+    generator call), from member k's own generator; members with rate 0 or masked draw nothing
+    and get ones.
+    """
+    masks = []
+    for p, gen, active in zip(rates, rand.generators, rand.active, strict=True):
+        mask = torch.ones(shape, dtype=like.dtype, device=like.device)
+        if p > 0.0 and active:
+            mask.bernoulli_(1.0 - p, generator=gen).div_(1.0 - p)
+        masks.append(mask)
+    return torch.stack(masks)
+
+
+def rule_scales(rates: Sequence[float], rules: Sequence[DropoutRule]) -> list[float]:
+    """Per-member output scale of the weight-scaling rule (1 - p), 1 for inverted dropout."""
+    return [
+        1.0 - p if rule == "weight_scaling" else 1.0 for p, rule in zip(rates, rules, strict=True)
+    ]
+
+
+class PackedLinear(MemberModule):
+    """K linear layers as one ``baddbmm``: (K, B, in) -> (K, B, out), with DropConnect.
+
+    ``weight`` is (K, out, in) and ``bias`` (K, out), each member's slice laid out as
+    ``nn.Linear``'s. Members with a DropConnect rate drop weights as
+    :func:`toolbox.dropout.drop_connect_linear` does (one mask per minibatch, from their own
+    generator, scaled by their own rule); the others use their weights as they are.
+    """
+
+    member_lists = ("drop_rates", "rules")
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        bias: bool,
+        drop_rates: Sequence[float],
+        rules: Sequence[DropoutRule],
+        rand: MemberRandom,
+    ) -> None:
+        """Args: n_in, n_out, bias: as ``nn.Linear``; drop_rates: per-member DropConnect rate
+        (0: none); rules: per-member scaling rule; rand: the members' generators."""
+        super().__init__()
+        k = len(drop_rates)
+        self.weight = nn.Parameter(torch.empty(k, n_out, n_in))
+        self.bias = nn.Parameter(torch.empty(k, n_out)) if bias else None
+        self.drop_rates, self.rules, self.rand = list(drop_rates), list(rules), rand
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(K, B, in) -> (K, B, out)."""
+        weight: torch.Tensor = self.weight  # (K, out, in)
+        if any(self.drop_rates):
+            if self.training:
+                weight = weight * member_masks(weight.shape[1:], self.drop_rates, self.rand, x)
+            scales = rule_scales(self.drop_rates, self.rules)
+            if any(s != 1.0 for s in scales):
+                weight = weight * torch.tensor(scales, device=x.device).view(-1, 1, 1)
+        if self.bias is None:
+            return torch.bmm(x, weight.transpose(1, 2))
+        return torch.baddbmm(self.bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+    def extra_repr(self) -> str:
+        k, n_out, n_in = self.weight.shape
+        return f"members={k}, in={n_in}, out={n_out}, dropconnect={self.drop_rates}"
+
+
+class PackedConv2d(MemberModule):
+    """K 3x3 convolutions (padding 1) as one grouped convolution over (B, K*C, H, W).
+
+    ``weight`` is (K, out, in, 3, 3) and ``bias`` (K, out): viewed as (K*out, in, 3, 3) with
+    ``groups=K``, member k's outputs read only member k's inputs.
+    """
+
+    def __init__(self, members: int, c_in: int, c_out: int, bias: bool) -> None:
+        """Args: members: K; c_in, c_out: channels of one member; bias: as ``nn.Conv2d``."""
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(members, c_out, c_in, 3, 3))
+        self.bias = nn.Parameter(torch.empty(members, c_out)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, K*in, H, W) -> (B, K*out, H, W)."""
+        k = self.weight.shape[0]
+        weight = self.weight.flatten(0, 1)  # (K*out, in, 3, 3)
+        bias = None if self.bias is None else self.bias.flatten()
+        return F.conv2d(x, weight, bias, padding=1, groups=k)
+
+
+class PackedNorm(MemberModule):
+    """Batch, layer, instance or group norm of K members, each over its own features only.
+
+    All kinds run over K*C channels: batch norm is per channel already (with per-member
+    running statistics in the (K, C) buffers); layer, instance and group norm become group norm
+    with K, K*C and K*groups groups, whose groups never straddle two members. Fully connected
+    features (``spatial=False``) arrive as (K, B, F) and are viewed as (B, K*F) for it.
+    """
+
+    running_mean: torch.Tensor  # (K, C) buffers, batch norm only
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor  # (K,)
+
+    def __init__(self, kind: str, members: int, features: int, spatial: bool, groups: int):
+        """Args: kind: ``batch``, ``layer``, ``instance`` or ``group``; members: K; features:
+        channels or features of one member; spatial: conv maps rather than (K, B, F);
+        groups: groups of one member for ``group``."""
+        super().__init__()
+        self.kind, self.spatial = kind, spatial
+        self.weight = nn.Parameter(torch.ones(members, features))
+        self.bias = nn.Parameter(torch.zeros(members, features))
+        per_member = {"layer": 1, "instance": features, "group": groups}.get(kind, 0)
+        self.groups_per_member = per_member
+        if kind == "batch":
+            self.register_buffer("running_mean", torch.zeros(members, features))
+            self.register_buffer("running_var", torch.ones(members, features))
+            self.register_buffer("num_batches_tracked", torch.zeros(members, dtype=torch.long))
+        self.frozen: torch.Tensor | None = None  # (K,) bool: members whose statistics stay put
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, K*C, ...) -> same, or (K, B, F) -> same when not ``spatial``."""
+        k, c = self.weight.shape
+        flat = x if self.spatial else x.transpose(0, 1).reshape(x.shape[1], k * c)
+        out = self._normalize(flat, k)
+        return out if self.spatial else out.view(x.shape[1], k, c).transpose(0, 1)
+
+    def _normalize(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        weight, bias = self.weight.flatten(), self.bias.flatten()
+        if self.kind != "batch":
+            return F.group_norm(x, k * self.groups_per_member, weight, bias, NORM_EPS)
+        if not self.training:
+            return F.batch_norm(
+                x, self.running_mean.flatten(), self.running_var.flatten(), weight, bias,
+                False, BN_MOMENTUM, NORM_EPS,
+            )  # fmt: skip
+        if self.frozen is None:
+            self.num_batches_tracked.add_(1)
+            return F.batch_norm(
+                x, self.running_mean.view(-1), self.running_var.view(-1), weight, bias,
+                True, BN_MOMENTUM, NORM_EPS,
+            )  # fmt: skip
+        # Masked members keep the statistics they stopped with: update copies (which autograd
+        # may keep for the backward pass) and take the active members' rows from them.
+        mean, var = self.running_mean.clone(), self.running_var.clone()
+        out = F.batch_norm(
+            x, mean.view(-1), var.view(-1), weight, bias, True, BN_MOMENTUM, NORM_EPS
+        )
+        keep = self.frozen.view(-1, 1)
+        self.running_mean.copy_(torch.where(keep, self.running_mean, mean))
+        self.running_var.copy_(torch.where(keep, self.running_var, var))
+        self.num_batches_tracked.add_((~self.frozen).long())
+        return out
+
+    def extra_repr(self) -> str:
+        k, c = self.weight.shape
+        return f"{self.kind}, members={k}, features={c}, spatial={self.spatial}"
+
+
+class PackedDropout(MemberModule):
+    """Per-member dropout with per-member rates and rules, as :func:`toolbox.dropout.dropout`.
+
+    ``channel=True`` drops whole channels of (B, K*C, H, W) maps (one (B, C, 1, 1) mask per
+    member); otherwise units of (K, B, F) features (one (B, F) mask per member).
+    """
+
+    member_lists = ("rates", "rules")
+
+    def __init__(
+        self,
+        rates: Sequence[float],
+        rules: Sequence[DropoutRule],
+        rand: MemberRandom,
+        *,
+        channel: bool = False,
+    ) -> None:
+        """Args: rates: per-member drop probability (0: none); rules: per-member scaling
+        rule; rand: the members' generators; channel: drop conv channels."""
+        super().__init__()
+        self.rates, self.rules, self.rand, self.channel = list(rates), list(rules), rand, channel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Drop in training, scale by the rule; same shape out."""
+        k = len(self.rates)
+        if self.training:
+            if self.channel:
+                b, kc = x.shape[:2]
+                masks = member_masks((b, kc // k, 1, 1), self.rates, self.rand, x)  # (K, B, C, ..)
+                x = x * masks.transpose(0, 1).reshape(b, kc, 1, 1)
+            else:
+                x = x * member_masks(x.shape[1:], self.rates, self.rand, x)  # (K, B, F)
+        scales = rule_scales(self.rates, self.rules)
+        if all(s == 1.0 for s in scales):
+            return x
+        scale = torch.tensor(scales, device=x.device, dtype=x.dtype)
+        if self.channel:
+            return x * scale.repeat_interleave(x.shape[1] // k).view(1, -1, 1, 1)
+        return x * scale.view(-1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"rates={self.rates}, rules={self.rules}, channel={self.channel}"

@@ -1,0 +1,244 @@
+"""Packed networks: K members of one shape (``toolbox.models``' MLP or CNN) as one model.
+
+A pack's members must share what shapes the computation (:data:`PACK_SETTINGS`: the data set
+and its split, architecture and sizes, normalization kind and groups, activation, batch size,
+device); everything else may differ per member: seed, learning rate, momentum, Nesterov,
+weight decay, input normalization, augmentation, dropout rate and rule, channel dropout,
+DropConnect, epochs. :func:`pack_key` is what a sweep groups its trials by.
+
+Member k starts from exactly the weights its single-trial model gets (``load_members`` copies
+them from ``toolbox.models.build_model`` outputs), and ``copy_member_into`` writes member k
+back into such a model, so a pack can be built from single-trial checkpoints and unpacked
+into them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from toolbox.config import ModelConfig, TrialConfig
+from toolbox.errors import ConfigError
+from toolbox.models import MIN_POOL_SIZE, get_activation
+from toolbox.packed.layers import (
+    MemberModule,
+    MemberRandom,
+    PackedConv2d,
+    PackedDropout,
+    PackedLinear,
+    PackedNorm,
+)
+
+PACK_SETTINGS = (
+    "data.",
+    "model.arch",
+    "model.width",
+    "model.depth",
+    "model.fc_width",
+    "model.norm",
+    "model.groups",
+    "model.activation",
+    "optim.batch_size",
+    "device",
+)
+"""Settings (dotted names; a trailing dot means the whole section) a pack's members share."""
+
+SOLO_LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
+"""The single-trial layers with parameters, in the order a packed network mirrors them."""
+PACKED_LAYERS = (PackedLinear, PackedConv2d, PackedNorm)
+
+
+def _shared(name: str) -> bool:
+    return any(name.startswith(s) if s.endswith(".") else name == s for s in PACK_SETTINGS)
+
+
+def pack_key(config: TrialConfig) -> tuple[tuple[str, object], ...]:
+    """The settings that must be equal for two trials to share a pack, as a hashable key."""
+    return tuple(sorted((k, v) for k, v in config.flatten().items() if _shared(k)))
+
+
+def check_packable(configs: Sequence[TrialConfig]) -> None:
+    """Raise unless ``configs`` can train as one pack.
+
+    Raises:
+        toolbox.errors.ConfigError: no configs, or a member differs from member 0 in a setting
+            of :data:`PACK_SETTINGS` (the message names it).
+    """
+    if not configs:
+        raise ConfigError("a pack needs at least one member")
+    first = dict(pack_key(configs[0]))
+    for i, config in enumerate(configs[1:], start=1):
+        for name, value in pack_key(config):
+            if first[name] != value:
+                raise ConfigError(
+                    f"pack member {i}: {name}={value!r} differs from member 0's "
+                    f"{first[name]!r}; members of a pack must share {', '.join(PACK_SETTINGS)}"
+                )
+
+
+def _fc_dropout_rates(cfgs: Sequence[ModelConfig]) -> list[float]:
+    return [0.0 if c.dropconnect else c.dropout for c in cfgs]
+
+
+def _dropconnect_rates(cfgs: Sequence[ModelConfig]) -> list[float]:
+    return [c.dropout if c.dropconnect else 0.0 for c in cfgs]
+
+
+def _maybe_dropout(
+    rates: list[float], cfgs: Sequence[ModelConfig], rand: MemberRandom, channel: bool = False
+) -> list[nn.Module]:
+    if not any(rates):
+        return []
+    return [PackedDropout(rates, [c.dropout_rule for c in cfgs], rand, channel=channel)]
+
+
+def _linear(
+    cfgs: Sequence[ModelConfig], n_in: int, n_out: int, rand: MemberRandom, **kw: object
+) -> PackedLinear:
+    drop = _dropconnect_rates(cfgs) if kw.get("after_hidden") else [0.0] * len(cfgs)
+    bias = bool(kw.get("bias", True))
+    return PackedLinear(n_in, n_out, bias, drop, [c.dropout_rule for c in cfgs], rand)
+
+
+def _uses_bias(norm: str) -> bool:
+    return norm not in ("batch", "instance")  # as toolbox.models
+
+
+def _norm(shape: ModelConfig, k: int, features: int, spatial: bool) -> list[nn.Module]:
+    if shape.norm == "none":
+        return []
+    return [PackedNorm(shape.norm, k, features, spatial, shape.groups)]
+
+
+def _mlp_head(cfgs: Sequence[ModelConfig], n_in: int, classes: int, rand: MemberRandom) -> list:
+    shape, k = cfgs[0], len(cfgs)
+    layers: list[nn.Module] = []
+    for i in range(shape.depth):
+        bias = _uses_bias(shape.norm)
+        layers.append(_linear(cfgs, n_in, shape.width, rand, after_hidden=i > 0, bias=bias))
+        layers += _norm(shape, k, shape.width, spatial=False)
+        layers.append(get_activation(shape.activation))
+        layers += _maybe_dropout(_fc_dropout_rates(cfgs), cfgs, rand)
+        n_in = shape.width
+    layers.append(_linear(cfgs, n_in, classes, rand, after_hidden=True))  # (K, B, classes)
+    return layers
+
+
+def _cnn_features(
+    cfgs: Sequence[ModelConfig], in_shape: tuple[int, int, int], rand: MemberRandom
+) -> tuple[list[nn.Module], int]:
+    shape, k = cfgs[0], len(cfgs)
+    c, h, w = in_shape
+    conv_rates = [c_.dropout if c_.dropout_conv else 0.0 for c_ in cfgs]
+    layers: list[nn.Module] = []
+    for i in range(shape.depth):
+        c_out = shape.width * 2**i
+        pool = min(h, w) >= MIN_POOL_SIZE
+        layers.append(PackedConv2d(k, c, c_out, bias=_uses_bias(shape.norm)))
+        layers += _norm(shape, k, c_out, spatial=True)
+        layers.append(get_activation(shape.activation))
+        layers += _maybe_dropout(conv_rates, cfgs, rand, channel=True)
+        if pool:
+            layers.append(nn.MaxPool2d(2))
+        c, h, w = c_out, (h // 2 if pool else h), (w // 2 if pool else w)
+    return [*layers, nn.AdaptiveAvgPool2d(1)], c  # (B, K*C, 1, 1)
+
+
+class PackedNet(nn.Module):
+    """K members of ``toolbox.models``' MLP or CNN trained as one network.
+
+    Maps (K, B, C, H, W) images, member k's batch at ``[k]``, to (K, B, classes) logits.
+    Member k computes what its single-trial model computes, up to float rounding, with its own
+    dropout masks (see :mod:`toolbox.packed.layers`).
+
+    Args:
+        cfgs: one :class:`ModelConfig` per member, equal in the shape settings.
+        in_shape: (C, H, W) of one image.
+        num_classes: outputs per member.
+        rand: the members' dropout generators and active flags (shared with the trainer).
+    """
+
+    def __init__(
+        self,
+        cfgs: Sequence[ModelConfig],
+        in_shape: tuple[int, int, int],
+        num_classes: int,
+        rand: MemberRandom,
+    ) -> None:
+        super().__init__()
+        shape = cfgs[0]
+        self.arch, self.rand = shape.arch, rand
+        n_in = in_shape[0] * in_shape[1] * in_shape[2]
+        features: list[nn.Module] = []
+        if shape.arch == "cnn":
+            features, n_in = _cnn_features(cfgs, in_shape, rand)
+            head = [
+                _linear(cfgs, n_in, shape.fc_width, rand),
+                get_activation(shape.activation),
+                *_maybe_dropout(_fc_dropout_rates(cfgs), cfgs, rand),
+                _linear(cfgs, shape.fc_width, num_classes, rand, after_hidden=True),
+            ]
+        else:
+            head = _mlp_head(cfgs, n_in, num_classes, rand)
+        self.features = nn.Sequential(*features)
+        self.head = nn.Sequential(*head)
+
+    @property
+    def members(self) -> int:
+        """K, the members packed."""
+        return len(self.rand.active)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(K, B, C, H, W) -> (K, B, classes)."""
+        k, b = x.shape[:2]
+        if self.arch == "cnn":
+            x = x.transpose(0, 1).reshape(b, -1, *x.shape[3:])  # (B, K*C, H, W)
+            x = self.features(x).view(b, k, -1).transpose(0, 1)  # (K, B, C)
+        else:
+            x = x.flatten(2)  # (K, B, C*H*W)
+        return self.head(x)
+
+    def _member_layers(self) -> list[MemberModule]:
+        return [m for m in self.modules() if isinstance(m, PACKED_LAYERS)]
+
+    def pairs(self, solo: nn.Module) -> list[tuple[MemberModule, nn.Module]]:
+        """The packed layers with parameters and ``solo``'s corresponding layers, in order."""
+        solo_layers = [m for m in solo.modules() if isinstance(m, SOLO_LAYERS)]
+        packed = self._member_layers()
+        assert len(solo_layers) == len(packed), "a single-trial model of another shape"
+        return list(zip(packed, solo_layers, strict=True))
+
+    def load_members(self, solos: Sequence[nn.Module]) -> None:
+        """Copy every parameter and buffer of one single-trial model per member into the pack."""
+        per_member = [self.pairs(solo) for solo in solos]
+        for i, (layer, _) in enumerate(per_member[0]):
+            layer.load_members([pairs[i][1] for pairs in per_member])
+
+    def copy_member_into(self, k: int, solo: nn.Module) -> None:
+        """Load member ``k``'s parameters and buffers into the single-trial model ``solo``."""
+        with torch.no_grad():
+            for layer, solo_layer in self.pairs(solo):
+                for name, value in layer.member_state(k).items():
+                    getattr(solo_layer, name).copy_(value)
+
+    def keep_members(self, idx: Sequence[int]) -> None:
+        """Keep only the members ``idx``: new parameter tensors, one fewer packed member each."""
+        for module in self.modules():
+            if isinstance(module, MemberModule):
+                module.keep_members(idx)
+        self.rand.keep(idx)
+        self.set_active(self.rand.active)
+
+    def set_active(self, active: Sequence[bool]) -> None:
+        """Mark members as training (``True``) or masked: a masked member draws no dropout
+        masks and its batch-norm statistics stay as they are."""
+        self.rand.active = list(active)
+        frozen = None
+        if not all(active):
+            device = next(self.parameters()).device
+            frozen = ~torch.tensor(list(active), device=device)
+        for module in self.modules():
+            if isinstance(module, PackedNorm):
+                module.frozen = frozen
