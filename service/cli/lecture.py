@@ -38,7 +38,6 @@ from workers.analysis import LR, Comparison, SweepResults
 from workers.summary import report_markdown
 
 _HEADER = re.compile(r"^#\s*(?:(claim|by|expect):\s*)?(.*)$", re.IGNORECASE)
-_ORDER = re.compile(r"\s*(>=|>)\s*")
 BATCH, GRAD_NOISE = "optim.batch_size", "grad_noise"
 console = Console()
 
@@ -95,21 +94,24 @@ def read_studies(folder: Path) -> list[Study]:
 def verdict(expect: str, means: dict[str, float], goal: str) -> str:
     """Whether the measured ``means`` (per compared value) keep the ``expect`` order.
 
-    ``expect`` lists values best first, separated by ``>`` (better) or ``>=`` (at least as
-    good, within noise: allowed either way); with no ``expect`` there is nothing to judge.
+    ``expect`` ranks values best first in tiers: ``>`` separates tiers, ``>=`` joins values
+    of one tier (as good as each other, within noise: their order is not judged). Every value
+    of a tier must beat every value of each later tier. With no ``expect`` nothing is judged.
     """
     if not expect:
         return "no expected order given"
-    parts = _ORDER.split(expect.strip())
-    values, ops = parts[0::2], parts[1::2]
-    unknown = [v for v in values if v not in means]
+    tiers = [[v.strip() for v in tier.split(">=")] for tier in re.split(r">(?!=)", expect)]
+    unknown = [v for tier in tiers for v in tier if v not in means]
     if unknown:
         return f"not judged: no result for {', '.join(unknown)}"
     sign = 1.0 if goal == "maximize" else -1.0
     broken = [
         f"{a} is not better than {b}"
-        for a, op, b in zip(values[:-1], ops, values[1:], strict=True)
-        if op == ">" and not sign * means[a] > sign * means[b]
+        for i, tier in enumerate(tiers)
+        for a in tier
+        for later in tiers[i + 1 :]
+        for b in later
+        if not sign * means[a] > sign * means[b]
     ]
     if broken:
         return "does not hold on digits: " + "; ".join(broken)
@@ -170,10 +172,16 @@ def run_study(client: SweepsClient, study: Study, assets: Path, link: str) -> Ou
 
 
 def noise_table(results: SweepResults, rows: list[Comparison]) -> str:
-    """The first epoch's gradient noise per batch size, at that size's best learning rate,
-    and times sqrt(batch): constant where the noise falls as 1/sqrt(batch)."""
+    """The first epoch's gradient noise per batch size at the smallest learning rate swept
+    (where the weights stay nearest their start, so sizes are compared at the same point), and
+    times sqrt(batch): constant where the noise falls as 1/sqrt(batch)."""
+    rates = sorted({float(t.params[LR]) for t in results.trials if LR in t.params})
+    lr = rates[0] if rates else None
     lines = [
-        "| batch size | grad_noise, epoch 1 (mean over seeds) | × √batch |",
+        f"Gradient noise in epoch 1{f' at {LR}={lr:g}' if lr is not None else ''}, mean over "
+        "seeds; times √batch it is constant where the noise falls as 1/√batch:",
+        "",
+        "| batch size | grad_noise | × √batch |",
         "|---:|---:|---:|",
     ]
     for row in rows:
@@ -181,7 +189,7 @@ def noise_table(results: SweepResults, rows: list[Comparison]) -> str:
             t.curve[0][1][GRAD_NOISE]
             for t in results.trials
             if str(t.params.get(BATCH)) == row.value
-            and (row.lr is None or t.params.get(LR) == row.lr)
+            and (lr is None or float(t.params.get(LR, -1)) == lr)
             and t.curve
             and GRAD_NOISE in t.curve[0][1]
         ]

@@ -54,6 +54,12 @@ def test_a_study_without_a_claim_is_refused(tmp_path: Path) -> None:
         ),
         ("a > b", {"a": 0.1, "b": 0.2}, "minimize", "holds on digits"),
         ("a >= b > c", {"a": 0.8, "b": 0.9, "c": 0.5}, "maximize", "holds on digits"),
+        (
+            "a >= b > c",
+            {"a": 0.4, "b": 0.9, "c": 0.5},
+            "maximize",
+            "does not hold on digits: a is not better than c",
+        ),
         ("a > z", {"a": 0.8}, "maximize", "not judged: no result for z"),
     ],
 )
