@@ -90,7 +90,8 @@ def test_the_database_password_appears_in_no_job_command_line_environment_or_log
         assert password not in jobs.text
         env_of = lambda job: (job.get("runtime_env") or {}).get("env_vars") or {}  # noqa: E731
         # The cluster is the test session's: this test's jobs are those on its storage path.
-        ours = [j for j in jobs.json() if env_of(j).get("SWEEPS_STORAGE_PATH") == settings.storage_path]
+        storage = settings.storage_path
+        ours = [j for j in jobs.json() if env_of(j).get("SWEEPS_STORAGE_PATH") == storage]
         assert len(ours) >= 2, jobs.text  # the sweep's job and the standby
         for job in ours:
             job_id = job["submission_id"]
