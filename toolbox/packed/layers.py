@@ -1,14 +1,22 @@
 """Layers of a packed network: K same-shape members computed as one wider layer.
 
 Every packed parameter and buffer has the member as its first dimension, (K, ...), so member k
-is the slice ``[k]`` and the packed optimizer broadcasts per-member coefficients over it. Two
-activation layouts are used: fully connected features are (K, B, F), ready for one batched matrix
-product (``torch.baddbmm``) over the stacked weights; conv maps are (B, K*C, H, W), member k's
-channels being ``[k*C, (k+1)*C)``, ready for one grouped convolution (``groups=K``) and for
-normalization over K*C channels.
+is the slice ``[k]`` and the packed optimizer broadcasts per-member coefficients over it.
+Fully connected features are (K, B, F), ready for one batched matrix product
+(``torch.baddbmm``) over the stacked weights. Conv maps have one of two layouts
+(:attr:`PackContext.grouped`):
+
+- grouped, (B, K*C, H, W): member k's channels are ``[k*C, (k+1)*C)``; a convolution is one
+  grouped convolution (``groups=K``) and every norm runs over K*C channels. One kernel per
+  layer, which is what a GPU wants (HFTA's layout).
+- by member, (K*B, C, H, W): member k's samples are ``[k*B, (k+1)*B)``, contiguous, and a
+  convolution or norm is one single-trial kernel per member. On the CPU, oneDNN's grouped
+  convolution is several times slower than the same work as K ordinary ones
+  (bench/RESULTS.md), while per-sample layers (activation, pooling) still run once on the
+  whole pack.
 
 Randomness is per member: dropout and DropConnect masks are drawn for each member from its own
-generator (:class:`MemberRandom`), with exactly the shapes and operations the single-trial
+generator (:class:`PackContext`), with exactly the shapes and operations the single-trial
 layers use (``toolbox.dropout``: a Bernoulli(1 - p) draw divided by 1 - p), so on the CPU a
 member draws bit-identical masks to the same trial trained alone.
 """
@@ -31,17 +39,20 @@ BN_MOMENTUM = 0.1
 
 
 @dataclass
-class MemberRandom:
-    """The members' dropout generators and which members still train.
+class PackContext:
+    """What the packed layers share: the members' generators, which train, the conv layout.
 
     Attributes:
         generators: member k's dropout and DropConnect masks come from ``generators[k]``.
         active: masked members (``False``) draw nothing, so their streams stay where they
             were when they stopped.
+        grouped: conv maps are (B, K*C, H, W) and use grouped kernels; otherwise they are
+            (K*B, C, H, W) and use one kernel per member (see the module).
     """
 
     generators: list[torch.Generator] = field(default_factory=list)
     active: list[bool] = field(default_factory=list)
+    grouped: bool = False
 
     def keep(self, idx: Sequence[int]) -> None:
         """Keep only the members ``idx``, in that order."""
@@ -81,7 +92,7 @@ class MemberModule(nn.Module):
 
 
 def member_masks(
-    shape: tuple[int, ...], rates: Sequence[float], rand: MemberRandom, like: torch.Tensor
+    shape: tuple[int, ...], rates: Sequence[float], ctx: PackContext, like: torch.Tensor
 ) -> torch.Tensor:
     """(K, *shape) dropout masks: member k's Bernoulli(1 - p_k) draw divided by 1 - p_k.
 
@@ -90,7 +101,7 @@ def member_masks(
     and get ones.
     """
     masks = []
-    for p, gen, active in zip(rates, rand.generators, rand.active, strict=True):
+    for p, gen, active in zip(rates, ctx.generators, ctx.active, strict=True):
         mask = torch.ones(shape, dtype=like.dtype, device=like.device)
         if p > 0.0 and active:
             mask.bernoulli_(1.0 - p, generator=gen).div_(1.0 - p)
@@ -123,22 +134,22 @@ class PackedLinear(MemberModule):
         bias: bool,
         drop_rates: Sequence[float],
         rules: Sequence[DropoutRule],
-        rand: MemberRandom,
+        ctx: PackContext,
     ) -> None:
         """Args: n_in, n_out, bias: as ``nn.Linear``; drop_rates: per-member DropConnect rate
-        (0: none); rules: per-member scaling rule; rand: the members' generators."""
+        (0: none); rules: per-member scaling rule; ctx: the members' generators."""
         super().__init__()
         k = len(drop_rates)
         self.weight = nn.Parameter(torch.empty(k, n_out, n_in))
         self.bias = nn.Parameter(torch.empty(k, n_out)) if bias else None
-        self.drop_rates, self.rules, self.rand = list(drop_rates), list(rules), rand
+        self.drop_rates, self.rules, self.ctx = list(drop_rates), list(rules), ctx
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(K, B, in) -> (K, B, out)."""
         weight: torch.Tensor = self.weight  # (K, out, in)
         if any(self.drop_rates):
             if self.training:
-                weight = weight * member_masks(weight.shape[1:], self.drop_rates, self.rand, x)
+                weight = weight * member_masks(weight.shape[1:], self.drop_rates, self.ctx, x)
             scales = rule_scales(self.drop_rates, self.rules)
             if any(s != 1.0 for s in scales):
                 weight = weight * torch.tensor(scales, device=x.device).view(-1, 1, 1)
@@ -152,49 +163,62 @@ class PackedLinear(MemberModule):
 
 
 class PackedConv2d(MemberModule):
-    """K 3x3 convolutions (padding 1) as one grouped convolution over (B, K*C, H, W).
+    """K 3x3 convolutions (padding 1) on packed conv maps (either layout, see the module).
 
-    ``weight`` is (K, out, in, 3, 3) and ``bias`` (K, out): viewed as (K*out, in, 3, 3) with
-    ``groups=K``, member k's outputs read only member k's inputs.
+    ``weight`` is (K, out, in, 3, 3) and ``bias`` (K, out). Grouped, the weight is viewed as
+    (K*out, in, 3, 3) with ``groups=K``, so member k's outputs read only member k's inputs; by
+    member, member k's samples are convolved with ``weight[k]``.
     """
 
-    def __init__(self, members: int, c_in: int, c_out: int, bias: bool) -> None:
-        """Args: members: K; c_in, c_out: channels of one member; bias: as ``nn.Conv2d``."""
+    def __init__(self, members: int, c_in: int, c_out: int, bias: bool, ctx: PackContext):
+        """Args: members: K; c_in, c_out: channels of one member; bias: as ``nn.Conv2d``;
+        ctx: the pack's layout."""
         super().__init__()
         self.weight = nn.Parameter(torch.empty(members, c_out, c_in, 3, 3))
         self.bias = nn.Parameter(torch.empty(members, c_out)) if bias else None
+        self.ctx = ctx
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, K*in, H, W) -> (B, K*out, H, W)."""
+        """(B, K*in, H, W) -> (B, K*out, H, W) grouped; (K*B, in, H, W) -> (K*B, out, H, W)."""
         k = self.weight.shape[0]
-        weight = self.weight.flatten(0, 1)  # (K*out, in, 3, 3)
-        bias = None if self.bias is None else self.bias.flatten()
-        return F.conv2d(x, weight, bias, padding=1, groups=k)
+        if self.ctx.grouped:
+            bias = None if self.bias is None else self.bias.flatten()
+            return F.conv2d(x, self.weight.flatten(0, 1), bias, padding=1, groups=k)
+        # unbind, not indexing: the backward of K indexed views would add K full-size
+        # zero-filled gradients, O(K^2) work; unbind's is one stack.
+        xs = x.view(k, -1, *x.shape[1:]).unbind(0)  # K x (B, in, H, W)
+        weights = self.weight.unbind(0)
+        biases = [None] * k if self.bias is None else self.bias.unbind(0)
+        outs = [F.conv2d(xs[i], weights[i], biases[i], padding=1) for i in range(k)]
+        return torch.cat(outs)
 
 
 class PackedNorm(MemberModule):
     """Batch, layer, instance or group norm of K members, each over its own features only.
 
-    All kinds run over K*C channels: batch norm is per channel already (with per-member
-    running statistics in the (K, C) buffers); layer, instance and group norm become group norm
-    with K, K*C and K*groups groups, whose groups never straddle two members. Fully connected
-    features (``spatial=False``) arrive as (K, B, F) and are viewed as (B, K*F) for it.
+    Per-member gamma and beta are (K, C), and so are batch norm's running statistics. On
+    (B, K*C, ...) maps (grouped conv maps, and fully connected (K, B, F) features viewed as
+    (B, K*F)) all kinds run once over K*C channels: batch norm is per channel already; layer,
+    instance and group norm become group norm with K, K*C and K*groups groups, whose groups
+    never straddle two members. On by-member conv maps each member is normalized by the
+    single-trial kernel.
     """
 
     running_mean: torch.Tensor  # (K, C) buffers, batch norm only
     running_var: torch.Tensor
     num_batches_tracked: torch.Tensor  # (K,)
 
-    def __init__(self, kind: str, members: int, features: int, spatial: bool, groups: int):
+    def __init__(
+        self, kind: str, members: int, features: int, spatial: bool, groups: int, ctx: PackContext
+    ) -> None:
         """Args: kind: ``batch``, ``layer``, ``instance`` or ``group``; members: K; features:
         channels or features of one member; spatial: conv maps rather than (K, B, F);
-        groups: groups of one member for ``group``."""
+        groups: groups of one member for ``group``; ctx: the pack's layout."""
         super().__init__()
-        self.kind, self.spatial = kind, spatial
+        self.kind, self.spatial, self.ctx = kind, spatial, ctx
         self.weight = nn.Parameter(torch.ones(members, features))
         self.bias = nn.Parameter(torch.zeros(members, features))
-        per_member = {"layer": 1, "instance": features, "group": groups}.get(kind, 0)
-        self.groups_per_member = per_member
+        self.groups_per_member = {"layer": 1, "instance": features, "group": groups}.get(kind, 0)
         if kind == "batch":
             self.register_buffer("running_mean", torch.zeros(members, features))
             self.register_buffer("running_var", torch.ones(members, features))
@@ -202,13 +226,36 @@ class PackedNorm(MemberModule):
         self.frozen: torch.Tensor | None = None  # (K,) bool: members whose statistics stay put
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, K*C, ...) -> same, or (K, B, F) -> same when not ``spatial``."""
+        """Packed conv maps in either layout, or (K, B, F) features; same shape out."""
         k, c = self.weight.shape
+        if self.spatial and not self.ctx.grouped:
+            return self._by_member(x, k)
         flat = x if self.spatial else x.transpose(0, 1).reshape(x.shape[1], k * c)
-        out = self._normalize(flat, k)
+        out = self._over_channels(flat, k)
         return out if self.spatial else out.view(x.shape[1], k, c).transpose(0, 1)
 
-    def _normalize(self, x: torch.Tensor, k: int) -> torch.Tensor:
+    def _by_member(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        xs = x.view(k, -1, *x.shape[1:]).unbind(0)  # K x (B, C, H, W); see PackedConv2d
+        weights, biases = self.weight.unbind(0), self.bias.unbind(0)
+        if self.kind != "batch":
+            g = self.groups_per_member
+            outs = [F.group_norm(xs[i], g, weights[i], biases[i], NORM_EPS) for i in range(k)]
+            return torch.cat(outs)
+        outs = []
+        for i in range(k):
+            mean, var = self.running_mean[i], self.running_var[i]  # views: updated in place
+            frozen = self.training and self.frozen is not None and bool(self.frozen[i])
+            if frozen:
+                mean, var = mean.clone(), var.clone()
+            out = F.batch_norm(
+                xs[i], mean, var, weights[i], biases[i], self.training, BN_MOMENTUM, NORM_EPS
+            )
+            outs.append(out)
+            if self.training and not frozen:
+                self.num_batches_tracked[i] += 1
+        return torch.cat(outs)
+
+    def _over_channels(self, x: torch.Tensor, k: int) -> torch.Tensor:
         weight, bias = self.weight.flatten(), self.bias.flatten()
         if self.kind != "batch":
             return F.group_norm(x, k * self.groups_per_member, weight, bias, NORM_EPS)
@@ -243,7 +290,7 @@ class PackedNorm(MemberModule):
 class PackedDropout(MemberModule):
     """Per-member dropout with per-member rates and rules, as :func:`toolbox.dropout.dropout`.
 
-    ``channel=True`` drops whole channels of (B, K*C, H, W) maps (one (B, C, 1, 1) mask per
+    ``channel=True`` drops whole channels of conv maps, either layout (one (B, C, 1, 1) mask per
     member); otherwise units of (K, B, F) features (one (B, F) mask per member).
     """
 
@@ -253,31 +300,36 @@ class PackedDropout(MemberModule):
         self,
         rates: Sequence[float],
         rules: Sequence[DropoutRule],
-        rand: MemberRandom,
+        ctx: PackContext,
         *,
         channel: bool = False,
     ) -> None:
         """Args: rates: per-member drop probability (0: none); rules: per-member scaling
-        rule; rand: the members' generators; channel: drop conv channels."""
+        rule; ctx: the members' generators; channel: drop conv channels."""
         super().__init__()
-        self.rates, self.rules, self.rand, self.channel = list(rates), list(rules), rand, channel
+        self.rates, self.rules, self.ctx, self.channel = list(rates), list(rules), ctx, channel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Drop in training, scale by the rule; same shape out."""
         k = len(self.rates)
         if self.training:
-            if self.channel:
+            if self.channel and self.ctx.grouped:
                 b, kc = x.shape[:2]
-                masks = member_masks((b, kc // k, 1, 1), self.rates, self.rand, x)  # (K, B, C, ..)
+                masks = member_masks((b, kc // k, 1, 1), self.rates, self.ctx, x)  # (K, B, C, ..)
                 x = x * masks.transpose(0, 1).reshape(b, kc, 1, 1)
+            elif self.channel:
+                b, c = x.shape[0] // k, x.shape[1]
+                x = x * member_masks((b, c, 1, 1), self.rates, self.ctx, x).flatten(0, 1)
             else:
-                x = x * member_masks(x.shape[1:], self.rates, self.rand, x)  # (K, B, F)
+                x = x * member_masks(x.shape[1:], self.rates, self.ctx, x)  # (K, B, F)
         scales = rule_scales(self.rates, self.rules)
         if all(s == 1.0 for s in scales):
             return x
         scale = torch.tensor(scales, device=x.device, dtype=x.dtype)
-        if self.channel:
+        if self.channel and self.ctx.grouped:
             return x * scale.repeat_interleave(x.shape[1] // k).view(1, -1, 1, 1)
+        if self.channel:
+            return x * scale.repeat_interleave(x.shape[0] // k).view(-1, 1, 1, 1)
         return x * scale.view(-1, 1, 1)
 
     def extra_repr(self) -> str:

@@ -24,7 +24,7 @@ from toolbox.errors import ConfigError
 from toolbox.models import MIN_POOL_SIZE, get_activation
 from toolbox.packed.layers import (
     MemberModule,
-    MemberRandom,
+    PackContext,
     PackedConv2d,
     PackedDropout,
     PackedLinear,
@@ -87,47 +87,49 @@ def _dropconnect_rates(cfgs: Sequence[ModelConfig]) -> list[float]:
 
 
 def _maybe_dropout(
-    rates: list[float], cfgs: Sequence[ModelConfig], rand: MemberRandom, channel: bool = False
+    rates: list[float], cfgs: Sequence[ModelConfig], ctx: PackContext, channel: bool = False
 ) -> list[nn.Module]:
     if not any(rates):
         return []
-    return [PackedDropout(rates, [c.dropout_rule for c in cfgs], rand, channel=channel)]
+    return [PackedDropout(rates, [c.dropout_rule for c in cfgs], ctx, channel=channel)]
 
 
 def _linear(
-    cfgs: Sequence[ModelConfig], n_in: int, n_out: int, rand: MemberRandom, **kw: object
+    cfgs: Sequence[ModelConfig], n_in: int, n_out: int, ctx: PackContext, **kw: object
 ) -> PackedLinear:
     drop = _dropconnect_rates(cfgs) if kw.get("after_hidden") else [0.0] * len(cfgs)
     bias = bool(kw.get("bias", True))
-    return PackedLinear(n_in, n_out, bias, drop, [c.dropout_rule for c in cfgs], rand)
+    return PackedLinear(n_in, n_out, bias, drop, [c.dropout_rule for c in cfgs], ctx)
 
 
 def _uses_bias(norm: str) -> bool:
     return norm not in ("batch", "instance")  # as toolbox.models
 
 
-def _norm(shape: ModelConfig, k: int, features: int, spatial: bool) -> list[nn.Module]:
+def _norm(
+    shape: ModelConfig, k: int, features: int, spatial: bool, ctx: PackContext
+) -> list[nn.Module]:
     if shape.norm == "none":
         return []
-    return [PackedNorm(shape.norm, k, features, spatial, shape.groups)]
+    return [PackedNorm(shape.norm, k, features, spatial, shape.groups, ctx)]
 
 
-def _mlp_head(cfgs: Sequence[ModelConfig], n_in: int, classes: int, rand: MemberRandom) -> list:
+def _mlp_head(cfgs: Sequence[ModelConfig], n_in: int, classes: int, ctx: PackContext) -> list:
     shape, k = cfgs[0], len(cfgs)
     layers: list[nn.Module] = []
     for i in range(shape.depth):
         bias = _uses_bias(shape.norm)
-        layers.append(_linear(cfgs, n_in, shape.width, rand, after_hidden=i > 0, bias=bias))
-        layers += _norm(shape, k, shape.width, spatial=False)
+        layers.append(_linear(cfgs, n_in, shape.width, ctx, after_hidden=i > 0, bias=bias))
+        layers += _norm(shape, k, shape.width, False, ctx)
         layers.append(get_activation(shape.activation))
-        layers += _maybe_dropout(_fc_dropout_rates(cfgs), cfgs, rand)
+        layers += _maybe_dropout(_fc_dropout_rates(cfgs), cfgs, ctx)
         n_in = shape.width
-    layers.append(_linear(cfgs, n_in, classes, rand, after_hidden=True))  # (K, B, classes)
+    layers.append(_linear(cfgs, n_in, classes, ctx, after_hidden=True))  # (K, B, classes)
     return layers
 
 
 def _cnn_features(
-    cfgs: Sequence[ModelConfig], in_shape: tuple[int, int, int], rand: MemberRandom
+    cfgs: Sequence[ModelConfig], in_shape: tuple[int, int, int], ctx: PackContext
 ) -> tuple[list[nn.Module], int]:
     shape, k = cfgs[0], len(cfgs)
     c, h, w = in_shape
@@ -136,14 +138,14 @@ def _cnn_features(
     for i in range(shape.depth):
         c_out = shape.width * 2**i
         pool = min(h, w) >= MIN_POOL_SIZE
-        layers.append(PackedConv2d(k, c, c_out, bias=_uses_bias(shape.norm)))
-        layers += _norm(shape, k, c_out, spatial=True)
+        layers.append(PackedConv2d(k, c, c_out, _uses_bias(shape.norm), ctx))
+        layers += _norm(shape, k, c_out, True, ctx)
         layers.append(get_activation(shape.activation))
-        layers += _maybe_dropout(conv_rates, cfgs, rand, channel=True)
+        layers += _maybe_dropout(conv_rates, cfgs, ctx, channel=True)
         if pool:
             layers.append(nn.MaxPool2d(2))
         c, h, w = c_out, (h // 2 if pool else h), (w // 2 if pool else w)
-    return [*layers, nn.AdaptiveAvgPool2d(1)], c  # (B, K*C, 1, 1)
+    return [*layers, nn.AdaptiveAvgPool2d(1)], c  # (B, K*C, 1, 1) or (K*B, C, 1, 1)
 
 
 class PackedNet(nn.Module):
@@ -157,7 +159,7 @@ class PackedNet(nn.Module):
         cfgs: one :class:`ModelConfig` per member, equal in the shape settings.
         in_shape: (C, H, W) of one image.
         num_classes: outputs per member.
-        rand: the members' dropout generators and active flags (shared with the trainer).
+        ctx: the members' generators, active flags and conv layout (shared with the trainer).
     """
 
     def __init__(
@@ -165,37 +167,43 @@ class PackedNet(nn.Module):
         cfgs: Sequence[ModelConfig],
         in_shape: tuple[int, int, int],
         num_classes: int,
-        rand: MemberRandom,
+        ctx: PackContext,
     ) -> None:
         super().__init__()
         shape = cfgs[0]
-        self.arch, self.rand = shape.arch, rand
+        self.arch, self.ctx = shape.arch, ctx
+        self.grouped: bool | None = None
+        """Conv maps grouped (``True``) or by member (``False``); ``None``: grouped on CUDA
+        only (see :mod:`toolbox.packed.layers`)."""
         n_in = in_shape[0] * in_shape[1] * in_shape[2]
         features: list[nn.Module] = []
         if shape.arch == "cnn":
-            features, n_in = _cnn_features(cfgs, in_shape, rand)
+            features, n_in = _cnn_features(cfgs, in_shape, ctx)
             head = [
-                _linear(cfgs, n_in, shape.fc_width, rand),
+                _linear(cfgs, n_in, shape.fc_width, ctx),
                 get_activation(shape.activation),
-                *_maybe_dropout(_fc_dropout_rates(cfgs), cfgs, rand),
-                _linear(cfgs, shape.fc_width, num_classes, rand, after_hidden=True),
+                *_maybe_dropout(_fc_dropout_rates(cfgs), cfgs, ctx),
+                _linear(cfgs, shape.fc_width, num_classes, ctx, after_hidden=True),
             ]
         else:
-            head = _mlp_head(cfgs, n_in, num_classes, rand)
+            head = _mlp_head(cfgs, n_in, num_classes, ctx)
         self.features = nn.Sequential(*features)
         self.head = nn.Sequential(*head)
 
     @property
     def members(self) -> int:
         """K, the members packed."""
-        return len(self.rand.active)
+        return len(self.ctx.active)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(K, B, C, H, W) -> (K, B, classes)."""
         k, b = x.shape[:2]
-        if self.arch == "cnn":
+        grouped = self.ctx.grouped = x.is_cuda if self.grouped is None else self.grouped
+        if self.arch == "cnn" and grouped:
             x = x.transpose(0, 1).reshape(b, -1, *x.shape[3:])  # (B, K*C, H, W)
             x = self.features(x).view(b, k, -1).transpose(0, 1)  # (K, B, C)
+        elif self.arch == "cnn":
+            x = self.features(x.reshape(k * b, *x.shape[2:])).view(k, b, -1)  # (K, B, C)
         else:
             x = x.flatten(2)  # (K, B, C*H*W)
         return self.head(x)
@@ -228,13 +236,13 @@ class PackedNet(nn.Module):
         for module in self.modules():
             if isinstance(module, MemberModule):
                 module.keep_members(idx)
-        self.rand.keep(idx)
-        self.set_active(self.rand.active)
+        self.ctx.keep(idx)
+        self.set_active(self.ctx.active)
 
     def set_active(self, active: Sequence[bool]) -> None:
         """Mark members as training (``True``) or masked: a masked member draws no dropout
         masks and its batch-norm statistics stay as they are."""
-        self.rand.active = list(active)
+        self.ctx.active = list(active)
         frozen = None
         if not all(active):
             device = next(self.parameters()).device

@@ -16,6 +16,7 @@ whatever their gradients hold (NaN from a diverged member included).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,6 +45,7 @@ class PackedSGD:
         self.cfgs = list(cfgs)
         self.velocity: dict[str, torch.Tensor] = {}  # packed parameter name -> (K, ...)
         self.has_velocity = [False] * len(self.cfgs)  # as torch: only after a momentum step
+        self._cache: dict[tuple[Any, ...], dict[str, torch.Tensor]] = {}
 
     @torch.no_grad()
     def step(self, active: Sequence[bool] | None = None) -> None:
@@ -59,17 +61,32 @@ class PackedSGD:
             if cfg.momentum > 0 and (active is None or active[k]):
                 self.has_velocity[k] = True
 
+    def _columns(self, like: torch.Tensor) -> dict[str, torch.Tensor]:
+        """lr, momentum, weight decay and Nesterov as (K, 1, ...) columns, made once per shape."""
+        key = (like.ndim, like.dtype, like.device)
+        if key not in self._cache:
+            cfgs = self.cfgs
+            self._cache[key] = {
+                "lr": _column([c.lr for c in cfgs], like),
+                "momentum": _column([c.momentum for c in cfgs], like),
+                "weight_decay": _column([c.weight_decay for c in cfgs], like),
+                "nesterov": _column([c.nesterov for c in cfgs], like).bool(),
+            }
+        return self._cache[key]
+
     def _step_one(self, name: str, param: torch.Tensor, active: torch.Tensor | None) -> None:
         assert param.grad is not None
-        grad, cfgs = param.grad, self.cfgs
-        if param.ndim >= 3:  # a single-trial weight matrix or kernel: decayed
-            grad = grad + _column([c.weight_decay for c in cfgs], param) * param
-        momentum = _column([c.momentum for c in cfgs], param)
+        grad, col = param.grad, self._columns(param)
+        if param.ndim >= 3 and any(c.weight_decay for c in self.cfgs):
+            grad = grad + col["weight_decay"] * param  # a single trial's matrix or kernel
         old = self.velocity.get(name)
-        velocity = grad.clone() if old is None else old * momentum + grad
-        nesterov = _column([c.nesterov for c in cfgs], param).bool()
-        direction = torch.where(nesterov, grad + momentum * velocity, velocity)
-        stepped = param - _column([c.lr for c in cfgs], param) * direction
+        velocity = grad.clone() if old is None else old * col["momentum"] + grad
+        nesterov = [c.nesterov for c in self.cfgs]
+        direction = velocity
+        if any(nesterov):
+            ahead = grad + col["momentum"] * velocity
+            direction = ahead if all(nesterov) else torch.where(col["nesterov"], ahead, velocity)
+        stepped = param - col["lr"] * direction
         if active is not None:
             keep = active.view(-1, *[1] * (param.ndim - 1))
             stepped = torch.where(keep, stepped, param)
@@ -86,6 +103,7 @@ class PackedSGD:
         """Keep only the members ``idx`` (after the model's ``keep_members``)."""
         index = list(idx)
         self.cfgs = [self.cfgs[i] for i in index]
+        self._cache.clear()
         self.has_velocity = [self.has_velocity[i] for i in index]
         self.velocity = {name: v[index].clone() for name, v in self.velocity.items()}
 

@@ -42,7 +42,7 @@ from toolbox.metrics import EpochMetrics
 from toolbox.models import build_model
 from toolbox.optim import build_optimizer
 from toolbox.packed.grad_noise import PackedGradNoise
-from toolbox.packed.layers import MemberRandom
+from toolbox.packed.layers import PackContext
 from toolbox.packed.members import (
     Member,
     Normalizers,
@@ -129,9 +129,9 @@ class Pack:
                 self.members.append(self._member(key, state))
                 solos.append(state.model)
                 optimizers.append(state.optimizer)
-        rand = MemberRandom([m.dropout for m in self.members], [True] * len(configs))
+        ctx = PackContext([m.dropout for m in self.members], [True] * len(configs))
         in_shape, classes = self.split.in_shape, self.split.num_classes
-        self.model = PackedNet([c.model for c in configs], in_shape, classes, rand)
+        self.model = PackedNet([c.model for c in configs], in_shape, classes, ctx)
         self.model.to(self.device).load_members(solos)
         self.optimizer = PackedSGD(self.model, [c.optim for c in configs])
         self._load_velocities(solos, optimizers)
