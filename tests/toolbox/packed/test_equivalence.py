@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from toolbox.config import TrialConfig
-from toolbox.packed import train_pack
+from toolbox.packed import Pack, train_pack
 from toolbox.train import TrainResult, train
 
 CURVE = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
@@ -130,3 +130,18 @@ def test_a_diverging_member_never_disturbs_its_packmates() -> None:
     for k in (0, 2):
         assert results[k].outcome == "completed"
         assert_same_curve(results[k], train(cfgs[k]))
+
+
+@pytest.mark.parametrize(
+    "case", ["cnn-batch-channel-dropout", "cnn-instance", "cnn-group-layer", "cnn-layer"]
+)
+def test_grouped_conv_maps_follow_the_solo_curve_too(case: str) -> None:
+    """The layout CUDA uses by default (one grouped kernel over K*C channels), on the CPU."""
+    cfgs = configs(*CASES[case])
+    pack = Pack(cfgs)
+    pack.model.grouped = True
+    while not pack.done:
+        pack.run_epoch()
+    for key, config in enumerate(cfgs):
+        assert pack.results[key].outcome == "completed"
+        assert_same_curve(pack.results[key], train(config))
