@@ -9,11 +9,12 @@ Fully connected features are (K, B, F), ready for one batched matrix product
 - grouped, (B, K*C, H, W): member k's channels are ``[k*C, (k+1)*C)``; a convolution is one
   grouped convolution (``groups=K``) and every norm runs over K*C channels. One kernel per
   layer, which is what a GPU wants (HFTA's layout).
-- by member, (K*B, C, H, W): member k's samples are ``[k*B, (k+1)*B)``, contiguous, and a
-  convolution or norm is one single-trial kernel per member. On the CPU, oneDNN's grouped
-  convolution is several times slower than the same work as K ordinary ones
-  (bench/RESULTS.md), while per-sample layers (activation, pooling) still run once on the
-  whole pack.
+- one member at a time, (B, C, H, W): the conv part runs once per member
+  (:attr:`PackContext.member` names it) with that member's slices of the packed parameters,
+  single-trial kernels on single-trial tensors. On the CPU, oneDNN's grouped convolution is
+  several times slower than the same work as K ordinary convolutions, and K members' maps
+  side by side no longer fit in cache (bench/RESULTS.md); the fully connected part, the loss,
+  the optimizer, data and evaluation stay packed.
 
 Randomness is per member: dropout and DropConnect masks are drawn for each member from its own
 generator (:class:`PackContext`), with exactly the shapes and operations the single-trial
@@ -46,13 +47,15 @@ class PackContext:
         generators: member k's dropout and DropConnect masks come from ``generators[k]``.
         active: masked members (``False``) draw nothing, so their streams stay where they
             were when they stopped.
-        grouped: conv maps are (B, K*C, H, W) and use grouped kernels; otherwise they are
-            (K*B, C, H, W) and use one kernel per member (see the module).
+        grouped: conv maps are (B, K*C, H, W) and use grouped kernels; otherwise the conv
+            part runs one member at a time (see the module).
+        member: the member whose conv maps are being computed, when not ``grouped``.
     """
 
     generators: list[torch.Generator] = field(default_factory=list)
     active: list[bool] = field(default_factory=list)
     grouped: bool = False
+    member: int = 0
 
     def keep(self, idx: Sequence[int]) -> None:
         """Keep only the members ``idx``, in that order."""
@@ -65,6 +68,7 @@ class MemberModule(nn.Module):
 
     member_lists: tuple[str, ...] = ()
     """Names of plain list attributes with one entry per member."""
+    slices: dict[str, tuple[torch.Tensor, ...]] = {}  # noqa: RUF012 (replaced, never mutated)
 
     def keep_members(self, idx: Sequence[int]) -> None:
         """Keep only the members ``idx`` (new tensors; a packed optimizer must follow)."""
@@ -77,6 +81,16 @@ class MemberModule(nn.Module):
                 self._buffers[name] = buf[index].clone()
         for name in self.member_lists:
             setattr(self, name, [getattr(self, name)[i] for i in index])
+
+    def split_members(self) -> None:
+        """Take every member's slices of the parameters for a pass one member at a time (one
+        ``unbind`` per pass: indexing each member would make the backward pass add K
+        zero-filled full-size gradients per parameter); :meth:`join_members` drops them."""
+        self.slices = {name: p.unbind(0) for name, p in self._parameters.items() if p is not None}
+
+    def join_members(self) -> None:
+        """Drop the slices :meth:`split_members` took."""
+        self.slices = {}
 
     def load_members(self, solos: Sequence[nn.Module]) -> None:
         """Stack the same-named parameters and buffers of one single-trial layer per member."""
@@ -100,13 +114,18 @@ def member_masks(
     generator call), from member k's own generator; members with rate 0 or masked draw nothing
     and get ones.
     """
-    masks = []
-    for p, gen, active in zip(rates, ctx.generators, ctx.active, strict=True):
-        mask = torch.ones(shape, dtype=like.dtype, device=like.device)
-        if p > 0.0 and active:
-            mask.bernoulli_(1.0 - p, generator=gen).div_(1.0 - p)
-        masks.append(mask)
-    return torch.stack(masks)
+    rows = zip(rates, ctx.generators, ctx.active, strict=True)
+    return torch.stack([member_mask(shape, p, gen, active, like) for p, gen, active in rows])
+
+
+def member_mask(
+    shape: tuple[int, ...], p: float, gen: torch.Generator, active: bool, like: torch.Tensor
+) -> torch.Tensor:
+    """One member's mask (see :func:`member_masks`): ones when ``p`` is 0 or not ``active``."""
+    mask = torch.ones(shape, dtype=like.dtype, device=like.device)
+    if p > 0.0 and active:
+        mask.bernoulli_(1.0 - p, generator=gen).div_(1.0 - p)
+    return mask
 
 
 def rule_scales(rates: Sequence[float], rules: Sequence[DropoutRule]) -> list[float]:
@@ -166,8 +185,8 @@ class PackedConv2d(MemberModule):
     """K 3x3 convolutions (padding 1) on packed conv maps (either layout, see the module).
 
     ``weight`` is (K, out, in, 3, 3) and ``bias`` (K, out). Grouped, the weight is viewed as
-    (K*out, in, 3, 3) with ``groups=K``, so member k's outputs read only member k's inputs; by
-    member, member k's samples are convolved with ``weight[k]``.
+    (K*out, in, 3, 3) with ``groups=K``, so member k's outputs read only member k's inputs; one
+    member at a time, member k's maps are convolved with ``weight[k]``.
     """
 
     def __init__(self, members: int, c_in: int, c_out: int, bias: bool, ctx: PackContext):
@@ -179,18 +198,14 @@ class PackedConv2d(MemberModule):
         self.ctx = ctx
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, K*in, H, W) -> (B, K*out, H, W) grouped; (K*B, in, H, W) -> (K*B, out, H, W)."""
-        k = self.weight.shape[0]
+        """(B, K*in, H, W) -> (B, K*out, H, W) grouped; (B, in, H, W) -> (B, out, H, W) for
+        :attr:`PackContext.member`."""
         if self.ctx.grouped:
             bias = None if self.bias is None else self.bias.flatten()
-            return F.conv2d(x, self.weight.flatten(0, 1), bias, padding=1, groups=k)
-        # unbind, not indexing: the backward of K indexed views would add K full-size
-        # zero-filled gradients, O(K^2) work; unbind's is one stack.
-        xs = x.view(k, -1, *x.shape[1:]).unbind(0)  # K x (B, in, H, W)
-        weights = self.weight.unbind(0)
-        biases = [None] * k if self.bias is None else self.bias.unbind(0)
-        outs = [F.conv2d(xs[i], weights[i], biases[i], padding=1) for i in range(k)]
-        return torch.cat(outs)
+            return F.conv2d(x, self.weight.flatten(0, 1), bias, padding=1, groups=len(self.weight))
+        i = self.ctx.member
+        bias = None if self.bias is None else self.slices["bias"][i]
+        return F.conv2d(x, self.slices["weight"][i], bias, padding=1)
 
 
 class PackedNorm(MemberModule):
@@ -200,8 +215,8 @@ class PackedNorm(MemberModule):
     (B, K*C, ...) maps (grouped conv maps, and fully connected (K, B, F) features viewed as
     (B, K*F)) all kinds run once over K*C channels: batch norm is per channel already; layer,
     instance and group norm become group norm with K, K*C and K*groups groups, whose groups
-    never straddle two members. On by-member conv maps each member is normalized by the
-    single-trial kernel.
+    never straddle two members. One member at a time, the member's maps are normalized by the
+    single-trial kernel with its slices.
     """
 
     running_mean: torch.Tensor  # (K, C) buffers, batch norm only
@@ -229,31 +244,22 @@ class PackedNorm(MemberModule):
         """Packed conv maps in either layout, or (K, B, F) features; same shape out."""
         k, c = self.weight.shape
         if self.spatial and not self.ctx.grouped:
-            return self._by_member(x, k)
+            return self._one_member(x, self.ctx.member)
         flat = x if self.spatial else x.transpose(0, 1).reshape(x.shape[1], k * c)
         out = self._over_channels(flat, k)
         return out if self.spatial else out.view(x.shape[1], k, c).transpose(0, 1)
 
-    def _by_member(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        xs = x.view(k, -1, *x.shape[1:]).unbind(0)  # K x (B, C, H, W); see PackedConv2d
-        weights, biases = self.weight.unbind(0), self.bias.unbind(0)
+    def _one_member(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        weight, bias = self.slices["weight"][i], self.slices["bias"][i]
         if self.kind != "batch":
-            g = self.groups_per_member
-            outs = [F.group_norm(xs[i], g, weights[i], biases[i], NORM_EPS) for i in range(k)]
-            return torch.cat(outs)
-        outs = []
-        for i in range(k):
-            mean, var = self.running_mean[i], self.running_var[i]  # views: updated in place
-            frozen = self.training and self.frozen is not None and bool(self.frozen[i])
-            if frozen:
-                mean, var = mean.clone(), var.clone()
-            out = F.batch_norm(
-                xs[i], mean, var, weights[i], biases[i], self.training, BN_MOMENTUM, NORM_EPS
-            )
-            outs.append(out)
-            if self.training and not frozen:
-                self.num_batches_tracked[i] += 1
-        return torch.cat(outs)
+            return F.group_norm(x, self.groups_per_member, weight, bias, NORM_EPS)
+        mean, var = self.running_mean[i], self.running_var[i]  # views: updated in place
+        frozen = self.training and self.frozen is not None and bool(self.frozen[i])
+        if frozen:
+            mean, var = mean.clone(), var.clone()
+        elif self.training:
+            self.num_batches_tracked[i] += 1
+        return F.batch_norm(x, mean, var, weight, bias, self.training, BN_MOMENTUM, NORM_EPS)
 
     def _over_channels(self, x: torch.Tensor, k: int) -> torch.Tensor:
         weight, bias = self.weight.flatten(), self.bias.flatten()
@@ -318,8 +324,9 @@ class PackedDropout(MemberModule):
                 masks = member_masks((b, kc // k, 1, 1), self.rates, self.ctx, x)  # (K, B, C, ..)
                 x = x * masks.transpose(0, 1).reshape(b, kc, 1, 1)
             elif self.channel:
-                b, c = x.shape[0] // k, x.shape[1]
-                x = x * member_masks((b, c, 1, 1), self.rates, self.ctx, x).flatten(0, 1)
+                i, ctx = self.ctx.member, self.ctx
+                shape = (*x.shape[:2], 1, 1)
+                x = x * member_mask(shape, self.rates[i], ctx.generators[i], ctx.active[i], x)
             else:
                 x = x * member_masks(x.shape[1:], self.rates, self.ctx, x)  # (K, B, F)
         scales = rule_scales(self.rates, self.rules)
@@ -329,7 +336,7 @@ class PackedDropout(MemberModule):
         if self.channel and self.ctx.grouped:
             return x * scale.repeat_interleave(x.shape[1] // k).view(1, -1, 1, 1)
         if self.channel:
-            return x * scale.repeat_interleave(x.shape[0] // k).view(-1, 1, 1, 1)
+            return x * scale[self.ctx.member]
         return x * scale.view(-1, 1, 1)
 
     def extra_repr(self) -> str:

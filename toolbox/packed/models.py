@@ -145,7 +145,7 @@ def _cnn_features(
         if pool:
             layers.append(nn.MaxPool2d(2))
         c, h, w = c_out, (h // 2 if pool else h), (w // 2 if pool else w)
-    return [*layers, nn.AdaptiveAvgPool2d(1)], c  # (B, K*C, 1, 1) or (K*B, C, 1, 1)
+    return [*layers, nn.AdaptiveAvgPool2d(1)], c  # (B, K*C, 1, 1), or (B, C, 1, 1) per member
 
 
 class PackedNet(nn.Module):
@@ -173,8 +173,8 @@ class PackedNet(nn.Module):
         shape = cfgs[0]
         self.arch, self.ctx = shape.arch, ctx
         self.grouped: bool | None = None
-        """Conv maps grouped (``True``) or by member (``False``); ``None``: grouped on CUDA
-        only (see :mod:`toolbox.packed.layers`)."""
+        """Conv maps grouped (``True``) or one member at a time (``False``); ``None``: grouped
+        on CUDA only (see :mod:`toolbox.packed.layers`)."""
         n_in = in_shape[0] * in_shape[1] * in_shape[2]
         features: list[nn.Module] = []
         if shape.arch == "cnn":
@@ -203,10 +203,23 @@ class PackedNet(nn.Module):
             x = x.transpose(0, 1).reshape(b, -1, *x.shape[3:])  # (B, K*C, H, W)
             x = self.features(x).view(b, k, -1).transpose(0, 1)  # (K, B, C)
         elif self.arch == "cnn":
-            x = self.features(x.reshape(k * b, *x.shape[2:])).view(k, b, -1)  # (K, B, C)
+            x = self._one_member_at_a_time(x)  # (K, B, C)
         else:
             x = x.flatten(2)  # (K, B, C*H*W)
         return self.head(x)
+
+    def _one_member_at_a_time(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv part on (K, B, C, H, W), each member's maps alone: (K, B, C)."""
+        layers = [m for m in self.features if isinstance(m, MemberModule)]
+        for layer in layers:
+            layer.split_members()
+        outs = []
+        for i, xi in enumerate(x.unbind(0)):
+            self.ctx.member = i
+            outs.append(self.features(xi).flatten(1))  # (B, C)
+        for layer in layers:
+            layer.join_members()
+        return torch.stack(outs)
 
     def _member_layers(self) -> list[MemberModule]:
         return [m for m in self.modules() if isinstance(m, PACKED_LAYERS)]

@@ -161,3 +161,12 @@ def test_each_member_measures_its_own_gradient_noise() -> None:
         want = [m.grad_noise for m in train(cfgs[k]).history]
         got = [m.grad_noise for m in results[k].history]
         assert got == pytest.approx(want, rel=1e-3)
+
+
+def test_members_with_fewer_epochs_finish_first_on_their_solo_curves() -> None:
+    cfgs = configs({"model.arch": "mlp"}, [{"epochs": 1}, {"epochs": 3}, {"epochs": 2}])
+    results = train_pack(cfgs)
+    assert [len(r.history) for r in results] == [1, 3, 2]
+    for result, config in zip(results, cfgs, strict=True):
+        assert result.outcome == "completed"
+        assert_same_curve(result, train(config))
