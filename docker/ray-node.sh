@@ -28,11 +28,12 @@ role=${1:?usage: ray-node head | ray-node worker HEAD:PORT}
 shift
 case "$role" in
     head)
-        # The head takes no trials (num-gpus=0) but runs the sweep drivers the API submits.
+        # The head takes no trials (no CPUs or GPUs to offer) but runs the sweep drivers the
+        # API submits, which need none.
         exec ray start --head --block --disable-usage-stats \
             --port=6379 --ray-client-server-port=10001 \
             --dashboard-host=0.0.0.0 --dashboard-port=8265 \
-            --num-gpus=0 "$@" ;;
+            --num-cpus=0 --num-gpus=0 "$@" ;;
     worker)
         address=${1:?usage: ray-node worker HEAD:PORT}
         shift

@@ -28,6 +28,10 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "docker-compose.yml"
 COMPOSE_S3 = DOCKER / "docker-compose.s3.yml"
+COMPOSE_MULTINODE = DOCKER / "docker-compose.multinode.yml"
+COMPOSE_WORKER = DOCKER / "docker-compose.worker.yml"
+ALL_COMPOSE = (COMPOSE, COMPOSE_S3, COMPOSE_MULTINODE, COMPOSE_WORKER)
+MULTINODE_ENV = {"SWEEPS_RAY_NETWORK": "sweeps-ray", "SWEEPS_RAY_HEAD_IP": "10.0.0.10"}
 ENV_EXAMPLE = ROOT / ".env.example"
 RAY_NODE = DOCKER / "ray-node.sh"
 INIT_MLFLOW_DB = DOCKER / "postgres" / "10-create-mlflow-db.sh"
@@ -58,7 +62,7 @@ def _compose(*args: str, env_file: Path | None = None, **env: str) -> subprocess
 def _config(*files: Path) -> dict[str, Any]:
     """The resolved stack, with .env.example's values (placeholders included)."""
     args = [a for f in files for a in ("-f", str(f))]
-    done = _compose(*args, "config", env_file=ENV_EXAMPLE, **S3_ENV)
+    done = _compose(*args, "config", env_file=ENV_EXAMPLE, **S3_ENV, **MULTINODE_ENV)
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout)
 
@@ -125,6 +129,35 @@ def test_s3_override_merges_onto_the_stack() -> None:
     config = _config(COMPOSE, COMPOSE_S3)
     for name in ("mlflow", "ray-head", "ray-worker", "api"):
         assert config["services"][name]["environment"]["AWS_ENDPOINT_URL"] == "http://s3"
+
+
+@needs_compose
+def test_multinode_override_puts_the_ray_nodes_on_the_private_network() -> None:
+    services = _config(COMPOSE, COMPOSE_MULTINODE)["services"]
+    head = services["ray-head"]
+    assert head["networks"]["ray"]["ipv4_address"] == "10.0.0.10"
+    assert "--node-ip-address=10.0.0.10" in head["command"]
+    assert services["ray-worker"]["command"][-1] == "10.0.0.10:6379"
+    assert "ray" in services["ray-worker"]["networks"]
+    assert not services["ray-head"].get("ports")
+
+
+@needs_compose
+def test_worker_of_another_machine_joins_the_head_with_the_token_and_a_gpu() -> None:
+    (worker,) = _config(COMPOSE_WORKER)["services"].values()
+    assert worker["command"] == ["ray-node", "worker", "10.0.0.10:6379"]
+    assert worker["environment"]["RAY_AUTH_MODE"] == "token"
+    assert worker["environment"]["RAY_AUTH_TOKEN"] == "change-me"
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert not worker.get("ports")
+
+
+@needs_compose
+def test_containers_start_as_non_root_users() -> None:
+    services = _config(COMPOSE)["services"]
+    assert services["postgres"]["user"] == "postgres"  # the app image's USER is sweeps
+    assert "USER sweeps" in (DOCKER / "Dockerfile").read_text()
 
 
 @needs_compose
@@ -200,7 +233,7 @@ def _volume_source(volume: str | Mapping[str, Any]) -> str:
 
 def test_env_example_documents_every_setting_and_compose_variable() -> None:
     names = _env_example_names()
-    compose_vars = _interpolated_names(COMPOSE, COMPOSE_S3)
+    compose_vars = _interpolated_names(*ALL_COMPOSE)
     assert _settings_env_names() - names == set(), "settings missing from .env.example"
     assert compose_vars - names == set(), "compose variables missing from .env.example"
     assert names - compose_vars - _settings_env_names() == set(), "unused .env.example entries"
