@@ -10,8 +10,8 @@ from toolbox.config import TrialConfig
 from toolbox.packed import Pack, train_pack
 from toolbox.train import TrainResult, train
 
-CURVE = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
-REL = 1e-4  # float rounding of the packed kernels, grown over two epochs
+LOSS_REL = 1e-5  # float rounding of the packed kernels (seen: up to 2e-7 over two epochs)
+ACCURACY_ABS = 3e-3  # one sample of 360 validation images may flip on rounding (seen: none)
 
 BASE = {
     "model.width": 8,
@@ -98,16 +98,14 @@ def configs(shared: dict[str, Any], own: list[dict[str, Any]]) -> list[TrialConf
     ]
 
 
-def curve(result: Any) -> list[tuple[float, ...]]:
-    """The curve's (train loss, train accuracy, val loss, val accuracy) per epoch."""
-    return [tuple(getattr(m, k) for k in CURVE) for m in result.history]
-
-
 def assert_same_curve(packed: Any, alone: TrainResult) -> None:
-    """Equal epochs, and every metric within :data:`REL` (accuracies within one sample)."""
+    """Equal epochs, losses within :data:`LOSS_REL`, accuracies within :data:`ACCURACY_ABS`."""
     assert len(packed.history) == len(alone.history)
-    for got, want in zip(curve(packed), curve(alone), strict=True):
-        assert got == pytest.approx(want, rel=REL, abs=2e-3)
+    for got, want in zip(packed.history, alone.history, strict=True):
+        for name in ("train_loss", "val_loss"):
+            assert getattr(got, name) == pytest.approx(getattr(want, name), rel=LOSS_REL), name
+        for name in ("train_accuracy", "val_accuracy"):
+            assert getattr(got, name) == pytest.approx(getattr(want, name), abs=ACCURACY_ABS)
 
 
 @pytest.mark.parametrize("case", list(CASES))
