@@ -102,7 +102,7 @@ def conv_layouts(k: int, batch: int) -> None:
     single = [(torch.randn(batch, 16, 16, 16), torch.randn(32, 16, 3, 3)) for _ in range(k)]
     runs = {
         "one grouped convolution (B, K*C, H, W)": lambda: step(*grouped, k),
-        "K ordinary convolutions (K*B, C, H, W)": lambda: [step(x, w, 1) for x, w in single],
+        "K ordinary convolutions, one member at a time": lambda: [step(x, w, 1) for x, w in single],
     }
     print(f"\n| conv 16->32 on 16x16, K={k}, batch {batch}, forward+backward | ms |")
     print("|---|---:|")
