@@ -54,6 +54,13 @@ unit: install tools
 
 test: lint typecheck unit
 
+# The compose stack for real (tests/deploy): images built without a registry or an index, the
+# stack up on a generated .env, sweeps through its published ports, faults, down and up. Needs
+# root and a Docker engine it can start; otherwise one SKIP line. Separate from `make test`.
+.PHONY: test-deploy
+test-deploy: install
+	tests/deploy/run.sh
+
 bench: install
 	$(BIN)/python bench/bench_train_path.py
 

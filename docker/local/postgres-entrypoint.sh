@@ -1,8 +1,8 @@
 #!/bin/sh
 # The official postgres image's entrypoint contract, for Debian's server: on an empty PGDATA,
 # initdb with POSTGRES_USER/POSTGRES_PASSWORD, create POSTGRES_DB, run the init scripts against
-# a server that listens on its socket only; then run the server on every address with
-# password authentication. Runs as the postgres user (the image's USER); never as root.
+# a server that listens on its socket only; then serve on every address, with passwords
+# required from other hosts. Runs as the postgres user (the image's USER), never as root.
 set -eu
 [ "${1:-}" = postgres ] || exec "$@"
 shift
@@ -13,8 +13,9 @@ db=${POSTGRES_DB:-$user}
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
     pwfile=$(mktemp)
     printf '%s\n' "$POSTGRES_PASSWORD" >"$pwfile"
-    initdb --username="$user" --pwfile="$pwfile" --auth-local=trust \
-        --auth-host=scram-sha-256 --encoding=UTF8 -D "$PGDATA"
+    # As the official image: trust inside the container (socket and loopback, which the
+    # health check uses), a password from anywhere else.
+    initdb --username="$user" --pwfile="$pwfile" --auth=trust --encoding=UTF8 -D "$PGDATA"
     rm -f "$pwfile"
     echo "host all all all scram-sha-256" >>"$PGDATA/pg_hba.conf"
     pg_ctl -D "$PGDATA" -w -o "-c listen_addresses=''" start

@@ -5,6 +5,7 @@ ARG DEBIAN_IMAGE=toolbox-sweeps-local/debian:bookworm
 FROM ${DEBIAN_IMAGE}
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql-15 \
+    && pg_dropcluster 15 main \
     && apt-get clean && rm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/* \
     # The official image's layout: PGDATA owned by postgres, a socket dir it can write.
     && install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/data \
