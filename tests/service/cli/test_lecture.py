@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from fastapi.testclient import TestClient
 
-from service.api.app import create_app
 from service.cli.client import SweepsClient
 from service.cli.lecture import (
     HEADLINE_END,
@@ -21,7 +17,6 @@ from service.cli.lecture import (
     run,
     verdict,
 )
-from tests.service.helpers import make_settings
 
 LECTURE = Path(__file__).resolve().parents[3] / "examples" / "lecture"
 
@@ -67,17 +62,6 @@ def test_verdict_reads_the_expected_order_best_first(
     expect: str, means: dict[str, float], goal: str, says: str
 ) -> None:
     assert verdict(expect, means, goal) == says
-
-
-@pytest.fixture
-def api(tmp_path: Path, ray_cluster: Any, mlflow_server: Any) -> Iterator[SweepsClient]:
-    settings = make_settings(tmp_path, ray_cluster, mlflow_server)
-    assert settings.api_token is not None
-    headers = {"Authorization": f"Bearer {settings.api_token.get_secret_value()}"}
-    with TestClient(create_app(settings), headers=headers) as c:
-        client = SweepsClient("http://testserver")
-        client.http = c
-        yield client
 
 
 @pytest.mark.slow

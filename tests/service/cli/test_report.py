@@ -5,36 +5,21 @@ from __future__ import annotations
 
 import io
 import statistics
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import matplotlib.image
 import pytest
-from fastapi.testclient import TestClient
 
-from service.api.app import create_app
 from service.cli.client import SweepsClient
 from service.cli.main import _parser
 from service.cli.report import build_report, run
-from service.config import Settings
-from tests.service.helpers import make_settings, mlflow_runs, wait_for, wait_tracked
+from tests.service.helpers import mlflow_runs, wait_for, wait_tracked
 from tests.specs import digits_body
 from workers.events import FINAL_SWEEP_STATUSES
 from workers.tracking import CURVES_ARTIFACT, PARAMETERS_ARTIFACT, SUMMARY_ARTIFACT
 
 GRID = {"model.norm": ["none", "batch"], "optim.lr": [0.02, 0.2], "seed": [0, 1]}
-
-
-@pytest.fixture
-def api(tmp_path: Path, ray_cluster: Any, mlflow_server: Any) -> Iterator[SweepsClient]:
-    settings: Settings = make_settings(tmp_path, ray_cluster, mlflow_server)
-    assert settings.api_token is not None
-    headers = {"Authorization": f"Bearer {settings.api_token.get_secret_value()}"}
-    with TestClient(create_app(settings), headers=headers) as c:
-        client = SweepsClient("http://testserver")
-        client.http = c
-        yield client
 
 
 def finished_sweep(api: SweepsClient) -> dict[str, Any]:
