@@ -73,6 +73,7 @@ class TrialUpdate:
             sent with the first update.
         message: why it ended (error text, divergence epoch), empty otherwise.
         attempt: how many times the trial has been (re)started.
+        pack: the pack the trial trains in (its pack's Tune trial id), empty when alone.
     """
 
     key: str
@@ -82,6 +83,7 @@ class TrialUpdate:
     config: dict[str, Any] = field(default_factory=dict)
     message: str = ""
     attempt: int = 0
+    pack: str = ""
 
 
 class SweepSink(Protocol):

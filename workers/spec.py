@@ -219,6 +219,19 @@ class ResourcesSpec(StrictModel):
         return v
 
 
+class PackingSpec(StrictModel):
+    """Training trials of one shape together as one packed model (``toolbox.packed``).
+
+    On by default: trials that share what shapes the computation (``toolbox.packing``) train
+    as packs of up to ``max_members``, or as many as the driver's probe finds still gaining
+    throughput on the device when ``max_members`` is not given. Every member stays a trial
+    of its own (row, curve, MLflow run, outcome).
+    """
+
+    enabled: bool = True
+    max_members: int | None = Field(None, ge=1, le=64)
+
+
 class SweepSpec(StrictModel):
     """A hyperparameter sweep over the toolbox's settings."""
 
@@ -235,6 +248,7 @@ class SweepSpec(StrictModel):
     max_concurrent: int = Field(4, ge=1, le=1000)
     resources_per_trial: ResourcesSpec = ResourcesSpec()
     max_failures: int = Field(2, ge=0, le=20)
+    packing: PackingSpec = PackingSpec()
     variants: dict[Annotated[str, Field(pattern=r"^[\w.\-]{1,50}$")], dict[str, Scalar]] = Field(
         default_factory=dict, max_length=MAX_VARIANTS
     )

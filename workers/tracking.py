@@ -45,6 +45,7 @@ SWEEP_UID, TRIAL_KEY, ROLE, OUTCOME = (
     "sweeps.role",
     "sweeps.outcome",
 )
+PACK_TAG = "sweeps.pack"
 PARENT_TAG = "mlflow.parentRunId"
 SPEC_ARTIFACT = "sweep_spec.json"
 CURVES_ARTIFACT, PARAMETERS_ARTIFACT, SUMMARY_ARTIFACT = (
@@ -76,9 +77,13 @@ def parent_tags(sweep_uid: str, method: str) -> dict[str, str]:
     return {SWEEP_UID: sweep_uid, ROLE: "sweep", "sweeps.method": method}
 
 
-def trial_tags(sweep_uid: str, trial_key: str, parent_run_id: str) -> dict[str, str]:
-    """The tags a trial's run is created with: nested under the sweep's parent run."""
-    return {PARENT_TAG: parent_run_id, SWEEP_UID: sweep_uid, TRIAL_KEY: trial_key, ROLE: "trial"}
+def trial_tags(
+    sweep_uid: str, trial_key: str, parent_run_id: str, pack: str = ""
+) -> dict[str, str]:
+    """The tags a trial's run is created with: nested under the sweep's parent run, and
+    naming the pack it trained in (``sweeps.pack``, when packed)."""
+    tags = {PARENT_TAG: parent_run_id, SWEEP_UID: sweep_uid, TRIAL_KEY: trial_key, ROLE: "trial"}
+    return tags | ({PACK_TAG: pack} if pack else {})
 
 
 def outcome_tags(status: str, message: str) -> dict[str, str]:

@@ -140,6 +140,7 @@ class TrialPublic(BaseModel):
     epochs_done: int
     last_metrics: dict[str, float]
     mlflow_run_id: str | None
+    pack: str = Field(description="the pack it trained in (packed training), empty if alone")
     created_at: datetime
     ended_at: datetime | None
     links: Links

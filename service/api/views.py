@@ -171,6 +171,7 @@ class Views:
             epochs_done=len(trial.epochs),
             last_metrics=finite_metrics(last),
             mlflow_run_id=trial.mlflow_run_id,
+            pack=trial.pack,
             created_at=trial.created_at,
             ended_at=trial.ended_at,
             links=self.trial_links(sweep, trial),

@@ -187,7 +187,7 @@ class TrackingSender:
         ):
             return  # nothing new for this run
         name = trial.run_name or f"{sweep.name} #{trial.number}"
-        tags = trial_tags(sweep.uid, trial.key, parent)
+        tags = trial_tags(sweep.uid, trial.key, parent, trial.pack)
         run_id = (state.run_id if state else None) or self._run_id(
             sweep, experiment, trial.key, name, tags, {TRIAL_KEY: trial.key}
         )

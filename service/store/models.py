@@ -131,6 +131,8 @@ class Trial(Base):
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     """The trial's whole configuration (dotted names): its MLflow run's parameters."""
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    pack: Mapped[str] = mapped_column(String(200), default="")
+    """The pack (its Tune trial id) the trial trained in; empty when it trained alone."""
     attempts: Mapped[int] = mapped_column(default=0)
     message: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

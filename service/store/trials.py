@@ -43,7 +43,7 @@ def upsert_trial(session: Session, sweep_id: int, update_: TrialUpdate) -> None:
         "status": update_.status,
         "attempts": case((Trial.attempts < update_.attempt, update_.attempt), else_=Trial.attempts),
     }
-    fields = ("params", "run_name", "config", "message")
+    fields = ("params", "run_name", "config", "message", "pack")
     values |= {name: getattr(update_, name) for name in fields if getattr(update_, name)}
     if update_.status in FINAL_TRIAL_STATUSES:
         values["ended_at"] = utcnow()

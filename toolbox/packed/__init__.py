@@ -5,8 +5,8 @@ for what members must share, :mod:`toolbox.packed.layers` and :mod:`toolbox.pack
 the packed computation.
 """
 
-from toolbox.packed.models import PACK_SETTINGS, check_packable, pack_key
 from toolbox.packed.train import MemberResult, Pack, StopMember, train_pack
+from toolbox.packing import PACK_SETTINGS, check_packable, pack_key
 
 __all__ = [
     "PACK_SETTINGS",

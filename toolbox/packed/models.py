@@ -1,10 +1,11 @@
 """Packed networks: K members of one shape (``toolbox.models``' MLP or CNN) as one model.
 
-A pack's members must share what shapes the computation (:data:`PACK_SETTINGS`: the data set
-and its split, architecture and sizes, normalization kind and groups, activation, batch size,
-device); everything else may differ per member: seed, learning rate, momentum, Nesterov,
-weight decay, input normalization, augmentation, dropout rate and rule, channel dropout,
-DropConnect, epochs. :func:`pack_key` is what a sweep groups its trials by.
+A pack's members must share what shapes the computation (``toolbox.packing.PACK_SETTINGS``:
+the data set and its split, architecture and sizes, normalization kind and groups,
+activation, batch size, device); everything else may differ per member: seed, learning rate,
+momentum, Nesterov, weight decay, input normalization, augmentation, dropout rate and rule,
+channel dropout, DropConnect, epochs. ``toolbox.packing.pack_key`` is what a sweep groups its
+trials by.
 
 Member k starts from exactly the weights its single-trial model gets (``load_members`` copies
 them from ``toolbox.models.build_model`` outputs), and ``copy_member_into`` writes member k
@@ -19,8 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from toolbox.config import ModelConfig, TrialConfig
-from toolbox.errors import ConfigError
+from toolbox.config import ModelConfig
 from toolbox.models import MIN_POOL_SIZE, get_activation
 from toolbox.packed.layers import (
     MemberModule,
@@ -31,51 +31,9 @@ from toolbox.packed.layers import (
     PackedNorm,
 )
 
-PACK_SETTINGS = (
-    "data.",
-    "model.arch",
-    "model.width",
-    "model.depth",
-    "model.fc_width",
-    "model.norm",
-    "model.groups",
-    "model.activation",
-    "optim.batch_size",
-    "device",
-)
-"""Settings (dotted names; a trailing dot means the whole section) a pack's members share."""
-
 SOLO_LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
 """The single-trial layers with parameters, in the order a packed network mirrors them."""
 PACKED_LAYERS = (PackedLinear, PackedConv2d, PackedNorm)
-
-
-def _shared(name: str) -> bool:
-    return any(name.startswith(s) if s.endswith(".") else name == s for s in PACK_SETTINGS)
-
-
-def pack_key(config: TrialConfig) -> tuple[tuple[str, object], ...]:
-    """The settings that must be equal for two trials to share a pack, as a hashable key."""
-    return tuple(sorted((k, v) for k, v in config.flatten().items() if _shared(k)))
-
-
-def check_packable(configs: Sequence[TrialConfig]) -> None:
-    """Raise unless ``configs`` can train as one pack.
-
-    Raises:
-        toolbox.errors.ConfigError: no configs, or a member differs from member 0 in a setting
-            of :data:`PACK_SETTINGS` (the message names it).
-    """
-    if not configs:
-        raise ConfigError("a pack needs at least one member")
-    first = dict(pack_key(configs[0]))
-    for i, config in enumerate(configs[1:], start=1):
-        for name, value in pack_key(config):
-            if first[name] != value:
-                raise ConfigError(
-                    f"pack member {i}: {name}={value!r} differs from member 0's "
-                    f"{first[name]!r}; members of a pack must share {', '.join(PACK_SETTINGS)}"
-                )
 
 
 def _fc_dropout_rates(cfgs: Sequence[ModelConfig]) -> list[float]:

@@ -52,8 +52,9 @@ from toolbox.packed.members import (
     epoch_orders,
     fitted,
 )
-from toolbox.packed.models import PackedNet, check_packable
+from toolbox.packed.models import PackedNet
 from toolbox.packed.optim import PackedSGD
+from toolbox.packing import check_packable
 
 MemberOutcome = Literal["completed", "diverged", "stopped"]
 """How a member ended: its epochs done, its loss non-finite, or stopped (early stopping)."""
@@ -88,7 +89,7 @@ def _rng_devices(device: torch.device) -> list[torch.device]:
 
 
 class Pack:
-    """K trials of one shape (see :func:`toolbox.packed.models.check_packable`) as one model.
+    """K trials of one shape (see :func:`toolbox.packing.check_packable`) as one model.
 
     Building a pack leaves torch's global random state as it was.
 

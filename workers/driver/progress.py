@@ -64,6 +64,7 @@ class TrialRecord:
     last_epoch: int = 0
     value: float | None = None  # the sweep metric at the last reported epoch
     message: str = ""
+    pack: str = ""  # the Tune trial id of the pack it trains in, if packed
 
     @property
     def final(self) -> bool:
@@ -226,22 +227,29 @@ class SweepProgress:
             config=w.rec.config,
             message=w.message,
             attempt=w.attempt,
+            pack=w.rec.pack,
         )
         self.sink.trial_updated(update)
 
     def seen(
-        self, key: str, params: dict[str, Any], last_result: dict[str, Any] | None = None
+        self,
+        key: str,
+        params: dict[str, Any],
+        last_result: dict[str, Any] | None = None,
+        pack: str = "",
     ) -> TrialRecord:
         """The record of trial ``key``; a new trial is reported as pending.
 
         ``last_result`` is what a trial restored from an earlier driver had reported: its last
-        epoch counts, so a trial that had finished is judged completed, not stopped.
+        epoch counts, so a trial that had finished is judged completed, not stopped. ``pack``
+        names the pack trial a member trains in.
         """
         if key not in self.trials:
             number = trial_number(key)
             rec = self.trials[key] = TrialRecord(
-                key, number, dict(params), self.run_name(number, params), self._config(params)
-            )
+                key, number, dict(params), self.run_name(number, params), self._config(params),
+                pack=pack,
+            )  # fmt: skip
             if last_result and EPOCH in last_result and not last_result.get(DIVERGED):
                 rec.last_epoch = int(last_result[EPOCH])
                 rec.value = finite_metrics(last_result, METRIC_NAMES).get(self.spec.metric.name)

@@ -22,14 +22,19 @@ import ray
 from ray import tune
 from ray.tune.experiment import Trial
 
+from workers.driver.members import PackEvents
+from workers.driver.packs import packed_plan, uses_packs
 from workers.driver.progress import SweepProgress
-from workers.driver.resources import trial_resources
+from workers.driver.resources import TrialResources, trial_resources
 from workers.driver.retention import apply_retention
 from workers.driver.search import build_plan
 from workers.driver.storage import local_path, storage_filesystem
 from workers.errors import ClusterLostError, SinkUnavailableError
 from workers.events import SAMPLES_ARTIFACT, KeepCheckpoints, SweepSink, SweepStatus
+from workers.packing import is_pack
 from workers.spec import SweepSpec
+from workers.trial.board import StoppingBoard, board_name
+from workers.trial.pack import PackSetup, run_pack
 from workers.trial.trainable import DIVERGED, INVALID, SAMPLES, TrialSetup, run_trial
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,8 @@ TensorBoard logger would import torch into the driver)."""
 logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 _LIVE: dict[str, SweepProgress] = {}
 """Sweep uid -> the progress of the sweep this process is driving."""
+_PACKS: dict[str, PackEvents] = {}
+"""Sweep uid -> the member events of the packed sweep this process is driving."""
 
 
 def experiment_name(sweep_uid: str) -> str:
@@ -110,12 +117,17 @@ def run_sweep(
         log.warning("sweep %s: nothing on storage to resume from; starting over", sweep_uid)
     progress.retrying(lambda: sink.sweep_started(path, over=resume and not restore))
     _LIVE[sweep_uid] = progress
-    error, unavailable, lost = "", None, None
+    error, unavailable, lost, board = "", None, None, None
     t_tune = t_fit = time.perf_counter()
     try:
         with _environ(TUNE_ENV):
-            fn = trainable(spec, data_dir, data_download)
-            tuner = _tuner(spec, sweep_uid, storage_path, path, restore, fn)
+            resources = trial_resources(spec, ray.cluster_resources())
+            packs = uses_packs(spec)
+            if packs:
+                board = _board(spec, sweep_uid)
+                _PACKS[sweep_uid] = PackEvents(progress, board)
+            fn = trainable(spec, data_dir, data_download, sweep_uid=sweep_uid if packs else None)
+            tuner = _tuner(spec, sweep_uid, storage_path, path, restore, fn, resources)
             t_fit = time.perf_counter()
             tuner.fit()
     except Exception as err:  # Tune itself, or a write, failed: the sweep fails
@@ -124,6 +136,9 @@ def run_sweep(
         lost = _cluster_lost(err)
     finally:
         _LIVE.pop(sweep_uid, None)
+        _PACKS.pop(sweep_uid, None)
+        if board is not None:
+            ray.kill(board)
         t_done = time.perf_counter()
         failed_write = progress.close()  # every queued write is made, even on the way out
     unavailable = unavailable or _sink_unavailable(failed_write)
@@ -220,8 +235,14 @@ def _finish(progress: SweepProgress, error: str) -> SweepStatus:
     return status
 
 
-def trainable(spec: SweepSpec, data_dir: str | None = None, data_download: bool = True) -> Any:
-    """``run_trial`` as Tune runs it for ``spec``: bound to the sweep's :class:`TrialSetup`
+def trainable(
+    spec: SweepSpec,
+    data_dir: str | None = None,
+    data_download: bool = True,
+    sweep_uid: str | None = None,
+) -> Any:
+    """What Tune runs for ``spec``: ``run_trial``, or ``run_pack`` when ``sweep_uid`` is
+    given (a packed sweep's board is named by it), bound to the sweep's :class:`TrialSetup`
     (built once here, data sets read from ``data_dir`` and downloaded there only when
     ``data_download``) and asking the connected cluster for each trial's resources."""
     resources = trial_resources(spec, ray.cluster_resources())
@@ -235,11 +256,34 @@ def trainable(spec: SweepSpec, data_dir: str | None = None, data_download: bool 
         gpus=resources.gpu,
         variants=spec.variants,
     )
-    return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources.as_tune())
+    if sweep_uid is not None:
+        stopping = spec.early_stopping.type != "none"
+        bound = tune.with_parameters(
+            run_pack, setup=PackSetup(setup, sweep_uid, early_stopping=stopping)
+        )
+    else:
+        bound = tune.with_parameters(run_trial, setup=setup)
+    return tune.with_resources(bound, resources.as_tune())
+
+
+def _board(spec: SweepSpec, sweep_uid: str) -> Any:
+    """The packed sweep's stopping board (a Ray actor owned by this job), or None."""
+    if spec.early_stopping.type == "none":
+        return None
+    actor = StoppingBoard.options(  # type: ignore[attr-defined]  # ray.remote's class
+        name=board_name(sweep_uid), get_if_exists=True
+    )
+    return actor.remote(spec.early_stopping, spec.epochs, spec.metric.mode)
 
 
 def _tuner(
-    spec: SweepSpec, sweep_uid: str, storage_path: str, path: str, restore: bool, fn: Any
+    spec: SweepSpec,
+    sweep_uid: str,
+    storage_path: str,
+    path: str,
+    restore: bool,
+    fn: Any,
+    resources: TrialResources,
 ) -> Any:
     fs = storage_filesystem(storage_path)
     if restore:
@@ -250,15 +294,24 @@ def _tuner(
             resume_errored=True,
             storage_filesystem=fs,
         )
-    plan = build_plan(spec)
-    tune_config = tune.TuneConfig(
-        metric=spec.metric.name,
-        mode=spec.metric.mode,
-        search_alg=plan.search_alg,
-        scheduler=plan.scheduler,
-        num_samples=plan.num_samples,
-        reuse_actors=True,  # the data set and torch stay loaded between trials of a worker
-    )
+    if uses_packs(spec):
+        plan = packed_plan(spec, resources, ray.cluster_resources(), sweep_uid)
+        tune_config = tune.TuneConfig(
+            search_alg=plan.search_alg,
+            num_samples=plan.num_samples,
+            reuse_actors=True,
+            trial_dirname_creator=_trial_dirname,  # the default names it by its members
+        )
+    else:
+        plan = build_plan(spec)
+        tune_config = tune.TuneConfig(
+            metric=spec.metric.name,
+            mode=spec.metric.mode,
+            search_alg=plan.search_alg,
+            scheduler=plan.scheduler,
+            num_samples=plan.num_samples,
+            reuse_actors=True,  # the data set and torch stay loaded between trials of a worker
+        )
     run_config = tune.RunConfig(
         name=experiment_name(sweep_uid),
         storage_path=storage_path,
@@ -277,6 +330,10 @@ def _tuner(
     )
 
 
+def _trial_dirname(trial: Trial) -> str:
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
 class ProgressCallback(tune.Callback):
     """Forwards Tune's trial events to the sweep's :class:`SweepProgress`."""
 
@@ -287,21 +344,39 @@ class ProgressCallback(tune.Callback):
     def progress(self) -> SweepProgress:
         return _LIVE[self.sweep_uid]
 
+    def _pack(self, trial: Trial) -> PackEvents | None:
+        """The member events of ``trial`` when it is a pack, else None."""
+        return _PACKS[self.sweep_uid] if is_pack(trial.config) else None
+
     def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         for trial in trials:  # a restored trial brings the last result it reported
-            self.progress.seen(trial.trial_id, trial.config, trial.run_metadata.last_result)
+            last = trial.run_metadata.last_result
+            if (pack := self._pack(trial)) is not None:
+                pack.seen(trial, last)
+            else:
+                self.progress.seen(trial.trial_id, trial.config, last)
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
-        self.progress.started(trial.trial_id, trial.config, attempt=trial.num_failures + 1)
+        attempt = trial.num_failures + 1
+        if (pack := self._pack(trial)) is not None:
+            pack.started(trial, attempt)
+        else:
+            self.progress.started(trial.trial_id, trial.config, attempt=attempt)
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
         why = _error_line(trial) or "the trial's worker failed"
         message = f"{why}; retrying from the last checkpoint"
-        self.progress.restarting(trial.trial_id, trial.num_failures + 1, message)
+        if (pack := self._pack(trial)) is not None:
+            pack.restarting(trial, trial.num_failures + 1, message)
+        else:
+            self.progress.restarting(trial.trial_id, trial.num_failures + 1, message)
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result, **info):
         # Tune hands callbacks the result it then keeps as the trial's last (it allows changes
-        # in place): the picture goes to the sink only, never into Tune's experiment state.
+        # in place): pictures go to the sink only, never into Tune's experiment state.
+        if (pack := self._pack(trial)) is not None:
+            pack.result(trial, result)
+            return
         picture = result.pop(SAMPLES, None)
         if picture is not None:
             self.progress.artifact(trial.trial_id, SAMPLES_ARTIFACT, picture)
@@ -311,18 +386,29 @@ class ProgressCallback(tune.Callback):
         _forget_samples(trial)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
-        self.progress.finished(trial.trial_id)
+        if (pack := self._pack(trial)) is not None:
+            pack.finished(trial)
+        else:
+            self.progress.finished(trial.trial_id)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
         attempts = trial.num_failures
         message = f"{_error_line(trial) or 'the trial failed'} (after {attempts} attempts)"
-        self.progress.end(trial.trial_id, "failed", message)
+        if (pack := self._pack(trial)) is not None:
+            pack.failed(trial, message)
+        else:
+            self.progress.end(trial.trial_id, "failed", message)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         for trial in trials:
             # A restored experiment whose trials had all ended runs no step: they are seen
             # here first, or the resumed sweep would count no trial at all.
             last = trial.run_metadata.last_result
+            if (pack := self._pack(trial)) is not None:
+                pack.seen(trial, last)
+                if trial.status == Trial.TERMINATED:
+                    pack.finished(trial)
+                continue
             self.progress.seen(trial.trial_id, trial.config, last)
             if trial.status == Trial.TERMINATED:  # stop_all ends trials without on_trial_complete
                 if last and (last.get(DIVERGED) or last.get(INVALID)):
