@@ -75,6 +75,12 @@ bench-service: install
 bench-packed: install
 	$(BIN)/python bench/bench_packed.py
 
+# The 120-trial study through the API with packs, without, and its sequential ideal (starts
+# its own stack; about 10 minutes on 2 CPU cores).
+.PHONY: bench-packs-service
+bench-packs-service: install
+	$(BIN)/python bench/bench_packs_service.py
+
 # A sweep's wall time with MLflow down for a minute against MLflow up (starts its own stack).
 .PHONY: bench-outage
 bench-outage: install

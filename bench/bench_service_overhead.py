@@ -66,7 +66,7 @@ LONG_POLL_S = 60.0
 
 
 def sweep_body(epochs: int, width: int, concurrency: int) -> dict[str, Any]:
-    """The request body of the benchmark's sweep: a fixed 4 x 2 grid on digits."""
+    """The request body of the benchmark's sweep: a fixed 4 x 2 grid on digits, unpacked."""
     return {
         "name": "bench-overhead",
         "dataset": "digits",
@@ -76,6 +76,7 @@ def sweep_body(epochs: int, width: int, concurrency: int) -> dict[str, Any]:
         "parameters": {"optim.lr": [0.01, 0.03, 0.1, 0.3], "optim.momentum": [0.0, 0.9]},
         "max_concurrent": concurrency,
         "resources_per_trial": {"cpu": 1},
+        "packing": {"enabled": False},  # trial for trial against Tune (bench_packs: packed)
     }
 
 
@@ -176,15 +177,18 @@ def service_run(client: Any, body: dict[str, Any], poll: float, n: int) -> tuple
 
 def tune_run(body: dict[str, Any], storage: Path, n: int) -> float:
     """``Tuner.fit`` over the same trainable, space, resources and concurrency."""
+    import ray
     from ray import tune
 
+    from workers.driver.resources import trial_resources
     from workers.driver.search import param_space
-    from workers.driver.sweep import trainable
+    from workers.driver.sweep import trainable, trial_setup
     from workers.spec import SweepSpec
 
     spec = SweepSpec.model_validate(body)
+    resources = trial_resources(spec, ray.cluster_resources())
     tuner = tune.Tuner(
-        trainable(spec),
+        trainable(spec, trial_setup(spec, resources), resources),
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
             metric=spec.metric.name,

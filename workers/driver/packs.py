@@ -21,18 +21,20 @@ from typing import Any
 
 from pydantic import ValidationError
 from ray import tune
-from ray.tune.search import BasicVariantGenerator
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from toolbox.packing import pack_key
+from workers.driver.pack_search import PackSearcher
+from workers.driver.probing import PackSizes
 from workers.driver.resources import TrialResources
 from workers.driver.search import SearchPlan
 from workers.packing import MEMBERS, PACK, Member
 from workers.spec import ChoiceParam, FixedParam, Parameter, RangeParam, SweepSpec
 
 log = logging.getLogger(__name__)
+BAYES_ROUNDS = 4
+"""A packed Bayesian sweep's batches per slot: fewer, larger packs learn less from results."""
 PackKey = tuple[tuple[str, object], ...]
-DEFAULT_MAX_MEMBERS = 8
-"""Pack size cap when neither the sweep nor a probe gives one."""
 
 
 def configurations(spec: SweepSpec) -> list[dict[str, Any]]:
@@ -76,13 +78,13 @@ def group_configurations(
 
 
 def plan_packs(
-    spec: SweepSpec, size_for: Callable[[PackKey, int], int], device: str = "cpu"
+    spec: SweepSpec, size_for: Callable[[PackKey, list[Member]], int], device: str = "cpu"
 ) -> list[list[Member]]:
-    """The sweep's packs: each group of equal keys cut into ``size_for(key, group size)``
+    """The sweep's packs: each group of equal keys cut into ``size_for(key, members)``
     members at most (near-equal packs, members in their order)."""
     packs: list[list[Member]] = []
     for key, members in group_configurations(spec, configurations(spec), device):
-        size = 1 if key is None else max(1, size_for(key, len(members)))
+        size = 1 if key is None else max(1, size_for(key, members))
         count = math.ceil(len(members) / size)
         for i in range(count):  # sizes differ by one at most
             packs.append(members[i * len(members) // count : (i + 1) * len(members) // count])
@@ -96,8 +98,8 @@ def pack_size(group: int, slots: int, cap: int) -> int:
 
 
 def uses_packs(spec: SweepSpec) -> bool:
-    """Whether the sweep trains packs: packing on, and every trial known up front."""
-    return spec.packing.enabled and spec.method in ("grid", "random")
+    """Whether the sweep trains packs (its ``packing.enabled``)."""
+    return spec.packing.enabled
 
 
 def slots(resources: TrialResources, cluster: dict[str, float], max_concurrent: int) -> int:
@@ -110,18 +112,28 @@ def slots(resources: TrialResources, cluster: dict[str, float], max_concurrent: 
 
 
 def packed_plan(
-    spec: SweepSpec, resources: TrialResources, cluster: dict[str, float], sweep_uid: str
+    spec: SweepSpec, sizes: PackSizes, cluster: dict[str, float], sweep_uid: str
 ) -> SearchPlan:
     """Tune's plan for a packed sweep: one grid point per pack, run first in, first out (the
-    packs stop their members themselves)."""
-    n_slots = slots(resources, cluster, spec.max_concurrent)
-    cap = spec.packing.max_members or DEFAULT_MAX_MEMBERS
-    device = "cuda" if resources.gpu > 0 else "cpu"
-    packs = plan_packs(spec, lambda _key, n: pack_size(n, n_slots, cap), device)
-    sizes = sorted(len(p) for p in packs)
+    packs stop their members themselves). A group's packs fill the slots first; none holds
+    more than the sweep's ``packing.max_members`` or, without it, the probed size."""
+    n_slots = slots(sizes.resources, cluster, spec.max_concurrent)
+    fixed = spec.packing.max_members
+
+    def size_for(key: PackKey, members: list[Member]) -> int:
+        if len(members) <= n_slots:
+            return 1  # one member per slot: nothing to probe
+        cap = fixed or sizes.size(key, members)
+        return pack_size(len(members), n_slots, cap)
+
+    device = "cuda" if sizes.resources.gpu > 0 else "cpu"
+    if spec.method == "bayes":
+        return _bayes_plan(spec, size_for, device, n_slots, sweep_uid)
+    packs = plan_packs(spec, size_for, device)
+    lengths = sorted(len(p) for p in packs)
     log.info(
-        "sweep %s: %d trials in %d packs of %d to %d members (at most %d; %d at once)",
-        sweep_uid, sum(sizes), len(packs), sizes[0], sizes[-1], cap, n_slots,
+        "sweep %s: %d trials in %d packs of %d to %d members (%d at once)",
+        sweep_uid, sum(lengths), len(packs), lengths[0], lengths[-1], n_slots,
     )  # fmt: skip
     points = [{MEMBERS: [m.as_config() for m in pack]} for pack in packs]
     return SearchPlan(
@@ -129,4 +141,28 @@ def packed_plan(
         search_alg=BasicVariantGenerator(max_concurrent=spec.max_concurrent),
         scheduler=tune.schedulers.FIFOScheduler(),
         num_samples=1,
+    )
+
+
+def _bayes_plan(
+    spec: SweepSpec,
+    size_for: Callable[[PackKey, list[Member]], int],
+    device: str,
+    n_slots: int,
+    sweep_uid: str,
+) -> SearchPlan:
+    """Packs asked of Optuna a batch at a time; a batch small enough that the search still
+    learns: each slot gets about :data:`BAYES_ROUNDS` batches in all."""
+    first = configurations(spec)[:1]
+    key, members = group_configurations(spec, first, device)[0]
+    cap = 1 if key is None else size_for(key, members * (spec.num_trials))
+    size = min(cap, math.ceil(spec.num_trials / (n_slots * BAYES_ROUNDS)))
+    log.info("sweep %s: Bayesian search asks packs of %d members (%d at once)",
+             sweep_uid, size, n_slots)  # fmt: skip
+    searcher = PackSearcher(spec, size, device)
+    return SearchPlan(
+        param_space={},
+        search_alg=ConcurrencyLimiter(searcher, max_concurrent=n_slots),
+        scheduler=tune.schedulers.FIFOScheduler(),
+        num_samples=spec.num_trials,
     )

@@ -24,6 +24,7 @@ from ray.tune.experiment import Trial
 
 from workers.driver.members import PackEvents
 from workers.driver.packs import packed_plan, uses_packs
+from workers.driver.probing import PackSizes
 from workers.driver.progress import SweepProgress
 from workers.driver.resources import TrialResources, trial_resources
 from workers.driver.retention import apply_retention
@@ -122,12 +123,14 @@ def run_sweep(
     try:
         with _environ(TUNE_ENV):
             resources = trial_resources(spec, ray.cluster_resources())
+            setup = trial_setup(spec, resources, data_dir, data_download)
             packs = uses_packs(spec)
             if packs:
                 board = _board(spec, sweep_uid)
                 _PACKS[sweep_uid] = PackEvents(progress, board)
-            fn = trainable(spec, data_dir, data_download, sweep_uid=sweep_uid if packs else None)
-            tuner = _tuner(spec, sweep_uid, storage_path, path, restore, fn, resources)
+            fn = trainable(spec, setup, resources, sweep_uid=sweep_uid if packs else None)
+            sizes = PackSizes(_local_dir(storage_path), setup, resources)
+            tuner = _tuner(spec, sweep_uid, storage_path, path, restore, fn, sizes)
             t_fit = time.perf_counter()
             tuner.fit()
     except Exception as err:  # Tune itself, or a write, failed: the sweep fails
@@ -235,20 +238,17 @@ def _finish(progress: SweepProgress, error: str) -> SweepStatus:
     return status
 
 
-def trainable(
+def trial_setup(
     spec: SweepSpec,
+    resources: TrialResources,
     data_dir: str | None = None,
     data_download: bool = True,
-    sweep_uid: str | None = None,
-) -> Any:
-    """What Tune runs for ``spec``: ``run_trial``, or ``run_pack`` when ``sweep_uid`` is
-    given (a packed sweep's board is named by it), bound to the sweep's :class:`TrialSetup`
-    (built once here, data sets read from ``data_dir`` and downloaded there only when
-    ``data_download``) and asking the connected cluster for each trial's resources."""
-    resources = trial_resources(spec, ray.cluster_resources())
+) -> TrialSetup:
+    """What every trial of ``spec`` shares: the validated base configuration (data sets read
+    from ``data_dir`` and downloaded there only when ``data_download``), metric, resources."""
     base = spec.base_config
     place = {"data_dir": data_dir, "download": data_download}
-    setup = TrialSetup(
+    return TrialSetup(
         base=base.model_copy(update={"data": base.data.model_copy(update=place)}),
         metric=spec.metric.name,
         mode=spec.metric.mode,
@@ -256,6 +256,14 @@ def trainable(
         gpus=resources.gpu,
         variants=spec.variants,
     )
+
+
+def trainable(
+    spec: SweepSpec, setup: TrialSetup, resources: TrialResources, sweep_uid: str | None = None
+) -> Any:
+    """What Tune runs for ``spec``: ``run_trial``, or ``run_pack`` when ``sweep_uid`` is
+    given (a packed sweep's board is named by it), bound to ``setup`` and asking for each
+    trial's ``resources``."""
     if sweep_uid is not None:
         stopping = spec.early_stopping.type != "none"
         bound = tune.with_parameters(
@@ -264,6 +272,11 @@ def trainable(
     else:
         bound = tune.with_parameters(run_trial, setup=setup)
     return tune.with_resources(bound, resources.as_tune())
+
+
+def _local_dir(storage_path: str) -> str | None:
+    """``storage_path`` when it is a local directory (a URI is not: nothing is cached)."""
+    return None if "://" in storage_path else storage_path
 
 
 def _board(spec: SweepSpec, sweep_uid: str) -> Any:
@@ -283,7 +296,7 @@ def _tuner(
     path: str,
     restore: bool,
     fn: Any,
-    resources: TrialResources,
+    sizes: PackSizes,
 ) -> Any:
     fs = storage_filesystem(storage_path)
     if restore:
@@ -295,7 +308,7 @@ def _tuner(
             storage_filesystem=fs,
         )
     if uses_packs(spec):
-        plan = packed_plan(spec, resources, ray.cluster_resources(), sweep_uid)
+        plan = packed_plan(spec, sizes, ray.cluster_resources(), sweep_uid)
         tune_config = tune.TuneConfig(
             search_alg=plan.search_alg,
             num_samples=plan.num_samples,

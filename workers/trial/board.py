@@ -11,8 +11,8 @@ rules are Tune's own (``ray.tune.schedulers``), applied to member trials:
   highest rung reached only). With several brackets, member ``n`` belongs to bracket
   ``n % brackets``, whose rungs start ``bracket`` rungs higher.
 - Median: from ``grace_period`` on, a member whose best value so far is worse than the median
-  of the other members' running means up to that epoch (members that reached it, at least
-  ``min_samples_required``) is stopped.
+  of the other members' means from ``grace_period`` up to that epoch (members that reached
+  it, at least ``min_samples_required``) is stopped.
 
 Members of one pack reach a rung together and are judged one after another, as Tune judges
 trials whose results arrive together; packs and single trials share the board. Values are
@@ -91,8 +91,9 @@ class StoppingRules:
     def _median(self, number: int, epoch: int) -> bool:
         if epoch < self.spec.grace_period:
             return False
+        grace = self.spec.grace_period
         others = [
-            statistics.fmean(v for t, v in curve.items() if t <= epoch)
+            statistics.fmean(v for t, v in curve.items() if grace <= t <= epoch)
             for n, curve in self.curves.items()
             if n != number and max(curve, default=0) >= epoch
         ]

@@ -1,0 +1,187 @@
+"""Packed sweeps end to end on a real Ray cluster: every member is a trial of its own, trains
+as it would alone, stops early by the rules, and survives a killed worker or driver."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.workers.driver.test_sweep import driver_request, kill_driver_when, reported_epochs
+from tests.workers.sweeps import RecordingSink, alive_trial_worker_pids, digits_spec, sweep
+from workers.driver.sweep import run_sweep
+from workers.events import SAMPLES_ARTIFACT
+
+
+def _by_params(sink: RecordingSink, names: list[str]) -> dict[tuple[Any, ...], str]:
+    return {tuple(sink.last_update(k).params[n] for n in names): k for k in sink.final_status()}
+
+
+def _packs(sink: RecordingSink) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for key in sink.final_status():
+        out.setdefault(sink.last_update(key).pack, set()).add(key)
+    return out
+
+
+@pytest.mark.slow
+def test_packed_members_train_as_they_would_alone(ray_session, tmp_path) -> None:
+    params = {
+        "optim.lr": [0.03, 0.1],
+        "model.dropout": [0.0, 0.2],
+        "augment.hflip_p": [0.0, 0.5],
+        "optim.momentum": 0.9,
+        "model.norm": "batch",
+    }
+    kw: dict[str, Any] = {"method": "grid", "epochs": 3}
+    packed_spec = digits_spec(params, max_concurrent=1, **kw)  # one pack of all 8
+    alone_spec = digits_spec(params, packing={"enabled": False}, **kw)
+    packed, alone = RecordingSink(), RecordingSink()
+    assert sweep(packed_spec, packed, tmp_path / "packed")[1] == "completed"
+    assert sweep(alone_spec, alone, tmp_path / "alone")[1] == "completed"
+
+    names = list(params)
+    packed_keys, alone_keys = _by_params(packed, names), _by_params(alone, names)
+    assert len(packed_keys) == len(alone_keys) == 8
+    assert list(_packs(packed)) != [""] and len(_packs(packed)) == 1
+    assert {alone.last_update(k).pack for k in alone_keys.values()} == {""}
+    for combo, key in packed_keys.items():
+        mine, theirs = packed.epochs[key], alone.epochs[alone_keys[combo]]
+        assert sorted(mine) == sorted(theirs) == [1, 2, 3]
+        for epoch in mine:
+            for name in ("train_loss", "val_loss"):
+                assert math.isclose(mine[epoch][name], theirs[epoch][name], rel_tol=1e-5)
+            assert mine[epoch]["val_accuracy"] == theirs[epoch]["val_accuracy"], (combo, epoch)
+        assert packed.last_update(key).run_name == alone.last_update(alone_keys[combo]).run_name
+    assert sorted(k for k, p, _ in packed.artifacts if p == SAMPLES_ARTIFACT) == sorted(
+        packed_keys.values()
+    )  # one picture per member
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("packs", [1, 2])  # within one pack, or across two, one after another
+def test_asha_stops_members_of_packs(packs, ray_session, tmp_path):
+    # One pack at a time, good learning rates first: the bad ones meet full rungs and stop.
+    spec = digits_spec(
+        {"optim.lr": [0.1, 0.2, 0.15, 1e-5, 2e-5, 3e-5]},
+        method="grid",
+        epochs=4,
+        max_concurrent=1,
+        packing={"max_members": 6 // packs},
+        early_stopping={"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    )
+    sink = RecordingSink()
+    _, status = sweep(spec, sink, tmp_path)
+
+    assert status == "completed"
+    assert len(_packs(sink)) == packs
+    by_lr = _by_params(sink, ["optim.lr"])
+    statuses = {lr: sink.final_status()[key] for (lr,), key in by_lr.items()}
+    assert statuses[(0.1)] == "completed" or statuses[0.2] == "completed"
+    stopped = [lr for lr in (1e-5, 2e-5, 3e-5) if statuses[lr] == "stopped"]
+    assert stopped, statuses
+    for lr in stopped:
+        assert len(sink.epochs[by_lr[(lr,)]]) < 4
+        assert "stopped early" in sink.last_update(by_lr[(lr,)]).message
+
+
+@pytest.mark.slow
+def test_a_diverging_member_leaves_its_packmates_alone(ray_session, tmp_path):
+    spec = digits_spec(
+        {"optim.lr": [10.0, 0.05]},
+        method="grid",
+        model={"arch": "mlp", "width": 256, "depth": 3},
+        epochs=2,
+        max_concurrent=1,
+    )
+    sink = RecordingSink()
+    _, status = sweep(spec, sink, tmp_path)
+
+    assert status == "completed"
+    assert len(_packs(sink)) == 1
+    by_lr = _by_params(sink, ["optim.lr"])
+    assert sink.last_update(by_lr[(10.0,)]).status == "diverged"
+    assert sink.final_status()[by_lr[(0.05,)]] == "completed"
+    assert sorted(sink.epochs[by_lr[(0.05,)]]) == [1, 2]
+    assert sink.ended is not None and sink.ended[2] == by_lr[(0.05,)]
+
+
+@pytest.mark.slow
+def test_a_killed_pack_resumes_every_member(ray_cluster, ray_session, tmp_path):
+    killed: list[int] = []
+
+    def kill_on_epoch_2(sink: RecordingSink, key: str, epoch: int, metrics) -> None:
+        if epoch == 2 and not killed:
+            pids = alive_trial_worker_pids(ray_cluster.address)
+            assert len(pids) == 1, pids  # one pack: its worker
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    epochs = 60
+    lrs = [0.02, 0.05, 0.1]
+    spec = digits_spec({"optim.lr": lrs}, method="grid", epochs=epochs, max_concurrent=1)
+    sink = RecordingSink(on_epoch=kill_on_epoch_2)
+    _, status = sweep(spec, sink, tmp_path)
+
+    assert killed, "the worker was never killed"
+    assert status == "completed"
+    assert len(sink.final_status()) == 3 and len(_packs(sink)) == 1
+    for key in sink.final_status():
+        last = sink.last_update(key)
+        assert last.status == "completed" and last.attempt >= 2, last
+        assert sorted(sink.epochs[key]) == list(range(1, epochs + 1))
+    pictures = sorted(k for k, path, _ in sink.artifacts if path == SAMPLES_ARTIFACT)
+    assert pictures == sorted(sink.final_status())  # once each: not again on the resume
+
+
+@pytest.mark.slow
+def test_a_packed_sweep_resumes_after_its_driver_was_killed(ray_cluster, ray_session, tmp_path):
+    spec = digits_spec(
+        {"optim.lr": [0.02, 0.05, 0.1, 0.2]}, method="grid", epochs=5, max_concurrent=1
+    )
+    request = driver_request(spec, tmp_path)
+    sweep_uid, epochs_file = request["sweep_uid"], Path(request["epochs_file"])
+    reached_2 = lambda: any(max(e) >= 2 for e in reported_epochs(epochs_file).values())  # noqa: E731
+    kill_driver_when(ray_cluster.address, request, tmp_path, reached_2, "no member reached epoch 2")
+    before = reported_epochs(epochs_file)
+    assert len(before) == 4  # the members train together
+
+    sink = RecordingSink()
+    status = run_sweep(
+        spec, sink, sweep_uid=sweep_uid, storage_path=request["storage_path"], resume=True
+    )
+
+    assert status == "completed", sink.ended
+    statuses = sink.final_status()
+    assert len(statuses) == 4 and set(statuses.values()) == {"completed"}, sink.updates
+    assert set(statuses) == set(before)  # the same member trials, not new ones
+    for key in statuses:
+        after = sorted(sink.epochs.get(key, {}))
+        if after:
+            assert after == list(range(after[0], 6)), (key, after)
+        assert sorted(set(before.get(key, [])) | set(after)) == [1, 2, 3, 4, 5], (key, before)
+
+
+@pytest.mark.slow
+def test_bayes_asks_optuna_for_packs_and_learns_from_every_member(ray_session, tmp_path):
+    params = {
+        "optim.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 0.3},
+        "model.dropout": [0.0, 0.2],
+    }
+    spec = digits_spec(params, method="bayes", max_trials=8, epochs=2, max_concurrent=1)
+    sink = RecordingSink()
+    _, status = sweep(spec, sink, tmp_path)
+
+    assert status == "completed"
+    statuses = sink.final_status()
+    assert len(statuses) == 8 and set(statuses.values()) == {"completed"}
+    numbers = sorted(int(key.rsplit("_", 1)[1]) + 1 for key in statuses)
+    assert numbers == list(range(1, 9))
+    packs = _packs(sink)
+    assert len(packs) == 4 and all(len(keys) == 2 for keys in packs.values())  # 8 / (1 x 4)
+    lrs = {sink.last_update(k).params["optim.lr"] for k in statuses}
+    assert len(lrs) == 8  # each member its own draw (the constant liar spreads a batch)

@@ -1,0 +1,81 @@
+"""The pack size of each shape, probed once on a trial worker and cached on storage.
+
+The probe (:mod:`workers.trial.probe`) runs as a Ray task with one trial's resources, so it
+measures the device and threads a pack will get. Its answer is cached per shape (the pack
+key), device kind and resources in ``pack-sizes.json`` under the deployment's storage path,
+so later sweeps of the same shape start at once. A probe that fails (no data set, a worker
+lost) is logged and the sweep packs :data:`FALLBACK` members at most, never cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from workers.driver.resources import TrialResources
+from workers.packing import Member
+from workers.trial.probe import probe_task
+from workers.trial.trainable import TrialSetup
+
+log = logging.getLogger(__name__)
+CACHE_FILE = "pack-sizes.json"
+FALLBACK = 8
+"""Pack size cap when the probe cannot answer (the digits MLP's best on two CPU cores)."""
+
+
+class PackSizes:
+    """Probed pack sizes of one deployment (``storage_dir`` None: probe, never cache)."""
+
+    def __init__(self, storage_dir: str | None, setup: TrialSetup, resources: TrialResources):
+        self.path = Path(storage_dir, CACHE_FILE) if storage_dir else None
+        self.setup, self.resources = setup, resources
+
+    def size(self, key: tuple[tuple[str, object], ...], members: list[Member]) -> int:
+        """The pack size for shape ``key``, probed with its first member's configuration."""
+        name = self._name(key)
+        cached = self._read().get(name)
+        if isinstance(cached, dict) and isinstance(cached.get("size"), int):
+            return int(cached["size"])
+        try:
+            task = ray.remote(probe_task).options(
+                num_cpus=self.resources.cpu, num_gpus=self.resources.gpu, max_retries=0
+            )
+            found: dict[str, Any] = ray.get(task.remote(self.setup, members[0].params))
+        except Exception:
+            log.warning("pack size probe failed; packing at most %d", FALLBACK, exc_info=True)
+            return FALLBACK
+        log.info("pack size probe: %s", found)
+        self._write(name, found)
+        return int(found["size"])
+
+    def _name(self, key: tuple[tuple[str, object], ...]) -> str:
+        what = {"key": list(key), "cpu": self.resources.cpu, "gpu": self.resources.gpu}
+        return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+    def _read(self) -> dict[str, Any]:
+        if self.path is None or not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write(self, name: str, found: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        data = {**self._read(), name: found}
+        try:  # whole or not at all: another sweep may read it meanwhile
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".pack-sizes-")
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, self.path)
+        except OSError:
+            log.warning("cannot cache the pack size at %s", self.path, exc_info=True)
