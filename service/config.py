@@ -44,6 +44,13 @@ def _default_ray_token() -> SecretStr | None:
     return None
 
 
+DRIVER_ZYGOTE_SOCKET_ENV = "SWEEPS_DRIVER_ZYGOTE_SOCKET"
+WORKER_ZYGOTE_SOCKET_ENV = "SWEEPS_WORKER_ZYGOTE_SOCKET"
+"""Where jobs find the zygotes' sockets (read by service.job and workers.warm, which import
+no settings: they repeat these names)."""
+MAX_SOCKET_PATH = 100
+"""Longer paths do not fit a Unix socket address (108 bytes): such a deployment has no zygote."""
+
 PRODUCTION_SECRETS = ("api_token", "ray_auth_token")
 """Settings that must hold a real secret when ``env`` is production."""
 PLACEHOLDERS = ("change-me", "changeme", "change_me")
@@ -112,9 +119,16 @@ class Settings(BaseSettings):
         cancel_grace_seconds: how long the driver gets to cancel before the API stops its job.
         monitor_interval_seconds: how often the API checks cancellations and vanished jobs.
         max_resumes: how many times a sweep whose job vanished is resubmitted.
-        warm_drivers: standby sweep jobs kept started and waiting while no sweep runs, so a
-            submitted sweep skips the job's start-up (see :mod:`service.dispatch.standby`); 0 starts
-            a job per sweep on demand.
+        warm_drivers: standby sweep jobs kept started and waiting, so a submitted sweep skips
+            the job's start-up (see :mod:`service.dispatch.standby`); None (the default) keeps
+            one per CPU of the cluster (at least 1, at most 16); 0 starts a job per sweep on
+            demand. Without ``driver_zygote`` they are topped up only while no sweep is open.
+        driver_zygote: sweep jobs fork their driver from a driver zygote (a job that imported
+            the driver once, :mod:`service.job.zygote`) instead of starting a Python each; a
+            job that finds no zygote starts cold, as with False.
+        worker_zygote: sweeps' Ray trial workers are forked from a trial worker zygote (a job
+            that imported Ray Tune, torch and the toolbox once, :mod:`workers.warm.trials`);
+            a worker that finds no zygote starts cold, as with False.
         max_body_bytes, rate_limit, max_open_sweeps, max_held_polls, max_wait_seconds,
             max_trial_epochs: the API's limits (see :mod:`service.api.limits`): request body
             size, requests per token or client address (``600/minute``), sweeps queued or
@@ -149,7 +163,9 @@ class Settings(BaseSettings):
     cancel_grace_seconds: float = Field(20.0, gt=0)
     monitor_interval_seconds: float = Field(2.0, gt=0)
     max_resumes: int = Field(3, ge=0)
-    warm_drivers: int = Field(1, ge=0, le=16)
+    warm_drivers: int | None = Field(None, ge=0, le=16)
+    driver_zygote: bool = True
+    worker_zygote: bool = True
     db_patience_seconds: float = Field(300.0, gt=0)
     heartbeat_seconds: float = Field(5.0, gt=0)
     stuck_after_seconds: float = Field(120.0, gt=0)
@@ -234,6 +250,30 @@ class Settings(BaseSettings):
         """MLflow's UI base URL without a trailing slash."""
         return str(self.mlflow_ui_url or self.mlflow_tracking_uri).rstrip("/")
 
+    @property
+    def driver_zygote_socket(self) -> Path | None:
+        """Where the database's driver zygote listens (see :meth:`_zygote_socket`)."""
+        return self._zygote_socket("driver") if self.driver_zygote else None
+
+    @property
+    def worker_zygote_socket(self) -> Path | None:
+        """Where the database's trial worker zygote listens (see :meth:`_zygote_socket`)."""
+        return self._zygote_socket("worker") if self.worker_zygote else None
+
+    def _zygote_socket(self, kind: str) -> Path | None:
+        """Beside the database URL file (a directory only this user enters); None where the
+        path is too long for a Unix socket address."""
+        path = self.database_url_file.parent / f"{kind}-zygote.sock"
+        return path if len(os.fsencode(path)) <= MAX_SOCKET_PATH else None
+
+    def zygote_env(self) -> dict[str, str]:
+        """The zygotes' sockets, as jobs and their trial workers find them."""
+        sockets = {
+            DRIVER_ZYGOTE_SOCKET_ENV: self.driver_zygote_socket,
+            WORKER_ZYGOTE_SOCKET_ENV: self.worker_zygote_socket,
+        }
+        return {name: str(path) for name, path in sockets.items() if path is not None}
+
     def job_env(self) -> dict[str, str]:
         """What a sweep job needs to rebuild these settings (never the API token)."""
         return {
@@ -247,6 +287,7 @@ class Settings(BaseSettings):
             "SWEEPS_RAY_ADDRESS": self.ray_address,
             "SWEEPS_DB_PATIENCE_SECONDS": str(self.db_patience_seconds),
             "SWEEPS_HEARTBEAT_SECONDS": str(self.heartbeat_seconds),
+            **self.zygote_env(),
         }
 
 

@@ -23,11 +23,19 @@ MAY_IMPORT: dict[str, set[str]] = {
     "workers": {"toolbox", "workers"},
     "workers.driver": {"toolbox", "workers", "workers.driver", "workers.trial"},
     "workers.trial": {"toolbox", "workers", "workers.trial"},
+    "workers.warm": {"toolbox", "workers", "workers.trial", "workers.warm"},
     "service": {"toolbox", "workers", "service"},
     "service.store": {"service", "service.store", "toolbox", "workers"},
     "service.dispatch": {"service", "service.dispatch", "service.store", "workers"},
     "service.api": {"service", "service.api", "service.dispatch", "service.store", "workers"},
-    "service.job": {"service", "service.job", "service.store", "workers", "workers.driver"},
+    "service.job": {
+        "service",
+        "service.job",
+        "service.store",
+        "workers",
+        "workers.driver",
+        "workers.warm",
+    },
     "service.cli": {"service", "service.cli", "workers"},
 }
 """Folder (as a dotted package) -> the folders its modules may import. A folder's own modules
@@ -39,6 +47,8 @@ NEVER: dict[str, tuple[str, ...]] = {
     "workers": ("torch", "ray.tune", "fastapi", "starlette", "sqlalchemy"),
     "workers.driver": ("torch", "fastapi", "starlette", "sqlalchemy"),
     "workers.trial": ("fastapi", "starlette", "sqlalchemy", "mlflow"),
+    # A zygote that loaded Ray's core would fork children with its configuration: never Ray.
+    "workers.warm": ("ray", "fastapi", "starlette", "sqlalchemy", "mlflow"),
     "service": ("torch", "ray"),
     "service.store": ("torch", "ray", "mlflow", "fastapi"),
     "service.dispatch": ("torch", "ray.tune", "fastapi"),

@@ -56,7 +56,7 @@ class Dispatcher:
         self.factory = factory
         self.jobs = jobs
         write_database_url_file(settings)  # where jobs read it: never in their environment
-        self.standbys = StandbyPool(settings, factory, jobs)
+        self.standbys = StandbyPool(settings, factory, jobs, self.cluster_cpus)
         self._ray_down_since: float | None = None  # monotonic; None while Ray answers
         self._submitting: set[str] = set()  # job ids stored, their submission under way
         self._submitting_lock = threading.Lock()  # guards the set alone, never a network call
@@ -75,7 +75,7 @@ class Dispatcher:
     def _hand(
         self, sweep_id: int, *, old_job: str | None, count: bool, resume: bool, reason: str
     ) -> None:
-        warm = self.standbys.live_standby() if self.settings.warm_drivers else None
+        warm = self.standbys.live_standby() if self.standbys.wanted() else None
         with session_scope(self.factory) as session:
             claimed = warm is not None and store.claim_standby(
                 session, sweep_id, warm, old_job, count=count
@@ -91,7 +91,8 @@ class Dispatcher:
             self._note_in(session, sweep_id, reason)
             with self._submitting_lock:  # Ray cannot know the job before it is submitted
                 self._submitting.add(job_id)
-        command = sweep_command(self.settings.job_python, sweep_id, resume=resume)
+        fork = self.standbys.forks
+        command = sweep_command(self.settings.job_python, sweep_id, resume=resume, fork=fork)
         try:
             self.jobs.submit(command, job_id, self.settings.job_env())
         except (DispatchError, RayJobsError) as err:
@@ -121,6 +122,10 @@ class Dispatcher:
             f"a trial asks for cpu={cpu:g}, gpu={gpu or 0:g}, more than any node of the cluster "
             f"has; the largest node ({big.name}) has {has}: ask for at most that",
         )
+
+    def cluster_cpus(self) -> float:
+        """The CPUs of the cluster's live nodes (0 when Ray cannot say; cached as nodes are)."""
+        return sum(n.resources.get("CPU", 0.0) for n in self._nodes())
 
     def _nodes(self) -> list[Node]:
         if time.monotonic() - self._nodes_at > NODES_TTL_S:

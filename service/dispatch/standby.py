@@ -1,22 +1,33 @@
-"""Warm standby drivers: sweep jobs started before the sweeps they will drive.
+"""Warm standby drivers: sweep jobs started before the sweeps they will drive, and the zygote
+they fork from.
 
 A standby (:func:`~service.dispatch.commands.standby_command`) warms up, marks its row in
 ``standby_drivers`` ready and polls for a sweep whose ``ray_job_id`` names it; submitting a sweep
-claims one in a single transaction. The pool keeps ``Settings.warm_drivers`` of them and starts
-new ones only while no sweep is open. ARCHITECTURE.md ("Warm standby drivers") says why.
+claims one in a single transaction. With ``Settings.driver_zygote`` the pool also keeps one
+driver zygote job alive (:mod:`service.job.zygote`), from which every sweep job and standby
+forks its driver; standbys then cost a fork and are topped up whatever runs. Without it they are
+started only while no sweep is open. The pool keeps ``Settings.warm_drivers`` standbys, or one
+per CPU of the cluster. ARCHITECTURE.md ("Warm standby drivers") says why.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
 from service.config import Settings
-from service.dispatch.commands import standby_command
+from service.dispatch.commands import (
+    DRIVER_ZYGOTE_MODULE,
+    WORKER_ZYGOTE_MODULE,
+    standby_command,
+    zygote_command,
+)
 from service.errors import DispatchError
 from service.store.db import session_scope
 from workers.errors import RayJobsError
@@ -24,6 +35,11 @@ from workers.jobs import LIVE_JOB_STATES, JobClient
 
 log = logging.getLogger(__name__)
 JOB_PREFIX = "sweeps-standby-"
+ZYGOTE_PREFIX = "sweeps-zygote-"
+ZYGOTE_WARMUP_S = 10.0
+"""Standbys wait this long after a zygote is submitted, so that they fork from it rather than
+start cold beside it while it imports."""
+MAX_AUTO_WARM = 16
 
 
 @dataclass(frozen=True)
@@ -41,17 +57,39 @@ class StandbyPool:
     Not thread-safe on its own: the :class:`~.dispatcher.Dispatcher` calls it under its lock.
     """
 
-    def __init__(self, settings: Settings, factory: sessionmaker[Session], jobs: JobClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        factory: sessionmaker[Session],
+        jobs: JobClient,
+        cluster_cpus: Callable[[], float],
+    ) -> None:
         self.settings = settings
         self.factory = factory
         self.jobs = jobs
+        self.cluster_cpus = cluster_cpus
+        # Zygote module -> this API's job of it; a restarted API starts its own, which takes
+        # the socket over from the old one.
+        self.zygotes: dict[str, str] = {}
+        self._zygote_at = float("-inf")  # monotonic time of the last zygote's submission
+
+    @property
+    def forks(self) -> bool:
+        """Whether sweep jobs fork their drivers from the zygote (where its socket fits)."""
+        return self.settings.driver_zygote_socket is not None
+
+    def wanted(self) -> int:
+        """``warm_drivers``, or one standby per CPU of the cluster (1 when Ray cannot say)."""
+        if self.settings.warm_drivers is not None:
+            return self.settings.warm_drivers
+        return max(1, min(MAX_AUTO_WARM, int(self.cluster_cpus())))
 
     def count(self) -> WarmCount:
         """The pool as the database records it."""
         with session_scope(self.factory) as session:
             pool = store.standbys(session)
         ready = sum(d.ready_at is not None for d in pool)
-        return WarmCount(ready, len(pool) - ready, self.settings.warm_drivers)
+        return WarmCount(ready, len(pool) - ready, self.wanted())
 
     def live_standby(self) -> str | None:
         """The job id of a standby whose job is alive, ready ones first; dead ones are dropped."""
@@ -64,27 +102,67 @@ class StandbyPool:
         return None
 
     def keep_warm(self, *, check_jobs: bool) -> None:
-        """Top the pool up to ``warm_drivers`` while no sweep is open.
+        """Keep the zygote alive (when forking) and top the pool up to :meth:`wanted`: at any
+        time when forking, else only while no sweep is open.
 
         Args:
-            check_jobs: first ask Ray about every standby's job and drop those that ended.
+            check_jobs: first ask Ray about the zygote's and every standby's job and drop those
+                that ended.
         """
+        wanted = [
+            module
+            for module, on in (
+                (DRIVER_ZYGOTE_MODULE, self.forks),
+                (WORKER_ZYGOTE_MODULE, self.settings.worker_zygote_socket is not None),
+            )
+            if on
+        ]
+        for module in wanted:
+            self._keep_zygote(module, check_jobs=check_jobs)
         with session_scope(self.factory) as session:
             ids = [d.job_id for d in store.standbys(session)]
             busy = bool(store.open_sweeps(session))
         if check_jobs:
             ids = [job_id for job_id in ids if self._alive(job_id)]
-        if busy:
+        if busy and not self.forks:
             return
-        for _ in range(self.settings.warm_drivers - len(ids)):
+        if time.monotonic() - self._zygote_at < ZYGOTE_WARMUP_S:
+            return
+        for _ in range(self.wanted() - len(ids)):
             self._start()
 
+    def _keep_zygote(self, module: str, *, check_jobs: bool) -> None:
+        """Start the zygote of ``module`` unless this API's is alive (asked when
+        ``check_jobs``)."""
+        known = self.zygotes.get(module)
+        if known is not None and not (check_jobs and not self._job_alive(known)):
+            return
+        job_id = f"{ZYGOTE_PREFIX}{uuid.uuid4().hex[:12]}"
+        command = zygote_command(self.settings.job_python, module, job_id)
+        try:
+            self.jobs.submit(command, job_id, self.settings.job_env())
+        except (DispatchError, RayJobsError) as err:
+            log.warning("starting zygote %s (%s) failed: %s", job_id, module, err)
+            return
+        log.info("started zygote %s (%s)", job_id, module)
+        self.zygotes[module], self._zygote_at = job_id, time.monotonic()
+
+    def _job_alive(self, job_id: str) -> bool:
+        try:
+            return self.jobs.status(job_id) in LIVE_JOB_STATES
+        except (DispatchError, RayJobsError) as err:  # Ray unreachable: keep it, judge later
+            log.warning("job %s: cannot ask Ray: %s", job_id, err)
+            return True
+
     def retire_all(self) -> None:
-        """Delete every unclaimed standby's row and stop its job (graceful shutdown)."""
+        """Delete every unclaimed standby's row and stop its job, and the zygote's (graceful
+        shutdown; drivers and workers already forked run on, each in its own session)."""
         with session_scope(self.factory) as session:
             ids = [d.job_id for d in store.standbys(session)]
             for job_id in ids:
                 store.remove_standby(session, job_id)
+        ids.extend(self.zygotes.values())
+        self.zygotes.clear()
         for job_id in ids:
             try:
                 self.jobs.stop(job_id)
@@ -110,7 +188,8 @@ class StandbyPool:
             store.add_standby(session, job_id)
         env = self.settings.job_env()
         try:
-            self.jobs.submit(standby_command(self.settings.job_python, job_id), job_id, env)
+            command = standby_command(self.settings.job_python, job_id, fork=self.forks)
+            self.jobs.submit(command, job_id, env)
         except (DispatchError, RayJobsError) as err:
             log.warning("starting standby %s failed: %s", job_id, err)
             with session_scope(self.factory) as session:

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,6 +34,8 @@ from service.store.db import make_engine, make_session_factory, session_scope
 from workers.errors import ClusterLostError, SinkUnavailableError
 from workers.events import FINAL_SWEEP_STATUSES
 from workers.spec import SweepSpec
+from workers.warm.trials import SOCKET_ENV as WORKER_SOCKET_ENV
+from workers.warm.trials import launch_command
 
 log = logging.getLogger("service.job")
 STANDBY_POLL_S = 0.1
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a sweep id or --standby JOB_ID, not both")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
+    log.info("job start-up: %.2f s from exec to main (Python, SQLAlchemy, settings)", _age())
     settings = load_settings()
     factory = make_session_factory(make_engine(settings.database_url))
     if args.standby is not None:
@@ -87,12 +92,37 @@ def standby(settings: Settings, factory: sessionmaker[Session], job_id: str) -> 
 
 def _join_cluster() -> None:
     """Import the driver and join the Ray cluster this job was submitted to."""
+    t0 = time.monotonic()
     import ray
 
     import workers.driver.sweep  # noqa: F401  (Ray Tune and MLflow: the slow imports, done now)
 
-    if not ray.is_initialized():
-        ray.init(log_to_driver=False)
+    if ray.is_initialized():
+        return
+    t1 = time.monotonic()
+    ray.init(log_to_driver=False, runtime_env=_trial_worker_env())
+    log.info(
+        "job start-up: driver imports %.2f s, ray.init %.2f s (%.2f s from exec)",
+        t1 - t0, time.monotonic() - t1, _age(),
+    )  # fmt: skip
+
+
+def _trial_worker_env() -> dict[str, str] | None:
+    """The sweep's trial workers fork from the trial worker zygote when the job names one
+    (``py_executable``, on top of the job's runtime environment)."""
+    if not os.environ.get(WORKER_SOCKET_ENV):
+        return None
+    return {"py_executable": launch_command(sys.executable)}
+
+
+def _age() -> float:
+    """Seconds since this process was started (from /proc; 0 where there is none)."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def drive(
