@@ -155,8 +155,10 @@ def run_sweep(
     status = _finish(progress, error)
     t_end = time.perf_counter()
     best = progress.best()
+    # A packed trial's checkpoints are its pack's (which hold every member's newest state).
+    best_tune_trial = (best.pack or best.key) if best else None
     kept = apply_retention(
-        storage_path, experiment_name(sweep_uid), best.key if best else None, keep_checkpoints
+        storage_path, experiment_name(sweep_uid), best_tune_trial, keep_checkpoints
     )
     if kept:
         log.info("sweep %s: the best trial's last checkpoint is kept at %s", sweep_uid, kept)
@@ -344,7 +346,8 @@ def _tuner(
 
 
 def _trial_dirname(trial: Trial) -> str:
-    return f"{trial.trainable_name}_{trial.trial_id}"
+    """``<trainable>_<trial id>_pack``: retention finds a trial's directory by ``_<id>_``."""
+    return f"{trial.trainable_name}_{trial.trial_id}_pack"
 
 
 class ProgressCallback(tune.Callback):

@@ -3,8 +3,10 @@
 A packed sweep's Tune trial is a pack (:mod:`workers.driver.packs`); every epoch it reports
 one result holding each member's news under its number, and one checkpoint holding every
 member still training (a single-trial checkpoint each, so a retried pack resumes them all)
-and how the others ended. The driver turns a result into member trials (own rows, curves,
-MLflow runs, outcomes): :mod:`workers.driver.members`.
+and how the others ended, with the last checkpoint of each that completed or was stopped: a
+pack's checkpoint holds every member's newest state, at a constant size. The driver turns a
+result into member trials (own rows, curves, MLflow runs, outcomes):
+:mod:`workers.driver.members`.
 
 Members leave alone: one whose configuration is invalid fails at once, one whose loss stops
 being finite is ``diverged``, one the sweep's :class:`~workers.trial.board.StoppingBoard`
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +49,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PACK_FILE = "pack_state.pt"
 PACK_VERSION = 1
+RENDERED_MAX = 256
+_RENDERED: dict[str, bytes] = {}
+"""Augmentation pictures this worker rendered, by augmentation, seed and data."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,11 @@ def run_pack(params: dict[str, Any], *, setup: PackSetup) -> None:
     members = members_of(params)
     saved = _load_checkpoint()
     states = {m.number: _MemberState(curve=[]) for m in members}
+    finals: dict[int, dict[str, Any]] = {}
     for number, ended in (saved or {}).get("ended", {}).items():
+        final = ended.pop("checkpoint", None)
+        if final is not None:
+            finals[int(number)] = final
         states[int(number)] = _MemberState(**ended)
     configs: dict[int, TrialConfig] = {}
     for m in members:
@@ -102,7 +112,7 @@ def run_pack(params: dict[str, Any], *, setup: PackSetup) -> None:
         states[number].curve = [
             v for h in history if (v := finite_metrics(h).get(setup.trial.metric)) is not None
         ]
-    _PackRun(setup, states, configs, resume).run()
+    _PackRun(setup, states, configs, resume, finals).run()
 
 
 class _PackRun:
@@ -114,8 +124,10 @@ class _PackRun:
         states: dict[int, _MemberState],
         configs: dict[int, TrialConfig],
         resume: dict[int, dict[str, Any]],
+        finals: dict[int, dict[str, Any]],
     ) -> None:
         self.setup, self.states, self.resume = setup, states, resume
+        self.finals = finals  # member number -> its last checkpoint, once it has ended
         self.numbers = list(configs)  # pack position -> member number
         self.configs = [configs[n] for n in self.numbers]
         self.samples: dict[str, bytes] = {}
@@ -141,8 +153,10 @@ class _PackRun:
             self.board.seed.remote({str(n): self.states[n].curve for n in self.numbers})
         reports: dict[int, EpochMetrics] = {}
 
-        def collect(pos: int, metrics: EpochMetrics, _checkpoint: object) -> None:
+        def collect(pos: int, metrics: EpochMetrics, checkpoint: Callable[[], Any]) -> None:
             reports[pos] = metrics
+            if metrics.epoch >= self.configs[pos].epochs:  # its last: keep what it ends as
+                self.finals[self.numbers[pos]] = checkpoint()
 
         while not pack.done:
             reports.clear()
@@ -176,6 +190,7 @@ class _PackRun:
             if self.states[number].status == "running":
                 epoch = self.states[number].epoch
                 message = f"stopped early after epoch {epoch} ({self.setup.trial.metric})"
+                self.finals[number] = pack.checkpoint(pos)
                 pack.stop(pos, "stopped", message)
                 self.states[number].status, self.states[number].message = "stopped", message
         pack.drop_inactive()
@@ -205,7 +220,7 @@ class _PackRun:
             "active": {str(self.numbers[m.key]): pack.checkpoint(m.key) for m in pack.members},
             "ended": {
                 str(n): {"status": s.status, "epoch": s.epoch, "message": s.message,
-                         "curve": s.curve}
+                         "curve": s.curve, "checkpoint": self.finals.get(n)}
                 for n, s in self.states.items() if s.status != "running"
             },
         }  # fmt: skip
@@ -214,18 +229,20 @@ class _PackRun:
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     def _pictures(self) -> dict[str, bytes]:
-        """Each new member's augmentation picture (members with the same augmentation and
-        seed share one rendering); none for resumed members, which sent theirs."""
-        rendered: dict[str, bytes] = {}
+        """Each new member's augmentation picture; none for resumed members, which sent
+        theirs. The picture is a function of the augmentation, seed and data alone, so this
+        worker renders each once (about 0.3 s of CPU) for all its packs."""
         pictures: dict[str, bytes] = {}
         for number, cfg in zip(self.numbers, self.configs, strict=True):
             if number in self.resume:
                 continue
             same = f"{cfg.augment.model_dump_json()} {cfg.seed} {cfg.data.model_dump_json()}"
-            if same not in rendered:
-                rendered[same] = _samples(cfg).get(SAMPLES, b"")
-            if rendered[same]:
-                pictures[str(number)] = rendered[same]
+            if same not in _RENDERED:
+                if len(_RENDERED) >= RENDERED_MAX:
+                    _RENDERED.clear()
+                _RENDERED[same] = _samples(cfg).get(SAMPLES, b"")
+            if _RENDERED[same]:
+                pictures[str(number)] = _RENDERED[same]
         return pictures
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from tests.workers.driver.test_sweep import driver_request, kill_driver_when, reported_epochs
 from tests.workers.sweeps import RecordingSink, alive_trial_worker_pids, digits_spec, sweep
@@ -41,7 +42,8 @@ def test_packed_members_train_as_they_would_alone(ray_session, tmp_path) -> None
     packed_spec = digits_spec(params, max_concurrent=1, **kw)  # one pack of all 8
     alone_spec = digits_spec(params, packing={"enabled": False}, **kw)
     packed, alone = RecordingSink(), RecordingSink()
-    assert sweep(packed_spec, packed, tmp_path / "packed")[1] == "completed"
+    uid, status = sweep(packed_spec, packed, tmp_path / "packed")
+    assert status == "completed"
     assert sweep(alone_spec, alone, tmp_path / "alone")[1] == "completed"
 
     names = list(params)
@@ -60,6 +62,14 @@ def test_packed_members_train_as_they_would_alone(ray_session, tmp_path) -> None
     assert sorted(k for k, p, _ in packed.artifacts if p == SAMPLES_ARTIFACT) == sorted(
         packed_keys.values()
     )  # one picture per member
+    # Retention keeps the best member's pack's last checkpoint, which holds its final state.
+    (kept,) = (tmp_path / "packed" / f"sweep-{uid}").glob("*/checkpoint_*/pack_state.pt")
+    state = torch.load(kept, weights_only=True)
+    best = packed.ended[2] if packed.ended else ""
+    number = str(int(best.rsplit("_", 1)[1]) + 1)
+    final = state["ended"][number]["checkpoint"]
+    assert final["epoch"] == 3
+    assert final["history"][-1]["val_accuracy"] == packed.epochs[best][3]["val_accuracy"]
 
 
 @pytest.mark.slow
