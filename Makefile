@@ -69,6 +69,13 @@ bench: install
 bench-service: install
 	$(BIN)/python bench/bench_service_overhead.py
 
+# 15 one-trial, one-epoch sweeps submitted at once through the API, until all are final: the
+# warm drivers and trial workers (zygotes) against one standby and cold starts, side by side in
+# one run (starts a stack per mode; minutes).
+.PHONY: bench-burst
+bench-burst: install
+	$(BIN)/python bench/bench_burst.py
+
 # K trials trained as one pack (toolbox.packed) against the same K one after another, K from 1
 # to 32, digits MLP and a CIFAR-shaped CNN: member-epochs per second (minutes on 2 CPU cores).
 .PHONY: bench-packed

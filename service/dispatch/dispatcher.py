@@ -124,8 +124,9 @@ class Dispatcher:
         )
 
     def cluster_cpus(self) -> float:
-        """The CPUs of the cluster's live nodes (0 when Ray cannot say; cached as nodes are)."""
-        return sum(n.resources.get("CPU", 0.0) for n in self._nodes())
+        """The CPUs of the cluster's live nodes as last listed (0 before the first listing or
+        when Ray could not say); never asks Ray, so ``/readyz`` never waits on it."""
+        return sum(n.resources.get("CPU", 0.0) for n in self._node_list)
 
     def _nodes(self) -> list[Node]:
         if time.monotonic() - self._nodes_at > NODES_TTL_S:
@@ -138,7 +139,10 @@ class Dispatcher:
         return self._node_list
 
     def keep_warm(self, *, check_jobs: bool = False) -> None:
-        """Keep the standby drivers topped up (see :class:`~.standby.StandbyPool`)."""
+        """Keep the zygotes and standby drivers up (see :class:`~.standby.StandbyPool`), sized
+        to the cluster as last listed (listed again when older than :data:`NODES_TTL_S`)."""
+        if self.settings.warm_drivers is None:
+            self._nodes()
         self.standbys.keep_warm(check_jobs=check_jobs)
 
     def retire_standbys(self) -> None:

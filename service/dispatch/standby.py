@@ -40,6 +40,9 @@ ZYGOTE_WARMUP_S = 10.0
 """Standbys wait this long after a zygote is submitted, so that they fork from it rather than
 start cold beside it while it imports."""
 MAX_AUTO_WARM = 16
+ZYGOTE_YOUNG_S = 30.0
+"""A zygote that ends sooner than this after its start failed; its successor waits (doubling)."""
+ZYGOTE_MAX_BACKOFF_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class StandbyPool:
         # the socket over from the old one.
         self.zygotes: dict[str, str] = {}
         self._zygote_at = float("-inf")  # monotonic time of the last zygote's submission
+        self._started: dict[str, float] = {}  # module -> when its zygote was last submitted
+        self._failures: dict[str, int] = {}  # module -> zygotes in a row that died young
 
     @property
     def forks(self) -> bool:
@@ -133,9 +138,20 @@ class StandbyPool:
 
     def _keep_zygote(self, module: str, *, check_jobs: bool) -> None:
         """Start the zygote of ``module`` unless this API's is alive (asked when
-        ``check_jobs``)."""
+        ``check_jobs``); one that died young (it cannot listen where the settings say, say)
+        is started again ever later, up to :data:`ZYGOTE_MAX_BACKOFF_S` apart."""
         known = self.zygotes.get(module)
         if known is not None and not (check_jobs and not self._job_alive(known)):
+            return
+        now = time.monotonic()
+        if known is not None:
+            started = self._started.get(module, now)
+            young = now - started < ZYGOTE_YOUNG_S
+            self._failures[module] = self._failures.get(module, 0) + 1 if young else 0
+            self.zygotes.pop(module)
+        failures = self._failures.get(module, 0)
+        wait = min(ZYGOTE_MAX_BACKOFF_S, ZYGOTE_YOUNG_S * 2 ** (failures - 1)) if failures else 0
+        if now - self._started.get(module, float("-inf")) < wait:
             return
         job_id = f"{ZYGOTE_PREFIX}{uuid.uuid4().hex[:12]}"
         command = zygote_command(self.settings.job_python, module, job_id)
@@ -146,6 +162,7 @@ class StandbyPool:
             return
         log.info("started zygote %s (%s)", job_id, module)
         self.zygotes[module], self._zygote_at = job_id, time.monotonic()
+        self._started[module] = self._zygote_at
 
     def _job_alive(self, job_id: str) -> bool:
         try:

@@ -62,6 +62,7 @@ def _warm_up() -> None:
     import torch  # noqa: F401
 
     import toolbox.data
+    import toolbox.packed  # a pack's members train in one worker
     import toolbox.train  # noqa: F401
 
 
