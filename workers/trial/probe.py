@@ -2,11 +2,12 @@
 
 :func:`measure` trains packs of 1, 2, 4, ... copies of a configuration for a few minibatches
 each on the trial's data and device, with the trial's threads, and records member-samples
-per second; it stops growing the pack when the device runs out of memory or one measurement
-takes longer than its budget. :func:`best_size` picks the largest size whose throughput is
-within :data:`KEEP` of the best: a larger pack that does not lose throughput still saves
-per-trial overhead (one worker, one checkpoint and one Tune trial per pack). The driver runs
-this once per shape and device and caches the answer (:mod:`workers.driver.probing`).
+per second (each size's fastest of :data:`REPEATS` passes); it stops growing the pack when the
+device runs out of memory or one measurement takes longer than its budget. :func:`best_size`
+picks the largest size whose throughput is within :data:`KEEP` of the best: a larger pack that
+does not lose throughput still saves per-trial overhead (one worker, one checkpoint and one
+Tune trial per pack). The driver runs this once per shape and device and caches the answer
+(:mod:`workers.driver.probing`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
+
     from toolbox.config import TrialConfig
+    from toolbox.packed import Pack
     from workers.trial.trainable import TrialSetup
 
 CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
@@ -23,6 +27,8 @@ KEEP = 0.9
 """A size is kept while its throughput is at least this share of the best measured."""
 STEPS = 4
 """Minibatches per measurement (after one of warm-up)."""
+REPEATS = 3
+"""Measurements per size; the fastest counts (a busy machine only ever slows one down)."""
 
 
 def measure(config: TrialConfig, budget_s: float = 2.0) -> dict[int, float]:
@@ -48,11 +54,7 @@ def measure(config: TrialConfig, budget_s: float = 2.0) -> dict[int, float]:
         try:
             pack = Pack(configs, data=split)
             pack.train_epoch(None)  # warm-up: allocation, kernels chosen
-            start = time.perf_counter()
-            pack.train_epoch(None)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - start
+            seconds = min(_timed(pack, device) for _ in range(REPEATS))
         except torch.OutOfMemoryError:
             break
         finally:
@@ -62,6 +64,17 @@ def measure(config: TrialConfig, budget_s: float = 2.0) -> dict[int, float]:
         if seconds > budget_s:
             break
     return measured
+
+
+def _timed(pack: Pack, device: torch.device) -> float:
+    """Seconds of one pass over the probe's split (the device synchronized)."""
+    import torch
+
+    start = time.perf_counter()
+    pack.train_epoch(None)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def best_size(throughput: dict[int, float]) -> int:
