@@ -9,14 +9,20 @@ robin when ``--rounds`` > 1):
 
 - ``baseline``: the driver pool as it was before warm drivers were sized to the cluster: one
   standby, topped up only while no sweep is open, no cap on the sweep jobs started at once.
-- ``warm``: the defaults (ARCHITECTURE.md, "Warm standby drivers").
+- ``warm``: the defaults (ARCHITECTURE.md, "Warm standby drivers"): drivers and trial
+  workers forked from the zygotes, a standby per CPU of the cluster, topped up during bursts.
+
+The sweeps pack their trials as by default (the driver probes the pack size of each new shape
+on a trial worker, so a burst of new sweeps probes once per sweep); ``--no-packing`` turns packs
+off, leaving the start-up of drivers and trial workers alone to measure.
 
 Before every burst the benchmark waits until ``/readyz`` reports the standbys ready. It prints,
 per mode, the burst's wall time, where each sweep's time went (waiting for a driver, the
 driver's start-up from its job's log, Tune's set-up and fit) and the CPU seconds of each kind
 of process (:mod:`cpu_meter`), then the ratio baseline / warm. These machines are noisy: the
 ratio within one run is the number to compare, never an absolute time.
-Run: ``python bench/bench_burst.py [--sweeps N] [--rounds R] [--modes baseline,warm]``.
+Run: ``python bench/bench_burst.py [--sweeps N] [--rounds R] [--modes baseline,warm]
+[--no-packing]``.
 """
 
 from __future__ import annotations
@@ -106,9 +112,11 @@ class RoleMeter(CpuMeter):
                     self._role[pid] = "ray " + title.split()[0].removeprefix("ray::")[:24]
 
 
-def sweep_body(i: int) -> dict[str, Any]:
-    """The ``i``-th sweep of the burst: one trial of one epoch on digits."""
+def sweep_body(i: int, packing: bool = True) -> dict[str, Any]:
+    """The ``i``-th sweep of the burst: one trial of one epoch on digits (``packing``: the
+    sweep's packs, on by default, whose size the driver probes once per shape)."""
     return {
+        "packing": {"enabled": packing},
         "name": f"burst-{i}",
         "dataset": "digits",
         "model": {"arch": "mlp", "width": 32, "depth": 1},
@@ -120,11 +128,12 @@ def sweep_body(i: int) -> dict[str, Any]:
     }
 
 
-def burst(client: Any, n: int) -> tuple[float, list[dict[str, Any]]]:
+def burst(client: Any, n: int, packing: bool) -> tuple[float, list[dict[str, Any]]]:
     """POST ``n`` sweeps at once and wait until all are final; wall seconds and the sweeps."""
     t0 = time.perf_counter()
+    bodies = [sweep_body(i, packing) for i in range(n)]
     with ThreadPoolExecutor(n) as pool:
-        ids = [s["id"] for s in pool.map(client.submit, [sweep_body(i) for i in range(n)])]
+        ids = [s["id"] for s in pool.map(client.submit, bodies)]
     while True:
         listed = {s["id"]: s for s in client.list(limit=100)["data"]}
         sweeps = [listed[i] for i in ids]
@@ -157,7 +166,9 @@ def phases(sweeps: list[dict[str, Any]], logs: dict[str, str]) -> dict[str, floa
     return {k: statistics.median(v) for k, v in out.items()}
 
 
-def run_mode(name: str, overrides: dict[str, Any], n: int, root: Path) -> dict[str, Any]:
+def run_mode(
+    name: str, overrides: dict[str, Any], n: int, root: Path, packing: bool
+) -> dict[str, Any]:
     """One burst on a stack of its own started with the mode's settings."""
     from service.cli.client import SweepsClient
     from workers.jobs import RayJobs
@@ -172,7 +183,7 @@ def run_mode(name: str, overrides: dict[str, Any], n: int, root: Path) -> dict[s
         warm = client.ready().get("warm_drivers")
         meter = RoleMeter()
         meter.start()
-        wall, sweeps = burst(client, n)
+        wall, sweeps = burst(client, n, packing)
         cpu = meter.stop()
         logs = {sw["ray_job_id"]: jobs.logs(sw["ray_job_id"]) for sw in sweeps}
     return {"wall": wall, "cpu": cpu, "phases": phases(sweeps, logs), "warm": warm}
@@ -184,6 +195,9 @@ def main() -> None:
     parser.add_argument("--sweeps", type=int, default=15, help="sweeps in the burst")
     parser.add_argument("--rounds", type=int, default=1, help="bursts per mode")
     parser.add_argument(
+        "--no-packing", action="store_true", help="sweeps without packs (no pack-size probe)"
+    )
+    parser.add_argument(
         "--modes", default=",".join(MODES), help="comma-separated, of " + "/".join(MODES)
     )
     args = parser.parse_args()
@@ -192,7 +206,7 @@ def main() -> None:
     print(
         f"cpus={os.cpu_count()} load_average_1min={os.getloadavg()[0]:.2f} sweeps={args.sweeps} "
         f"(1 trial x 1 epoch, digits MLP 32x1, 1 CPU per trial) modes={modes} "
-        f"rounds={args.rounds}",
+        f"rounds={args.rounds} packing={not args.no_packing}",
         flush=True,
     )
     root = Path(tempfile.mkdtemp(prefix="bbur-", dir="/tmp"))  # short: Ray's socket paths
@@ -200,7 +214,7 @@ def main() -> None:
     try:
         for r in range(args.rounds):
             for mode in modes:
-                out = run_mode(f"{mode}-{r}", MODES[mode], args.sweeps, root)
+                out = run_mode(f"{mode}-{r}", MODES[mode], args.sweeps, root, not args.no_packing)
                 results[mode].append(out)
                 shown = ", ".join(f"{k} {v:.2f}" for k, v in out["phases"].items())
                 cpu = ", ".join(

@@ -74,7 +74,7 @@ class StandbyPool:
         # Zygote module -> this API's job of it; a restarted API starts its own, which takes
         # the socket over from the old one.
         self.zygotes: dict[str, str] = {}
-        self._zygote_at = float("-inf")  # monotonic time of the last zygote's submission
+        self._zygote_at = float("-inf")  # monotonic time of the driver zygote's submission
         self._started: dict[str, float] = {}  # module -> when its zygote was last submitted
         self._failures: dict[str, int] = {}  # module -> zygotes in a row that died young
 
@@ -161,8 +161,10 @@ class StandbyPool:
             log.warning("starting zygote %s (%s) failed: %s", job_id, module, err)
             return
         log.info("started zygote %s (%s)", job_id, module)
-        self.zygotes[module], self._zygote_at = job_id, time.monotonic()
-        self._started[module] = self._zygote_at
+        self.zygotes[module] = job_id
+        self._started[module] = time.monotonic()
+        if module == DRIVER_ZYGOTE_MODULE:  # what standbys fork from
+            self._zygote_at = self._started[module]
 
     def _job_alive(self, job_id: str) -> bool:
         try:

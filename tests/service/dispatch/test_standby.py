@@ -1,6 +1,7 @@
 """Warm standby drivers: a sweep is handed to a pre-started job, which is then replaced.
 
-Against the session's real Ray cluster and MLflow server, with a real SQLite file.
+Against the session's real Ray cluster and MLflow server, with a real SQLite file. Most tests
+start standbys cold (no zygotes: the pool's rules without them); the last one forks them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def settings(tmp_path: Path, ray_cluster: Any, mlflow_server: Any) -> Settings:
-    return make_settings(tmp_path, ray_cluster, mlflow_server, warm_drivers=1)
+    return make_settings(tmp_path, ray_cluster, mlflow_server, warm_drivers=1, driver_zygote=False)
 
 
 @pytest.fixture
@@ -132,3 +133,24 @@ def test_a_restarted_api_adopts_the_standbys_and_a_standby_without_its_row_retir
         store.remove_standby(session, job_id)  # retired without a stop: it exits by itself
     wait_for(lambda: jobs.status(job_id), lambda s: s == "succeeded", 60, "the standby's exit")
     engine.dispose()
+
+
+def test_with_zygotes_a_claimed_standby_is_replaced_while_its_sweep_runs(
+    tmp_path: Path, ray_cluster: Any, mlflow_server: Any, jobs: RayJobs
+) -> None:
+    settings = make_settings(tmp_path, ray_cluster, mlflow_server, warm_drivers=1)
+    assert settings.driver_zygote_socket is not None
+    with TestClient(create_app(settings), headers=headers(settings)) as client:
+        socket = settings.driver_zygote_socket
+        wait_for(lambda: None, lambda _: socket.exists(), 180, "the driver zygote")
+        standby = one_ready(client)
+        body = digits_body({"optim.lr": [0.05]}, epochs=200, max_concurrent=1)
+        sweep_id = client.post("/sweeps", json=body).json()["id"]
+        get = lambda: strict_json(client.get(f"/sweeps/{sweep_id}").text)  # noqa: E731
+        # A standby costs a fork: the pool is topped up at once, not once the sweep ends.
+        replacement = one_ready(client, other_than=standby)
+        assert get()["status"] not in FINAL_SWEEP_STATUSES
+        sweep = wait_for(get, lambda s: s["status"] in FINAL_SWEEP_STATUSES, 300, "the sweep's end")
+        assert sweep["status"] == "completed" and sweep["ray_job_id"] == standby, sweep
+        assert [r[0] for r in standby_rows(settings)] == [replacement]
+        assert "standby" in jobs.logs(standby) and "drives sweep" in jobs.logs(standby)
