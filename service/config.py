@@ -121,7 +121,7 @@ class Settings(BaseSettings):
         max_resumes: how many times a sweep whose job vanished is resubmitted.
         warm_drivers: standby sweep jobs kept started and waiting, so a submitted sweep skips
             the job's start-up (see :mod:`service.dispatch.standby`); None (the default) keeps
-            one per CPU of the cluster (at least 1, at most 16); 0 starts a job per sweep on
+            one per CPU of the cluster (at least 1, at most 4); 0 starts a job per sweep on
             demand. Without ``driver_zygote`` they are topped up only while no sweep is open.
         driver_zygote: sweep jobs fork their driver from a driver zygote (a job that imported
             the driver once, :mod:`service.job.zygote`) instead of starting a Python each; a

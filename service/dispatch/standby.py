@@ -39,7 +39,9 @@ ZYGOTE_PREFIX = "sweeps-zygote-"
 ZYGOTE_WARMUP_S = 10.0
 """Standbys wait this long after a zygote is submitted, so that they fork from it rather than
 start cold beside it while it imports."""
-MAX_AUTO_WARM = 16
+MAX_AUTO_WARM = 4
+"""The most standbys kept by default (one per CPU of the cluster): each is an idle process and a
+Ray job supervisor on the head node, whatever the cluster's size."""
 ZYGOTE_YOUNG_S = 30.0
 """A zygote that ends sooner than this after its start failed; its successor waits (doubling)."""
 ZYGOTE_MAX_BACKOFF_S = 600.0
@@ -84,7 +86,8 @@ class StandbyPool:
         return self.settings.driver_zygote_socket is not None
 
     def wanted(self) -> int:
-        """``warm_drivers``, or one standby per CPU of the cluster (1 when Ray cannot say)."""
+        """``warm_drivers``, or one standby per CPU of the cluster, at most
+        :data:`MAX_AUTO_WARM` (1 when Ray cannot say)."""
         if self.settings.warm_drivers is not None:
             return self.settings.warm_drivers
         return max(1, min(MAX_AUTO_WARM, int(self.cluster_cpus())))
