@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_service_overhead import FINAL, LONG_POLL_S, embedded_stack, settle
+from cpu_meter import CpuMeter
 
 TIMEOUT_S = 1800
 IDEAL_TARGET, SPEEDUP_TARGET = 2.0, 3.0
@@ -98,6 +99,8 @@ def main() -> None:
     from service.cli.client import SweepsClient
 
     walls: dict[str, list[float]] = {}
+    cpu: dict[str, dict[str, float]] = {}
+    meter = CpuMeter()
     with tempfile.TemporaryDirectory(prefix="bench-packs-") as tmp:
         root = Path(tmp)
         with embedded_stack(root, warm_drivers=1) as stack:
@@ -114,9 +117,15 @@ def main() -> None:
                     ("sequential (1 thread)", lambda: sequential_run(packed)),
                 ):
                     settle(client)
+                    meter.start()
                     walls.setdefault(mode, []).append(run())
+                    cpu[mode] = meter.stop()  # the last round's
                     print(f"round {r + 1}: {mode} {walls[mode][-1]:.1f} s", flush=True)
     report(walls, slots=2)
+    print("CPU seconds by process role (last round; every process of this user counts):")
+    for mode, roles in cpu.items():
+        shown = ", ".join(f"{k} {v:.1f}" for k, v in sorted(roles.items(), key=lambda x: -x[1]))
+        print(f"  {mode:26s} total {sum(roles.values()):6.1f}: {shown}")
 
 
 def report(walls: dict[str, list[float]], slots: int) -> None:

@@ -73,6 +73,7 @@ class PackSizes:
             return
         data = {**self._read(), name: found}
         try:  # whole or not at all: another sweep may read it meanwhile
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".pack-sizes-")
             with os.fdopen(fd, "w") as f:
                 json.dump(data, f)

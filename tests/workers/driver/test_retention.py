@@ -11,8 +11,10 @@ import pyarrow.fs as pafs
 import pytest
 
 from tests.workers.sweeps import RecordingSink, digits_spec, sweep
+from workers.driver.probing import CACHE_FILE
 from workers.driver.retention import apply_retention, retain_checkpoints
 from workers.driver.sweep import experiment_name, run_sweep
+from workers.trial.pack import PACK_FILE
 from workers.trial.trainable import CHECKPOINT_FILE
 
 STATE = "experiment_state-2026-11-25_17-00-00.json"
@@ -102,27 +104,47 @@ def test_retention_errors_are_logged_not_raised(tmp_path, caplog):
 def left_on(storage: Path, sweep_uid: str) -> tuple[str, set[str]]:
     """The one trial directory left of the sweep's experiment, and the files under it."""
     experiment = storage / experiment_name(sweep_uid)
-    assert [p.name for p in storage.iterdir()] == [experiment.name]
+    # the deployment's probed pack sizes (workers.driver.probing) are not the sweep's
+    assert [p.name for p in storage.iterdir() if p.name != CACHE_FILE] == [experiment.name]
     (trial_dir,) = experiment.iterdir()
     return trial_dir.name, files(trial_dir)
 
 
+def tune_trial(sink: RecordingSink, key: str) -> tuple[str, str]:
+    """The Tune trial holding trial ``key``'s checkpoints (its pack, when packed), and the
+    file name of those checkpoints."""
+    pack = sink.last_update(key).pack
+    return (pack, PACK_FILE) if pack else (key, CHECKPOINT_FILE)
+
+
 @pytest.mark.slow
-def test_a_completed_sweep_keeps_only_its_best_trials_last_checkpoint(ray_session, tmp_path):
-    spec = digits_spec({"optim.lr": [0.001, 0.1]}, method="grid", epochs=2)
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_completed_sweep_keeps_only_its_best_trials_last_checkpoint(
+    packed, ray_session, tmp_path
+):
+    spec = digits_spec(
+        {"optim.lr": [0.001, 0.1]},
+        method="grid",
+        epochs=2,
+        max_concurrent=1,
+        packing={"enabled": packed},
+    )
     sink = RecordingSink()
     sweep_uid, status = sweep(spec, sink, tmp_path)
 
     assert status == "completed" and sink.ended is not None
     best = sink.ended[2]
     trial_dir, left = left_on(tmp_path, sweep_uid)
-    assert f"_{best}_" in trial_dir
-    assert left == {f"checkpoint_000001/{CHECKPOINT_FILE}"}  # epoch 2's
+    holder, name = tune_trial(sink, best)
+    assert f"_{holder}_" in trial_dir and bool(sink.last_update(best).pack) == packed
+    assert left == {f"checkpoint_000001/{name}"}  # epoch 2's
 
 
 @pytest.mark.slow
 def test_keep_all_leaves_every_trials_checkpoints_and_tunes_state(ray_session, tmp_path):
-    spec = digits_spec({"optim.lr": [0.001, 0.1]}, method="grid", epochs=2)
+    spec = digits_spec(
+        {"optim.lr": [0.001, 0.1]}, method="grid", epochs=2, packing={"enabled": False}
+    )
     sweep_uid = uuid.uuid4().hex[:8]
     status = run_sweep(
         spec, RecordingSink(), sweep_uid=sweep_uid, storage_path=str(tmp_path),
@@ -137,9 +159,16 @@ def test_keep_all_leaves_every_trials_checkpoints_and_tunes_state(ray_session, t
 
 
 @pytest.mark.slow
-def test_a_cancelled_sweep_keeps_only_its_best_trials_last_checkpoint(ray_session, tmp_path):
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_cancelled_sweep_keeps_only_its_best_trials_last_checkpoint(
+    packed, ray_session, tmp_path
+):
     spec = digits_spec(
-        {"optim.lr": [0.01, 0.02, 0.05, 0.1]}, method="grid", epochs=30, max_concurrent=2
+        {"optim.lr": [0.01, 0.02, 0.05, 0.1]},
+        method="grid",
+        epochs=30,
+        max_concurrent=2,
+        packing={"enabled": packed},
     )
     sink = RecordingSink(cancel_after_epochs=2)
     sweep_uid, status = sweep(spec, sink, tmp_path)
@@ -148,9 +177,10 @@ def test_a_cancelled_sweep_keeps_only_its_best_trials_last_checkpoint(ray_sessio
     best = sink.ended[2]
     assert best is not None
     trial_dir, left = left_on(tmp_path, sweep_uid)
-    assert f"_{best}_" in trial_dir
+    holder, name = tune_trial(sink, best)
+    assert f"_{holder}_" in trial_dir
     last_epoch = max(sink.epochs[best])
-    assert left == {f"checkpoint_{last_epoch - 1:06d}/{CHECKPOINT_FILE}"}
+    assert left == {f"checkpoint_{last_epoch - 1:06d}/{name}"}
 
 
 @pytest.mark.slow
