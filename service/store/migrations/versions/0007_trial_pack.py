@@ -19,7 +19,9 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("trials") as batch:
-        batch.add_column(sa.Column("pack", sa.String(length=200), nullable=False, server_default=""))
+        batch.add_column(
+            sa.Column("pack", sa.String(length=200), nullable=False, server_default="")
+        )
 
 
 def downgrade() -> None:
