@@ -49,6 +49,8 @@ def write_cifar(root: Path, train_images: int) -> None:
         labels = rng.integers(0, 10, size=per).tolist()
         entry = {"batch_label": name, "labels": labels, "data": data, "filenames": []}
         (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
+    meta = {"label_names": [f"class{i}" for i in range(10)], "num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
 
 
 def configs(n: int, epochs: int, device: str, data_dir: Path) -> list[TrialConfig]:
