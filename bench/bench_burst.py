@@ -12,9 +12,9 @@ robin when ``--rounds`` > 1):
 - ``warm``: the defaults (ARCHITECTURE.md, "Warm standby drivers"): drivers and trial
   workers forked from the zygotes, a standby per CPU of the cluster, topped up during bursts.
 
-The sweeps pack their trials as by default (the driver probes the pack size of each new shape
-on a trial worker, so a burst of new sweeps probes once per sweep); ``--no-packing`` turns packs
-off, leaving the start-up of drivers and trial workers alone to measure.
+The sweeps pack their trials as by default (a one-trial sweep's pack has one member and is never
+probed); ``--no-packing`` turns packs off, leaving the start-up of drivers and trial workers
+alone to measure.
 
 Before every burst the benchmark waits until ``/readyz`` reports the standbys ready. It prints,
 per mode, the burst's wall time, where each sweep's time went (waiting for a driver, the
