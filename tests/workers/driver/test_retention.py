@@ -166,7 +166,7 @@ def test_a_cancelled_sweep_keeps_only_its_best_trials_last_checkpoint(
     spec = digits_spec(
         {"optim.lr": [0.01, 0.02, 0.05, 0.1]},
         method="grid",
-        epochs=30,
+        epochs=400,
         max_concurrent=2,
         packing={"enabled": packed},
     )

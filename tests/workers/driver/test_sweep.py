@@ -163,8 +163,10 @@ def test_killed_worker_is_retried_from_its_checkpoint(ray_cluster, ray_session, 
 
 @pytest.mark.slow
 def test_cancel_marks_running_trials_cancelled_and_runs_killed(ray_session, tmp_path):
+    # Enough epochs that the sweep is still training when its cancel is polled (about 1/s):
+    # a pack of small digits trials runs 30 epochs in well under a second.
     spec = digits_spec(
-        {"optim.lr": [0.01, 0.02, 0.05, 0.1]}, method="grid", epochs=30, max_concurrent=2
+        {"optim.lr": [0.01, 0.02, 0.05, 0.1]}, method="grid", epochs=400, max_concurrent=2
     )
     sink = RecordingSink(cancel_after_epochs=2)
     _, status = sweep(spec, sink, tmp_path)
