@@ -120,15 +120,17 @@ def packed_plan(
     n_slots = slots(sizes.resources, cluster, spec.max_concurrent)
     fixed = spec.packing.max_members
 
+    def cap_for(key: PackKey, members: list[Member]) -> int:
+        return fixed or sizes.size(key, members)
+
     def size_for(key: PackKey, members: list[Member]) -> int:
         if len(members) <= n_slots:
             return 1  # one member per slot: nothing to probe
-        cap = fixed or sizes.size(key, members)
-        return pack_size(len(members), n_slots, cap)
+        return pack_size(len(members), n_slots, cap_for(key, members))
 
     device = "cuda" if sizes.resources.gpu > 0 else "cpu"
     if spec.method == "bayes":
-        return _bayes_plan(spec, size_for, device, n_slots, sweep_uid)
+        return _bayes_plan(spec, cap_for, device, n_slots, sweep_uid)
     packs = plan_packs(spec, size_for, device)
     lengths = sorted(len(p) for p in packs)
     log.info(
@@ -146,17 +148,17 @@ def packed_plan(
 
 def _bayes_plan(
     spec: SweepSpec,
-    size_for: Callable[[PackKey, list[Member]], int],
+    cap_for: Callable[[PackKey, list[Member]], int],
     device: str,
     n_slots: int,
     sweep_uid: str,
 ) -> SearchPlan:
     """Packs asked of Optuna a batch at a time; a batch small enough that the search still
     learns: each slot gets about :data:`BAYES_ROUNDS` batches in all."""
-    first = configurations(spec)[:1]
-    key, members = group_configurations(spec, first, device)[0]
-    cap = 1 if key is None else size_for(key, members * (spec.num_trials))
-    size = min(cap, math.ceil(spec.num_trials / (n_slots * BAYES_ROUNDS)))
+    size = math.ceil(spec.num_trials / (n_slots * BAYES_ROUNDS))
+    if size > 1:  # the cap of the first drawn configuration's shape
+        key, members = group_configurations(spec, configurations(spec)[:1], device)[0]
+        size = min(size, 1 if key is None else cap_for(key, members))
     log.info("sweep %s: Bayesian search asks packs of %d members (%d at once)",
              sweep_uid, size, n_slots)  # fmt: skip
     searcher = PackSearcher(spec, size, device)
