@@ -34,13 +34,31 @@ SAMPLES_ARTIFACT = "augmented_samples.png"
 MLflow run's artifacts; the sink stores it under this path."""
 
 
-def trial_number(key: str) -> int:
-    """A trial's 1-based number from Ray Tune's trial id (``3fa2b_00002`` -> 3), 0 if none.
+def trial_key(number: int) -> str:
+    """The unique key of trial ``number`` in its sweep: its row's and its MLflow run's."""
+    return f"trial-{number:05d}"
 
-    The same number names the trial's MLflow run and its row in the service's database.
+
+NOT_BEST: frozenset[str] = frozenset({"diverged", "failed"})
+"""Trials that are never a sweep's best, whatever they reported."""
+
+
+def best_number(
+    candidates: Iterable[tuple[int, str, float | None]], mode: Literal["max", "min"]
+) -> int | None:
+    """The best trial of ``(number, status, value)`` candidates: the best finite ``value``
+    (the sweep metric at the trial's last reported epoch) in ``mode``'s direction among trials
+    not in :data:`NOT_BEST`; on a tie the lowest number. None when none counts.
+
+    The one rule for "best": the driver (and so retention), the API and MLflow's tags use it.
     """
-    suffix = key.rsplit("_", 1)[-1]
-    return int(suffix) + 1 if suffix.isdigit() else 0
+    sign = 1.0 if mode == "max" else -1.0
+    ranked = [
+        (sign * value, -number)
+        for number, status, value in candidates
+        if status not in NOT_BEST and value is not None and math.isfinite(value)
+    ]
+    return -max(ranked)[1] if ranked else None
 
 
 def finite_metrics(
@@ -65,7 +83,7 @@ class TrialUpdate:
     """A trial's new state.
 
     Attributes:
-        key: Ray Tune's trial id, unique within the sweep.
+        number: the trial's number (1-based, unique in the sweep): its identity everywhere.
         status: the new status.
         params: the trial's sampled parameters (dotted names), sent with the first update.
         run_name: the name of the trial's MLflow run, sent with the first update.
@@ -73,10 +91,10 @@ class TrialUpdate:
             sent with the first update.
         message: why it ended (error text, divergence epoch), empty otherwise.
         attempt: how many times the trial has been (re)started.
-        pack: the pack the trial trains in (its pack's Tune trial id), empty when alone.
+        pack: the pack the trial trains in (its pack's Tune trial id).
     """
 
-    key: str
+    number: int
     status: TrialStatus
     params: dict[str, Any] = field(default_factory=dict)
     run_name: str = ""
@@ -84,6 +102,30 @@ class TrialUpdate:
     message: str = ""
     attempt: int = 0
     pack: str = ""
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What the sink holds of one trial: what a resumed driver starts from.
+
+    Attributes:
+        number: the trial's number.
+        params: its sampled parameters.
+        status: its status (a final one is never changed again).
+        epoch: its last stored epoch (0: none).
+        curve: the sweep metric per stored epoch where it was finite.
+    """
+
+    number: int
+    params: dict[str, Any]
+    status: TrialStatus
+    epoch: int = 0
+    curve: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def value(self) -> float | None:
+        """The metric at the last stored epoch, if finite there."""
+        return self.curve.get(self.epoch)
 
 
 class SweepSink(Protocol):
@@ -99,27 +141,27 @@ class SweepSink(Protocol):
     driver retries for a while); any other error fails the sweep.
     """
 
-    def sweep_started(self, experiment_path: str, over: bool = False) -> None:
-        """The driver is running (again, after a resume); Tune's experiment directory.
+    def sweep_started(self, experiment_path: str) -> None:
+        """The driver is running (again, after a resume); Tune's experiment directory."""
 
-        ``over``: a resumed driver found nothing on storage to resume from (its predecessor
-        died before Tune's first snapshot reached storage) and starts the sweep over, so the
-        trials that predecessor left open will never report again.
-        """
+    def trials(self, metric: str) -> list[TrialOutcome]:
+        """Every trial stored so far, in number order, with its curve of ``metric``: a
+        (resumed) driver takes final statuses and the search's history from here."""
 
     def trial_updated(self, update: TrialUpdate) -> None:
         """A trial was created, started, restarted or ended."""
 
-    def epoch_reported(self, trial_key: str, epoch: int, metrics: dict[str, float]) -> None:
+    def epoch_reported(self, number: int, epoch: int, metrics: dict[str, float]) -> None:
         """A trial finished an epoch; ``metrics`` are finite floats keyed by metric name."""
 
-    def artifact_reported(self, trial_key: str, path: str, content: bytes) -> None:
+    def artifact_reported(self, number: int, path: str, content: bytes) -> None:
         """A file for the trial's MLflow run at ``path`` (a trial sends each once; a repeat
         keeps the first). It comes before the epoch it came with, in the same batch or an
         earlier one, so a stored epoch has its artifacts stored."""
 
-    def sweep_ended(self, status: SweepStatus, message: str, best_trial_key: str | None) -> None:
-        """The sweep reached a final status; ``best_trial_key`` is None when no trial counts."""
+    def sweep_ended(self, status: SweepStatus, message: str, best: int | None) -> None:
+        """The sweep reached a final status; ``best`` is the number of its best trial
+        (:func:`best_number`), None when no trial counts."""
 
     def cancel_requested(self) -> bool:
         """Whether a user asked to cancel the sweep (polled by the driver)."""
