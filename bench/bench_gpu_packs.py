@@ -9,9 +9,10 @@ written in the real format with random pixels (``--train`` images; no download),
   another in this process (the GPU holds one small model at a time);
 - ``packed``: :func:`toolbox.packed.train_pack` over all trials, in packs of the size the
   service's probe picks on this device (:mod:`workers.trial.probe`);
-- ``tune fractional``: Ray Tune over the service's own trainable
-  (:func:`workers.trial.trainable.run_trial`) for ``--sample`` trials with ``--share`` of the
-  GPU each (1/share trials at once, each its own process and CUDA context), unpacked.
+- ``tune fractional``: Ray Tune over the trainable a plain Tune user would write
+  (:func:`plain_tune.train_one`: the same training, a checkpoint every epoch) for ``--sample``
+  trials with ``--share`` of the GPU each (1/share trials at once, each its own process and
+  CUDA context), unpacked.
 
 Prints the card, each mode's trials per hour and the ratios (target: packed >= 4x the better
 of the others). On a machine without CUDA it runs on the CPU with ``--smoke`` sizes, to check
@@ -92,21 +93,15 @@ def packed(cfgs: list[TrialConfig], size: int) -> float:
 
 
 def tune_fractional(cfgs: list[TrialConfig], share: float, device: str) -> float:
-    """The service's unpacked trainable under Ray Tune, ``share`` of the GPU per trial."""
+    """A plain Tune trainable (one trial at a time each), ``share`` of the GPU per trial."""
     import ray
+    from plain_tune import trainable
     from ray import tune
-
-    from workers.trial.trainable import TrialSetup, run_trial
 
     gpus = 1 if device == "cuda" else 0
     ray.init(num_cpus=max(2, int(1 / share)), num_gpus=gpus, log_to_driver=False)
     try:
-        base = cfgs[0]
-        setup = TrialSetup(base, "val_accuracy", "max", cpus=1, gpus=share if gpus else 0.0)
-        fn = tune.with_resources(
-            tune.with_parameters(run_trial, setup=setup),
-            {"cpu": 1, "gpu": share if gpus else 0.0},
-        )
+        fn = trainable(cfgs[0], cpus=1, gpus=share if gpus else 0.0)
         space = {
             "optim.lr": tune.grid_search([c.optim.lr for c in cfgs]),
         }

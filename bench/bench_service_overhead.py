@@ -13,7 +13,8 @@ epochs; 1 CPU per trial, 2 trials at a time, actors reused) run three ways:
   runs, so before every timed run of any mode the benchmark waits until ``/readyz`` reports
   the standbys ready, and no mode is timed while one warms up.
 - ``ray tune``: a :class:`ray.tune.Tuner` in this process, connected to the same Ray cluster,
-  over the same trainable (:func:`workers.trial.trainable.run_trial`), parameter space, resources,
+  over the trainable a plain Tune user would write (:func:`plain_tune.train_one`: the same
+  training, a checkpoint every epoch) with the same parameter space, resources,
   ``max_concurrent_trials`` and ``reuse_actors``, without database or MLflow, and otherwise
   Tune's defaults (every checkpoint kept, result files written). Wall time of
   ``Tuner.fit``, as a user of Ray Tune scripts would time it.
@@ -176,19 +177,19 @@ def service_run(client: Any, body: dict[str, Any], poll: float, n: int) -> tuple
 
 
 def tune_run(body: dict[str, Any], storage: Path, n: int) -> float:
-    """``Tuner.fit`` over the same trainable, space, resources and concurrency."""
+    """``Tuner.fit`` over a plain Tune trainable with the same space, resources and
+    concurrency."""
     import ray
+    from plain_tune import param_space, trainable
     from ray import tune
 
     from workers.driver.resources import trial_resources
-    from workers.driver.search import param_space
-    from workers.driver.sweep import trainable, trial_setup
     from workers.spec import SweepSpec
 
     spec = SweepSpec.model_validate(body)
     resources = trial_resources(spec, ray.cluster_resources())
     tuner = tune.Tuner(
-        trainable(spec, trial_setup(spec, resources), resources),
+        trainable(spec.base_config, resources.cpu, resources.gpu, spec.variants),
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
             metric=spec.metric.name,
