@@ -454,8 +454,20 @@ class SweepSpec(StrictModel):
         return options
 
 
+SWEEP_SETTINGS = {"epochs": "epochs", "data.dataset": "dataset"}
+"""Settings of the whole sweep (setting -> its top-level field): every trial shares them, so
+admission, early stopping and outcomes are judged against one value."""
+
+
 def _check_name(key: str, known: list[str]) -> None:
     """Raise ValueError unless ``key`` is a setting a sweep may vary, with the nearest names."""
+    if key in SWEEP_SETTINGS:
+        field = SWEEP_SETTINGS[key]
+        raise ValueError(
+            f"'{key}' is a setting of the whole sweep, not a parameter: remove it from "
+            f"parameters and set the top-level field {field} (to train trials longer, "
+            "continue them)"
+        )
     if key in MACHINE_SETTINGS:
         raise ValueError(
             f"'{key}' is a deployment setting of the workers (SWEEPS_DATA_DIR, "

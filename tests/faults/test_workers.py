@@ -22,16 +22,13 @@ from tests.service.helpers import make_settings, wait_for
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["alone", "packed"])
 def test_f1_a_trial_worker_killed_three_times_loses_no_epoch(
-    packed: bool, tmp_path: Path, ray_cluster: Any, mlflow_server: Any
+    tmp_path: Path, ray_cluster: Any, mlflow_server: Any
 ) -> None:
-    # Packed, both trials train in one pack, one worker: each kill retries both members.
+    # Both trials train in one pack, one worker: each kill retries both.
     epochs = 150
     settings = make_settings(tmp_path, ray_cluster, mlflow_server)
-    body = long_body(
-        epochs, [0.02, 0.05], max_concurrent=1, max_failures=3, packing={"enabled": packed}
-    )
+    body = long_body(epochs, [0.02, 0.05], max_concurrent=1, max_failures=3)
     with in_process(settings) as api:
         sweep_id = api.submit(body)
         killed: list[int] = []
@@ -51,9 +48,8 @@ def test_f1_a_trial_worker_killed_three_times_loses_no_epoch(
         assert sweep["status"] == "completed", sweep
         api.wait_tracked(sweep_id)
         trials = api.trials(sweep_id)
-    retried = 3 * (2 if packed else 1)  # three retries, from checkpoints
-    assert sum(t["attempts"] - 1 for t in trials) == retried
-    assert len({t["pack"] for t in trials}) == 1 and bool(trials[0]["pack"]) == packed
+    assert sum(t["attempts"] - 1 for t in trials) == 3 * 2  # three retries of both
+    assert len({t["pack"] for t in trials}) == 1
     assert_curves_complete(trials, epochs)
     assert_mlflow_matches(mlflow_server.uri, sweep, trials)
 

@@ -1,12 +1,11 @@
-"""Tune's callbacks of a sweep: trial events into its progress, cancel polls, flushes.
+"""Tune's callbacks of a sweep: pack events into its trials' progress, cancel polls, flushes.
 
-:class:`ProgressCallback` forwards Tune's trial events to the sweep's
-:class:`~workers.driver.progress.SweepProgress` (a pack's through
-:class:`~workers.driver.members.PackEvents`); :class:`CancelStopper` polls the sink for a
-cancel and flushes the queued writes before Tune may snapshot. Tune pickles its run
-configuration, so both hold only the sweep's uid and find the live objects in :data:`_LIVE`
-and :data:`_PACKS`, which :func:`workers.driver.sweep.run_sweep` fills. Why each flush is where
-it is: ARCHITECTURE.md, "Resume".
+Every Tune trial is a pack (:mod:`workers.results`); everywhere a user looks each of its trials
+is a trial of its own. :class:`ProgressCallback` turns a pack's start, results, retries and end
+into its trials' :class:`~workers.driver.progress.SweepProgress` events; :class:`CancelStopper`
+polls the sink for a cancel and flushes the queued writes before Tune may snapshot. Tune pickles
+its run configuration, so both hold only the sweep's uid and find the live sweep in
+:data:`workers.driver.live.LIVE`. Why each flush is where it is: ARCHITECTURE.md, "Resume".
 """
 
 from __future__ import annotations
@@ -18,12 +17,11 @@ from typing import Any
 from ray import tune
 from ray.tune.experiment import Trial
 
-from workers.driver.members import PackEvents
+from workers.driver.live import LIVE
 from workers.driver.progress import SweepProgress
 from workers.errors import SinkUnavailableError
-from workers.events import SAMPLES_ARTIFACT
-from workers.packing import is_pack
-from workers.trial.trainable import DIVERGED, INVALID, SAMPLES
+from workers.events import FINAL_TRIAL_STATUSES, SAMPLES_ARTIFACT
+from workers.results import REPORTS, SAMPLES, STATES, is_pack, trials_of
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_S = 1.0
@@ -34,92 +32,83 @@ SNAPSHOT_MARGIN_S = 0.1
 ``snapshot_at`` is taken in ``get_state()``, inside Tune's save, so by our clock a snapshot is
 due no later than by Tune's; the margin covers the moments between ``stop_all`` and Tune's look
 at its clock in the same step."""
-_LIVE: dict[str, SweepProgress] = {}
-"""Sweep uid -> the progress of the sweep this process is driving."""
-_PACKS: dict[str, PackEvents] = {}
-"""Sweep uid -> the member events of the packed sweep this process is driving."""
 
 
 class ProgressCallback(tune.Callback):
-    """Forwards Tune's trial events to the sweep's :class:`SweepProgress`."""
+    """Forwards Tune's pack events to the sweep's trials (see the module docstring)."""
 
     def __init__(self, sweep_uid: str) -> None:
         self.sweep_uid = sweep_uid
 
     @property
     def progress(self) -> SweepProgress:
-        return _LIVE[self.sweep_uid]
+        return LIVE[self.sweep_uid].progress
 
-    def _pack(self, trial: Trial) -> PackEvents | None:
-        """The member events of ``trial`` when it is a pack, else None."""
-        return _PACKS[self.sweep_uid] if is_pack(trial.config) else None
+    def _seen(self, pack: Trial) -> list[int]:
+        """The numbers of the pack's trials, each with a record."""
+        if not is_pack(pack.config):
+            return []  # not ours (refused before fit() for a sweep of an earlier driver)
+        numbers = []
+        for t in trials_of(pack.config):
+            self.progress.seen(t.number, t.params, pack.trial_id)
+            numbers.append(t.number)
+        return numbers
 
     def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
-        for trial in trials:  # a restored trial brings the last result it reported
-            last = trial.run_metadata.last_result
-            if (pack := self._pack(trial)) is not None:
-                pack.seen(trial, last)
-            else:
-                self.progress.seen(trial.trial_id, trial.config, last)
+        for pack in trials:
+            self._seen(pack)
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
-        attempt = trial.num_failures + 1
-        if (pack := self._pack(trial)) is not None:
-            pack.started(trial, attempt)
-        else:
-            self.progress.started(trial.trial_id, trial.config, attempt=attempt)
+        for number in self._seen(trial):
+            rec = self.progress.trials[number]
+            self.progress.started(number, rec.params, trial.num_failures + 1, trial.trial_id)
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
-        why = _error_line(trial) or "the trial's worker failed"
+        why = _error_line(trial) or "the pack's worker failed"
         message = f"{why}; retrying from the last checkpoint"
-        if (pack := self._pack(trial)) is not None:
-            pack.restarting(trial, trial.num_failures + 1, message)
-        else:
-            self.progress.restarting(trial.trial_id, trial.num_failures + 1, message)
+        for number in self._seen(trial):
+            self.progress.restarting(number, trial.num_failures + 1, message)
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result, **info):
-        # Tune hands callbacks the result it then keeps as the trial's last (it allows changes
-        # in place): pictures go to the sink only, never into Tune's experiment state.
-        if (pack := self._pack(trial)) is not None:
-            pack.result(trial, result)
-            return
-        picture = result.pop(SAMPLES, None)
-        if picture is not None:
-            self.progress.artifact(trial.trial_id, SAMPLES_ARTIFACT, picture)
-        self.progress.result(trial.trial_id, result)
+        """A pack's epoch: pictures, then each trial's metrics, then who ended. Tune keeps the
+        result it hands callbacks as the pack's last (changes in place are allowed): the
+        pictures go to the sink only, never into Tune's experiment state."""
+        for number, picture in (result.pop(SAMPLES, None) or {}).items():
+            self.progress.artifact(int(number), SAMPLES_ARTIFACT, picture)
+        for number, metrics in result.get(REPORTS, {}).items():
+            self.progress.result(int(number), metrics)
+        self._ends(result)
+
+    def _ends(self, result: dict[str, Any]) -> None:
+        for number, state in result.get(STATES, {}).items():
+            if state.get("status") in FINAL_TRIAL_STATUSES:
+                self.progress.end(int(number), state["status"], state.get("message", ""))
 
     def on_trial_save(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
         _forget_samples(trial)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
-        if (pack := self._pack(trial)) is not None:
-            pack.finished(trial)
-        else:
-            self.progress.finished(trial.trial_id)
+        self._finished(trial)
+
+    def _finished(self, pack: Trial) -> None:
+        """The pack ended without error: trials end as its last result says, or by epochs."""
+        self._ends(pack.run_metadata.last_result or {})
+        for number in self._seen(pack):
+            self.progress.finished(number)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
         attempts = trial.num_failures
-        message = f"{_error_line(trial) or 'the trial failed'} (after {attempts} attempts)"
-        if (pack := self._pack(trial)) is not None:
-            pack.failed(trial, message)
-        else:
-            self.progress.end(trial.trial_id, "failed", message)
+        message = f"{_error_line(trial) or 'the pack failed'} (after {attempts} attempts)"
+        for number in self._seen(trial):
+            self.progress.end(number, "failed", message)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        for trial in trials:
-            # A restored experiment whose trials had all ended runs no step: they are seen
-            # here first, or the resumed sweep would count no trial at all.
-            last = trial.run_metadata.last_result
-            if (pack := self._pack(trial)) is not None:
-                pack.seen(trial, last)
-                if trial.status == Trial.TERMINATED:
-                    pack.finished(trial)
-                continue
-            self.progress.seen(trial.trial_id, trial.config, last)
-            if trial.status == Trial.TERMINATED:  # stop_all ends trials without on_trial_complete
-                if last and (last.get(DIVERGED) or last.get(INVALID)):
-                    self.progress.result(trial.trial_id, last)  # ends it diverged or failed
-                self.progress.finished(trial.trial_id)
+        for pack in trials:
+            # A restored experiment whose packs had all ended runs no step: their trials are
+            # seen here first; stop_all ends packs without on_trial_complete.
+            self._seen(pack)
+            if pack.status == Trial.TERMINATED:
+                self._finished(pack)
 
     def get_state(self) -> None:
         """Called as Tune snapshots the experiment: make every queued write first.
@@ -148,9 +137,10 @@ class CancelStopper(tune.Stopper):
         return False
 
     def stop_all(self) -> bool:
-        progress = _LIVE.get(self.sweep_uid)
-        if progress is None:
+        live = LIVE.get(self.sweep_uid)
+        if live is None:
             return False
+        progress = live.progress
         since = time.monotonic() - progress.snapshot_at
         if since >= SNAPSHOT_PERIOD_S - SNAPSHOT_MARGIN_S:  # Tune may snapshot next (docstring)
             progress.flush()

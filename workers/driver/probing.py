@@ -20,9 +20,8 @@ from typing import Any
 import ray
 
 from workers.driver.resources import TrialResources
-from workers.packing import Member
 from workers.trial.probe import probe_task
-from workers.trial.trainable import TrialSetup
+from workers.trial.setup import TrialSetup
 
 log = logging.getLogger(__name__)
 CACHE_FILE = "pack-sizes.json"
@@ -37,8 +36,8 @@ class PackSizes:
         self.path = Path(storage_dir, CACHE_FILE) if storage_dir else None
         self.setup, self.resources = setup, resources
 
-    def size(self, key: tuple[tuple[str, object], ...], members: list[Member]) -> int:
-        """The pack size for shape ``key``, probed with its first member's configuration."""
+    def size(self, key: tuple[tuple[str, object], ...], params: dict[str, Any]) -> int:
+        """The pack size for shape ``key``, probed with one trial's parameters ``params``."""
         name = self._name(key)
         cached = self._read().get(name)
         if isinstance(cached, dict) and isinstance(cached.get("size"), int):
@@ -47,7 +46,7 @@ class PackSizes:
             task = ray.remote(probe_task).options(
                 num_cpus=self.resources.cpu, num_gpus=self.resources.gpu, max_retries=0
             )
-            found: dict[str, Any] = ray.get(task.remote(self.setup, members[0].params))
+            found: dict[str, Any] = ray.get(task.remote(self.setup, params))
         except Exception:
             log.warning("pack size probe failed; packing at most %d", FALLBACK, exc_info=True)
             return FALLBACK

@@ -12,10 +12,15 @@ short. A batch the sink cannot store for now (:class:`~workers.errors.SinkUnavai
 retried with backoff for ``patience_s`` seconds. The driver never talks to MLflow: the service
 delivers what the sink stored (run names, configurations, epochs, outcomes) to MLflow itself.
 
-Final statuses: a trial that reported every epoch is ``completed``; one Tune ended sooner
-(ASHA, median rule) is ``stopped``; one that flagged divergence is ``diverged``; one whose
-configuration is invalid, or that errored past ``max_failures``, is ``failed``; one still
-pending or running when the sweep was cancelled is ``cancelled``.
+Trials are keyed by their number. A driver starts from what the sink holds
+(:meth:`SweepProgress.load`): a trial the sink holds as ended stays as it ended, whatever a
+restored pack reports of it, and its outcome is part of the search's history
+(:meth:`SweepProgress.history`).
+
+Final statuses: a trial that reported every epoch is ``completed``; one stopped sooner (ASHA,
+median rule) is ``stopped``; one whose metric stopped being finite is ``diverged``; one whose
+configuration is invalid, or whose pack errored past ``max_failures``, is ``failed``; one
+still pending or running when the sweep was cancelled is ``cancelled``.
 """
 
 from __future__ import annotations
@@ -35,13 +40,14 @@ from workers.errors import SinkUnavailableError
 from workers.events import (
     FINAL_TRIAL_STATUSES,
     SweepSink,
+    TrialOutcome,
     TrialStatus,
     TrialUpdate,
+    best_number,
     finite_metrics,
-    trial_number,
 )
+from workers.results import EPOCH
 from workers.spec import SweepSpec, varied_keys
-from workers.trial.trainable import DIVERGED, EPOCH, INVALID
 
 log = logging.getLogger(__name__)
 LINGER_S = 0.25
@@ -54,7 +60,6 @@ RETRY_FIRST_S, RETRY_MAX_S = 0.2, 10.0
 class TrialRecord:
     """What the driver knows of one trial."""
 
-    key: str
     number: int
     params: dict[str, Any]
     run_name: str = ""
@@ -62,13 +67,22 @@ class TrialRecord:
     status: TrialStatus = "pending"
     attempt: int = 0
     last_epoch: int = 0
-    value: float | None = None  # the sweep metric at the last reported epoch
+    curve: dict[int, float] = field(default_factory=dict)  # the sweep metric where finite
     message: str = ""
-    pack: str = ""  # the Tune trial id of the pack it trains in, if packed
+    pack: str = ""  # the Tune trial id of the pack it trains in
 
     @property
     def final(self) -> bool:
         return self.status in FINAL_TRIAL_STATUSES
+
+    @property
+    def value(self) -> float | None:
+        """The sweep metric at the last reported epoch, if finite there."""
+        return self.curve.get(self.last_epoch)
+
+    def outcome(self) -> TrialOutcome:
+        """The trial as the search learns from it."""
+        return TrialOutcome(self.number, self.params, self.status, self.last_epoch, self.curve)
 
 
 @dataclass(frozen=True)
@@ -119,7 +133,7 @@ class SweepProgress:
         self.spec = spec
         self.sink = sink
         self.patience_s = patience_s
-        self.trials: dict[str, TrialRecord] = {}
+        self.trials: dict[int, TrialRecord] = {}
         self.cancelled = False
         self.snapshot_at = float("-inf")
         """``time.monotonic()`` of Tune's last experiment-state snapshot (the driver sets it)."""
@@ -211,16 +225,16 @@ class SweepProgress:
     def _store(self, w: _Write) -> None:
         """One report to the sink (in the batch's transaction)."""
         if isinstance(w, _Epoch):
-            self._writing = f"epoch {w.epoch} of {w.rec.key}"
-            self.sink.epoch_reported(w.rec.key, w.epoch, w.metrics)  # idempotent by contract
+            self._writing = f"epoch {w.epoch} of trial {w.rec.number}"
+            self.sink.epoch_reported(w.rec.number, w.epoch, w.metrics)  # idempotent by contract
             return
         if isinstance(w, _Artifact):
-            self._writing = f"artifact {w.path} of {w.rec.key}"
-            self.sink.artifact_reported(w.rec.key, w.path, w.content)
+            self._writing = f"artifact {w.path} of trial {w.rec.number}"
+            self.sink.artifact_reported(w.rec.number, w.path, w.content)
             return
-        self._writing = f"{w.status} update of {w.rec.key}"
+        self._writing = f"{w.status} update of trial {w.rec.number}"
         update = TrialUpdate(
-            key=w.rec.key,
+            number=w.rec.number,
             status=w.status,
             params=w.rec.params,
             run_name=w.rec.run_name,
@@ -231,100 +245,106 @@ class SweepProgress:
         )
         self.sink.trial_updated(update)
 
-    def seen(
-        self,
-        key: str,
-        params: dict[str, Any],
-        last_result: dict[str, Any] | None = None,
-        pack: str = "",
-    ) -> TrialRecord:
-        """The record of trial ``key``; a new trial is reported as pending.
+    def load(self, outcomes: list[TrialOutcome]) -> None:
+        """Start from the trials the sink holds (a resumed or restarted sweep's); nothing is
+        written. A trial held as ended keeps its status, last epoch and curve."""
+        for o in outcomes:
+            self.trials[o.number] = TrialRecord(
+                o.number, dict(o.params), self.run_name(o.number, o.params),
+                self._config(o.params), status=o.status, last_epoch=o.epoch,
+                curve=dict(o.curve),
+            )  # fmt: skip
 
-        ``last_result`` is what a trial restored from an earlier driver had reported: its last
-        epoch counts, so a trial that had finished is judged completed, not stopped. ``pack``
-        names the pack trial a member trains in.
-        """
-        if key not in self.trials:
-            number = trial_number(key)
-            rec = self.trials[key] = TrialRecord(
-                key, number, dict(params), self.run_name(number, params), self._config(params),
+    def ended(self) -> frozenset[int]:
+        """The numbers of the trials that have ended."""
+        return frozenset(n for n, r in self.trials.items() if r.final)
+
+    def history(self, before: int) -> list[TrialOutcome] | None:
+        """The outcomes of trials 1 .. ``before`` - 1, or None while one has not ended."""
+        known = [self.trials.get(n) for n in range(1, before)]
+        if any(r is None or not r.final for r in known):
+            return None
+        return [r.outcome() for r in known if r is not None]
+
+    def seen(self, number: int, params: dict[str, Any], pack: str = "") -> TrialRecord:
+        """The record of trial ``number``; a new trial is reported as pending. ``pack``
+        names the pack trial it trains in."""
+        rec = self.trials.get(number)
+        if rec is None:
+            rec = self.trials[number] = TrialRecord(
+                number, dict(params), self.run_name(number, params), self._config(params),
                 pack=pack,
             )  # fmt: skip
-            if last_result and EPOCH in last_result and not last_result.get(DIVERGED):
-                rec.last_epoch = int(last_result[EPOCH])
-                rec.value = finite_metrics(last_result, METRIC_NAMES).get(self.spec.metric.name)
             self._update(rec)
-        return self.trials[key]
+        elif pack and rec.pack != pack:  # a resumed sweep's trial, in its restored pack
+            rec.pack = pack
+            if not rec.final:
+                self._update(rec)
+        return rec
 
-    def started(self, key: str, params: dict[str, Any], attempt: int) -> None:
-        """The trial (re)started."""
-        rec = self.seen(key, params)
+    def started(self, number: int, params: dict[str, Any], attempt: int, pack: str) -> None:
+        """The trial's pack (re)started."""
+        rec = self.seen(number, params, pack)
         if rec.final:
             return
         rec.status, rec.attempt = "running", attempt
         self._update(rec)
 
-    def restarting(self, key: str, attempt: int, message: str) -> None:
-        """The trial's worker failed and Tune retries it from its last checkpoint."""
-        rec = self.trials.get(key)
+    def restarting(self, number: int, attempt: int, message: str) -> None:
+        """The trial's pack failed and Tune retries it from its last checkpoint."""
+        rec = self.trials.get(number)
         if rec is None or rec.final:
             return
         rec.attempt, rec.message = attempt, message
         self._update(rec)
 
-    def result(self, key: str, result: dict[str, Any]) -> None:
-        """A result from the trial: an epoch's metrics, its divergence, or an invalid
-        configuration."""
-        rec = self.trials.get(key)
+    def result(self, number: int, result: dict[str, Any]) -> None:
+        """An epoch's metrics of the trial (ignored once it has ended)."""
+        rec = self.trials.get(number)
         if rec is None or rec.final:
-            return
-        if result.get(INVALID):
-            self.end(key, "failed", str(result.get("message", "invalid configuration")))
-            return
-        if result.get(DIVERGED):
-            self.end(key, "diverged", str(result.get("message", "diverged")))
             return
         epoch = int(result[EPOCH])
         metrics = finite_metrics(result, METRIC_NAMES)
         rec.last_epoch = epoch
-        rec.value = metrics.get(self.spec.metric.name, rec.value)
+        if self.spec.metric.name in metrics:
+            rec.curve[epoch] = metrics[self.spec.metric.name]
         self._queue(_Epoch(rec, epoch, metrics))
 
-    def artifact(self, key: str, path: str, content: bytes) -> None:
+    def artifact(self, number: int, path: str, content: bytes) -> None:
         """A file for the trial's MLflow run; called before :meth:`result` with the result it
         came with, so it is written no later than that epoch."""
-        rec = self.trials.get(key)
+        rec = self.trials.get(number)
         if rec is not None and not rec.final:
             self._queue(_Artifact(rec, path, content))
 
-    def finished(self, key: str) -> None:
-        """Tune ended the trial without error: all epochs run, or stopped early."""
-        rec = self.trials.get(key)
+    def finished(self, number: int) -> None:
+        """The trial's pack ended without error and said nothing more of it: all epochs run,
+        or stopped early."""
+        rec = self.trials.get(number)
         if rec is not None and not rec.final:
             done = rec.last_epoch >= self.spec.epochs
-            self.end(key, "completed" if done else ("cancelled" if self.cancelled else "stopped"))
+            status: TrialStatus = "completed" if done else "stopped"
+            self.end(number, "cancelled" if self.cancelled and not done else status)
 
-    def end(self, key: str, status: TrialStatus, message: str = "") -> None:
+    def end(self, number: int, status: TrialStatus, message: str = "") -> None:
         """Give the trial its final ``status`` (once)."""
-        rec = self.trials[key]
-        if rec.final:
+        rec = self.trials.get(number)
+        if rec is None or rec.final:
             return
         rec.status, rec.message = status, message or rec.message
         self._update(rec)
 
     def end_all(self, status: TrialStatus, message: str = "") -> None:
         """End every trial that has no final status yet (cancel, or a driver error)."""
-        for key, rec in self.trials.items():
+        for number, rec in self.trials.items():
             if not rec.final:
-                self.end(key, status, message)
+                self.end(number, status, message)
 
     def best(self) -> TrialRecord | None:
-        """The trial with the best last value of the sweep's metric; diverged trials never."""
-        ranked = [r for r in self.trials.values() if r.value is not None and r.status != "diverged"]
-        if not ranked:
-            return None
-        sign = 1.0 if self.spec.metric.mode == "max" else -1.0
-        return max(ranked, key=lambda r: sign * (r.value or 0.0))
+        """The best trial by :func:`workers.events.best_number`, or None."""
+        candidates = ((r.number, r.status, r.value) for r in self.trials.values())
+        number = best_number(candidates, self.spec.metric.mode)
+        return None if number is None else self.trials[number]
 
     def run_name(self, number: int, params: dict[str, Any]) -> str:
         """``<sweep> #<n> lr=0.01 norm=batch``: the settings that set this trial apart."""

@@ -3,7 +3,7 @@
 :func:`storage_filesystem` gives Tune a local filesystem that publishes each state file by an
 atomic rename, and only when it is whole (:func:`validator`: JSON that parses, a pickle whose
 opcode stream is complete); otherwise the previous version stays. Publishing an
-``experiment_state-*.json`` prunes the checkpoints of the trials it records as finished
+``experiment_state-*.json`` prunes the checkpoints older than the ones it names
 (:func:`prune_superseded_checkpoints`). Object stores (``s3://``) keep Tune's own filesystem.
 ARCHITECTURE.md ("Reconciliation and resume") says why each is needed.
 """
@@ -76,24 +76,27 @@ def last_results(state: bytes) -> list[dict[str, Any]]:
 
 
 def restore_points(state: bytes) -> dict[str, int]:
-    """Trial id -> the oldest checkpoint index to keep, for the trials that finished in ``state``.
+    """Trial id -> the oldest checkpoint index to keep, for every trial ``state`` names a
+    checkpoint of.
 
-    A finished trial's last result is marked ``done`` and names its last checkpoint
-    (``checkpoint_dir_name``, which Ray adds to a result reported with a checkpoint). Its two
-    newest checkpoints are kept: a trial's registered checkpoint can trail its last result by
-    one (seen when a worker died as it reported). Running trials are left out: a retry after a
-    worker failure restores from the checkpoint Tune holds in memory, which no file names.
+    A trial's last result names its last checkpoint (``checkpoint_dir_name``, which Ray adds
+    to a result reported with a checkpoint): a driver resumed from ``state`` restores the trial
+    from it, so it and every newer one stay (a running trial's retry after a worker failure
+    restores from the newest, which Tune holds in memory). A finished trial (``done``) keeps
+    the one before it too: its registered checkpoint can trail its last result by one (seen
+    when a worker died as it reported). Everything older goes, so a running pack keeps the
+    checkpoints of a snapshot period, whatever its epochs.
     """
     points: dict[str, int] = {}
     for last in last_results(state):
         match = CHECKPOINT_DIR.match(str(last.get("checkpoint_dir_name") or ""))
-        if match and last.get("trial_id") and last.get("done") is True:
-            points[str(last["trial_id"])] = int(match.group(1)) - 1
+        if match and last.get("trial_id"):
+            points[str(last["trial_id"])] = int(match.group(1)) - (last.get("done") is True)
     return points
 
 
 def prune_superseded_checkpoints(experiment_dir: str, state: bytes) -> int:
-    """Delete the checkpoints of finished trials that :func:`restore_points` lets go; how many.
+    """Delete the checkpoints that :func:`restore_points` lets go; how many.
 
     Trial directories are matched by the trial id in their name (``<trainable>_<id>_...``);
     a directory matching no trial, or several, is left alone.

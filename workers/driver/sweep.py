@@ -1,16 +1,19 @@
-"""The sweep driver: one Ray Tune experiment per sweep, reported to a sink and to MLflow.
+"""The sweep driver: one Ray Tune experiment per sweep, every Tune trial a pack of trials.
 
-:func:`run_sweep` is the entry point; it runs in the sweep's Ray job after ``ray.init()``.
-Tune's callbacks (:mod:`workers.driver.callbacks`) feed a
+:func:`run_sweep` is the entry point; it runs in the sweep's Ray job after ``ray.init()``. It
+loads what the sink holds of the sweep's trials (a resumed sweep's), then runs Tune: the
+searcher (:mod:`workers.driver.searcher`) hands Tune packs of the trials that
+:mod:`workers.sampling` draws, :func:`workers.trial.pack.run_pack` trains them, and Tune's
+callbacks (:mod:`workers.driver.callbacks`) feed each trial's
 :class:`~workers.driver.progress.SweepProgress`, whose writes run behind Tune's controller and
-are flushed before every snapshot of the experiment state, and poll the sink for a cancel. A
-packed sweep's Tune trials are packs (:mod:`workers.driver.packs`). Why each setting is what it
-is (snapshots, checkpoints kept, flushes): ARCHITECTURE.md, "Resume".
+are flushed before every snapshot of the experiment state. Why each setting is what it is
+(snapshots, checkpoints kept, flushes): ARCHITECTURE.md, "Resume".
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -18,31 +21,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
 from ray import tune
 from ray.tune.experiment import Trial
+from ray.tune.search import ConcurrencyLimiter
 
-from workers.driver.callbacks import (
-    _LIVE,
-    _PACKS,
-    SNAPSHOT_PERIOD_S,
-    CancelStopper,
-    ProgressCallback,
-)
-from workers.driver.members import PackEvents
-from workers.driver.packs import packed_plan, uses_packs
+from workers.driver.callbacks import SNAPSHOT_PERIOD_S, CancelStopper, ProgressCallback
+from workers.driver.live import LIVE, LiveSweep
+from workers.driver.planning import PackPlanner
 from workers.driver.probing import PackSizes
 from workers.driver.progress import SweepProgress
 from workers.driver.resources import TrialResources, trial_resources
 from workers.driver.retention import apply_retention
-from workers.driver.search import build_plan
-from workers.driver.storage import local_path, storage_filesystem
+from workers.driver.searcher import PackSearcher
+from workers.driver.storage import is_local, local_path, storage_filesystem
 from workers.errors import ClusterLostError, SinkUnavailableError
 from workers.events import KeepCheckpoints, SweepSink, SweepStatus
 from workers.spec import SweepSpec
 from workers.trial.board import StoppingBoard, board_name
 from workers.trial.pack import PackSetup, run_pack
-from workers.trial.trainable import TrialSetup, run_trial
+from workers.trial.setup import TrialSetup
 
 log = logging.getLogger(__name__)
 TUNE_ENV = {
@@ -55,6 +54,15 @@ TensorBoard logger would import torch into the driver)."""
 # Tune's result grid looks for the result files the disabled loggers would have written, and
 # warns for every trial that it found none: nothing is missing (the results are in the sink).
 logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+FORMAT_FILE = "sweeps-format.json"
+FORMAT = 2
+"""The experiment format this driver writes (:data:`FORMAT_FILE` in the experiment directory)
+and the only one it resumes: every Tune trial a pack of numbered trials."""
+EARLIER_DRIVER = (
+    "this sweep was started by an earlier version of the driver, whose experiment state this "
+    "version cannot resume; the trials that had ended keep their results, the others failed "
+    "with the sweep. Submit the sweep again to run them"
+)
 
 
 def experiment_name(sweep_uid: str) -> str:
@@ -110,21 +118,26 @@ def run_sweep(
     restore = resume and tune.Tuner.can_restore(path, storage_filesystem=fs)
     if resume and not restore:
         log.warning("sweep %s: nothing on storage to resume from; starting over", sweep_uid)
-    progress.retrying(lambda: sink.sweep_started(path, over=resume and not restore))
-    _LIVE[sweep_uid] = progress
+    progress.retrying(lambda: sink.sweep_started(path))
+    progress.retrying(lambda: progress.load(sink.trials(spec.metric.name)))
+    if restore and _format(storage_path, path) != FORMAT:
+        log.error("sweep %s: %s", sweep_uid, EARLIER_DRIVER)
+        progress.close()
+        return _finish(progress, EARLIER_DRIVER)  # its state stays as it was: keep "all"
     error, unavailable, lost, board = "", None, None, None
     t_tune = t_fit = time.perf_counter()
     try:
         with _environ(TUNE_ENV):
-            resources = trial_resources(spec, ray.cluster_resources())
+            cluster = ray.cluster_resources()
+            resources = trial_resources(spec, cluster)
             setup = trial_setup(spec, resources, data_dir, data_download)
-            packs = uses_packs(spec)
-            if packs:
-                board = _board(spec, sweep_uid)
-                _PACKS[sweep_uid] = PackEvents(progress, board)
-            fn = trainable(spec, setup, resources, sweep_uid=sweep_uid if packs else None)
+            board = _board(spec, sweep_uid, progress)
             sizes = PackSizes(_local_dir(storage_path), setup, resources)
-            tuner = _tuner(spec, sweep_uid, storage_path, path, restore, fn, sizes)
+            LIVE[sweep_uid] = LiveSweep(progress, PackPlanner(spec, sizes, cluster), board)
+            fn = trainable(spec, setup, resources, sweep_uid, progress.ended())
+            if not restore:
+                _write_format(storage_path, path)
+            tuner = _tuner(spec, sweep_uid, storage_path, path, restore, fn)
             t_fit = time.perf_counter()
             tuner.fit()
     except Exception as err:  # Tune itself, or a write, failed: the sweep fails
@@ -132,8 +145,7 @@ def run_sweep(
         error, unavailable = f"{type(err).__name__}: {err}", _sink_unavailable(err)
         lost = _cluster_lost(err)
     finally:
-        _LIVE.pop(sweep_uid, None)
-        _PACKS.pop(sweep_uid, None)
+        LIVE.pop(sweep_uid, None)
         if board is not None:
             ray.kill(board)
         t_done = time.perf_counter()
@@ -149,10 +161,9 @@ def run_sweep(
     status = _finish(progress, error)
     t_end = time.perf_counter()
     best = progress.best()
-    # A packed trial's checkpoints are its pack's (which hold every member's newest state).
-    best_tune_trial = (best.pack or best.key) if best else None
+    # A trial's checkpoints are its pack's (which hold every trial's newest state).
     kept = apply_retention(
-        storage_path, experiment_name(sweep_uid), best_tune_trial, keep_checkpoints
+        storage_path, experiment_name(sweep_uid), best.pack if best else None, keep_checkpoints
     )
     if kept:
         log.info("sweep %s: the best trial's last checkpoint is kept at %s", sweep_uid, kept)
@@ -163,6 +174,31 @@ def run_sweep(
         t_close - t_done, t_end - t_close, time.perf_counter() - t_end,
     )  # fmt: skip
     return status
+
+
+def _format(storage_path: str, experiment_path: str) -> int | None:
+    """The format of the experiment at ``experiment_path`` (:data:`FORMAT_FILE`), or None."""
+    fs, path = _filesystem(storage_path, experiment_path)
+    try:
+        with fs.open_input_stream(f"{path}/{FORMAT_FILE}") as f:
+            found = json.loads(f.read()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return found if isinstance(found, int) else None
+
+
+def _write_format(storage_path: str, experiment_path: str) -> None:
+    fs, path = _filesystem(storage_path, experiment_path)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{FORMAT_FILE}") as f:
+        f.write(json.dumps({"format": FORMAT}).encode())
+
+
+def _filesystem(storage_path: str, experiment_path: str) -> tuple[pafs.FileSystem, str]:
+    if is_local(storage_path):
+        return pafs.LocalFileSystem(), experiment_path
+    fs, path = pafs.FileSystem.from_uri(experiment_path)
+    return fs, path
 
 
 CLUSTER_TROUBLE = (
@@ -229,8 +265,8 @@ def _finish(progress: SweepProgress, error: str) -> SweepStatus:
         status = "completed" if ok else "failed"
     best = progress.best()
     message = "; ".join(m for m in (error, progress.summary()) if m)
-    key = best.key if best else None
-    progress.retrying(lambda: progress.sink.sweep_ended(status, message, key))
+    number = best.number if best else None
+    progress.retrying(lambda: progress.sink.sweep_ended(status, message, number))
     return status
 
 
@@ -255,19 +291,20 @@ def trial_setup(
 
 
 def trainable(
-    spec: SweepSpec, setup: TrialSetup, resources: TrialResources, sweep_uid: str | None = None
+    spec: SweepSpec,
+    setup: TrialSetup,
+    resources: TrialResources,
+    sweep_uid: str,
+    ended: frozenset[int] = frozenset(),
 ) -> Any:
-    """What Tune runs for ``spec``: ``run_trial``, or ``run_pack`` when ``sweep_uid`` is
-    given (a packed sweep's board is named by it), bound to ``setup`` and asking for each
-    trial's ``resources``."""
-    if sweep_uid is not None:
-        stopping = spec.early_stopping.type != "none"
-        bound = tune.with_parameters(
-            run_pack, setup=PackSetup(setup, sweep_uid, early_stopping=stopping)
-        )
-    else:
-        bound = tune.with_parameters(run_trial, setup=setup)
-    return tune.with_resources(bound, resources.as_tune())
+    """What Tune runs for ``spec``: ``run_pack`` bound to the sweep's setup (its board named
+    by ``sweep_uid``; the trials ``ended`` before this driver never trained again), asking for
+    each pack's ``resources``."""
+    stopping = spec.early_stopping.type != "none"
+    pack_setup = PackSetup(setup, sweep_uid, early_stopping=stopping, ended=ended)
+    return tune.with_resources(
+        tune.with_parameters(run_pack, setup=pack_setup), resources.as_tune()
+    )
 
 
 def _local_dir(storage_path: str) -> str | None:
@@ -275,24 +312,24 @@ def _local_dir(storage_path: str) -> str | None:
     return None if "://" in storage_path else storage_path
 
 
-def _board(spec: SweepSpec, sweep_uid: str) -> Any:
-    """The packed sweep's stopping board (a Ray actor owned by this job), or None."""
+def _board(spec: SweepSpec, sweep_uid: str, progress: SweepProgress) -> Any:
+    """The sweep's stopping board (a Ray actor owned by this job), seeded with the curves of
+    the trials the sink holds, or None without early stopping."""
     if spec.early_stopping.type == "none":
         return None
     actor = StoppingBoard.options(  # type: ignore[attr-defined]  # ray.remote's class
         name=board_name(sweep_uid), get_if_exists=True
-    )
-    return actor.remote(spec.early_stopping, spec.epochs, spec.metric.mode)
+    ).remote(spec.early_stopping, spec.epochs, spec.metric.mode)
+    curves = {
+        str(n): [r.curve[e] for e in sorted(r.curve)] for n, r in progress.trials.items() if r.curve
+    }
+    if curves:
+        actor.seed.remote(curves)
+    return actor
 
 
 def _tuner(
-    spec: SweepSpec,
-    sweep_uid: str,
-    storage_path: str,
-    path: str,
-    restore: bool,
-    fn: Any,
-    sizes: PackSizes,
+    spec: SweepSpec, sweep_uid: str, storage_path: str, path: str, restore: bool, fn: Any
 ) -> Any:
     fs = storage_filesystem(storage_path)
     if restore:
@@ -303,24 +340,13 @@ def _tuner(
             resume_errored=True,
             storage_filesystem=fs,
         )
-    if uses_packs(spec):
-        plan = packed_plan(spec, sizes, ray.cluster_resources(), sweep_uid)
-        tune_config = tune.TuneConfig(
-            search_alg=plan.search_alg,
-            num_samples=plan.num_samples,
-            reuse_actors=True,
-            trial_dirname_creator=_trial_dirname,  # the default names it by its members
-        )
-    else:
-        plan = build_plan(spec)
-        tune_config = tune.TuneConfig(
-            metric=spec.metric.name,
-            mode=spec.metric.mode,
-            search_alg=plan.search_alg,
-            scheduler=plan.scheduler,
-            num_samples=plan.num_samples,
-            reuse_actors=True,  # the data set and torch stay loaded between trials of a worker
-        )
+    slots = LIVE[sweep_uid].planner.slots
+    tune_config = tune.TuneConfig(
+        search_alg=ConcurrencyLimiter(PackSearcher(sweep_uid), max_concurrent=slots),
+        num_samples=spec.num_trials,  # at least one trial a pack: the searcher says when done
+        reuse_actors=True,  # the data set and torch stay loaded between packs of a worker
+        trial_dirname_creator=_trial_dirname,  # the default names it by its trials
+    )
     run_config = tune.RunConfig(
         name=experiment_name(sweep_uid),
         storage_path=storage_path,
@@ -331,14 +357,9 @@ def _tuner(
         stop=CancelStopper(sweep_uid),
         verbose=0,
     )
-    return tune.Tuner(
-        fn,
-        param_space=plan.param_space,
-        tune_config=tune_config,
-        run_config=run_config,
-    )
+    return tune.Tuner(fn, param_space={}, tune_config=tune_config, run_config=run_config)
 
 
 def _trial_dirname(trial: Trial) -> str:
-    """``<trainable>_<trial id>_pack``: retention finds a trial's directory by ``_<id>_``."""
+    """``<trainable>_<trial id>_pack``: retention finds a pack's directory by ``_<id>_``."""
     return f"{trial.trainable_name}_{trial.trial_id}_pack"

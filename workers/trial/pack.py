@@ -1,25 +1,28 @@
-"""The function Ray Tune runs for a pack: train its members as one model, report each.
+"""The function Ray Tune runs for every Tune trial: train a pack of trials as one model.
 
-A packed sweep's Tune trial is a pack (:mod:`workers.driver.packs`); every epoch it reports
-one result holding each member's news under its number, and one checkpoint holding every
-member still training (a single-trial checkpoint each, so a retried pack resumes them all)
-and how the others ended, with the last checkpoint of each that completed or was stopped: a
-pack's checkpoint holds every member's newest state, at a constant size. The driver turns a
-result into member trials (own rows, curves, MLflow runs, outcomes):
-:mod:`workers.driver.members`.
+Every Tune trial of a sweep is a pack of one or more trials (:mod:`workers.results`). Each
+epoch the pack reports one result holding each trial's news under its number, and one
+checkpoint holding every trial still training (a single-trial checkpoint each, so a retried
+pack resumes them all) and how the others ended, with the last checkpoint of each that
+completed or was stopped: a pack's checkpoint holds every trial's newest state, at a constant
+size. The driver turns a result into trial events (rows, curves, MLflow runs, outcomes):
+:mod:`workers.driver.callbacks`.
 
-Members leave alone: one whose configuration is invalid fails at once, one whose loss stops
+Trials leave alone: one whose configuration is invalid fails at once, one whose loss stops
 being finite is ``diverged``, one the sweep's :class:`~workers.trial.board.StoppingBoard`
-names is ``stopped``, one past its epochs ``completed``; the others train on.
+names is ``stopped``, one past its epochs ``completed``; the others train on. A trial the
+driver already holds as ended (``PackSetup.ended``: a resumed sweep's) is never trained again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,16 +32,14 @@ from ray import tune
 
 from toolbox.errors import DataUnavailableError
 from workers.events import finite_metrics
-from workers.packing import CURVES, MEMBER_STATES, REPORTS, members_of
+from workers.results import EPOCH, NODE, PID, REPORTS, SAMPLES, STATES, trials_of
 from workers.trial.board import board_name
-from workers.trial.trainable import (
-    EPOCH,
-    PID,
-    SAMPLES,
+from workers.trial.setup import (
+    DATA_SETTINGS,
     TrialSetup,
-    _samples,
-    _validation_message,
+    samples_picture,
     trial_config,
+    validation_message,
 )
 
 if TYPE_CHECKING:
@@ -48,10 +49,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PACK_FILE = "pack_state.pt"
-PACK_VERSION = 1
+PACK_VERSION = 2
 RENDERED_MAX = 256
 _RENDERED: dict[str, bytes] = {}
 """Augmentation pictures this worker rendered, by augmentation, seed and data."""
+SCRATCH = "sweeps-pack-checkpoints"
+"""Folder under the temporary directory where each worker process writes its checkpoints."""
+_SWEPT = False
+"""Whether this process removed the dead processes' folders of :data:`SCRATCH`."""
 
 
 @dataclass(frozen=True)
@@ -59,24 +64,27 @@ class PackSetup:
     """What every pack of a sweep shares (built once by the driver).
 
     Attributes:
-        trial: the members' shared setup (base configuration, metric, resources).
+        trial: the trials' shared setup (base configuration, metric, resources).
         sweep_uid: names the sweep's stopping board.
-        early_stopping: whether members are judged by the board after each epoch.
+        early_stopping: whether trials are judged by the board after each epoch.
+        ended: the trials that had ended when the driver started (a resumed sweep's): never
+            trained again, whatever a restored checkpoint holds.
     """
 
     trial: TrialSetup
     sweep_uid: str
     early_stopping: bool
+    ended: frozenset[int] = field(default_factory=frozenset)
 
 
 @dataclass
-class _MemberState:
-    """What the driver hears of one member (cumulative, in every result)."""
+class _TrialState:
+    """What the driver hears of one trial (cumulative, in every result)."""
 
     status: str = "running"
     epoch: int = 0
     message: str = ""
-    curve: list[float] | None = None
+    curve: list[float] = field(default_factory=list)
 
     def as_result(self) -> dict[str, Any]:
         value = self.curve[-1] if self.curve and self.status != "diverged" else None
@@ -84,28 +92,30 @@ class _MemberState:
 
 
 def run_pack(params: dict[str, Any], *, setup: PackSetup) -> None:
-    """Train the pack ``params`` (``{"pack": {"members": [...]}}``) to its end."""
+    """Train the pack ``params`` (:func:`workers.results.pack_config`) to its end."""
     import torch
 
     torch.set_num_threads(max(1, int(setup.trial.cpus)))
-    members = members_of(params)
+    trials = [t for t in trials_of(params) if t.number not in setup.ended]
     saved = _load_checkpoint()
-    states = {m.number: _MemberState(curve=[]) for m in members}
+    states = {t.number: _TrialState() for t in trials}
     finals: dict[int, dict[str, Any]] = {}
     for number, ended in (saved or {}).get("ended", {}).items():
         final = ended.pop("checkpoint", None)
         if final is not None:
-            finals[int(number)] = final
-        states[int(number)] = _MemberState(**ended)
+            finals[int(number)] = final  # kept for retention, even of a trial not trained now
+        if int(number) in states:
+            states[int(number)] = _TrialState(**ended)
     configs: dict[int, TrialConfig] = {}
-    for m in members:
-        if states[m.number].status != "running":
+    for t in trials:
+        if states[t.number].status != "running":
             continue
         try:
-            configs[m.number] = trial_config(setup.trial, m.params)
+            configs[t.number] = trial_config(setup.trial, t.params)
         except ValidationError as err:
-            states[m.number] = _MemberState("failed", 0, _validation_message(err))
-    resume = {int(n): c for n, c in (saved or {}).get("active", {}).items()}
+            states[t.number] = _TrialState("failed", 0, validation_message(err))
+    active = (saved or {}).get("active", {}).items()
+    resume = {int(n): c for n, c in active if int(n) in configs}
     for number, ckpt in resume.items():
         history = ckpt.get("history", [])
         states[number].epoch = len(history)
@@ -121,14 +131,14 @@ class _PackRun:
     def __init__(
         self,
         setup: PackSetup,
-        states: dict[int, _MemberState],
+        states: dict[int, _TrialState],
         configs: dict[int, TrialConfig],
         resume: dict[int, dict[str, Any]],
         finals: dict[int, dict[str, Any]],
     ) -> None:
         self.setup, self.states, self.resume = setup, states, resume
-        self.finals = finals  # member number -> its last checkpoint, once it has ended
-        self.numbers = list(configs)  # pack position -> member number
+        self.finals = finals  # trial number -> its last checkpoint, once it has ended
+        self.numbers = list(configs)  # pack position -> trial number
         self.configs = [configs[n] for n in self.numbers]
         self.samples: dict[str, bytes] = {}
         self.node = ray.get_runtime_context().get_node_id()
@@ -143,9 +153,8 @@ class _PackRun:
         try:
             pack = Pack(self.configs, resume=[self.resume.get(n) for n in self.numbers])
         except DataUnavailableError as err:
-            where = "(data.data_dir and data.download are SWEEPS_DATA_DIR, SWEEPS_DATA_DOWNLOAD)"
             for n in self.numbers:
-                self.states[n] = _MemberState("failed", 0, f"{err} {where}")
+                self.states[n] = _TrialState("failed", 0, f"{err} {DATA_SETTINGS}")
             self._report({}, None)
             return
         self.samples = self._pictures()
@@ -165,14 +174,14 @@ class _PackRun:
             self._report(dict(reports), pack)
 
     def _judge(self, pack: Pack, reports: dict[int, EpochMetrics]) -> None:
-        """Member outcomes of the epoch; the board's stops, dropped from the pack at once."""
+        """Trial outcomes of the epoch; the board's stops, dropped from the pack at once."""
         metric = self.setup.trial.metric
         for pos, metrics in reports.items():
             state = self.states[self.numbers[pos]]
             state.epoch = metrics.epoch
             value = finite_metrics(metrics.as_dict()).get(metric)
-            if value is not None:  # a member whose metric is not finite has diverged
-                state.curve = [*(state.curve or []), value]
+            if value is not None:  # a trial whose metric is not finite has diverged
+                state.curve.append(value)
         for pos, result in pack.results.items():
             state = self.states[self.numbers[pos]]
             if state.status == "running":
@@ -183,16 +192,16 @@ class _PackRun:
             (self.numbers[pos], m.epoch, value)
             for pos, m in reports.items()
             if (value := finite_metrics(m.as_dict()).get(metric)) is not None
+            and self.states[self.numbers[pos]].status == "running"
         ]
-        stops: list[int] = ray.get(self.board.report.remote(values))
+        stops: list[int] = ray.get(self.board.report.remote(values)) if values else []
         for number in stops:
             pos = self.numbers.index(number)
-            if self.states[number].status == "running":
-                epoch = self.states[number].epoch
-                message = f"stopped early after epoch {epoch} ({self.setup.trial.metric})"
-                self.finals[number] = pack.checkpoint(pos)
-                pack.stop(pos, "stopped", message)
-                self.states[number].status, self.states[number].message = "stopped", message
+            epoch = self.states[number].epoch
+            message = f"stopped early after epoch {epoch} ({metric})"
+            self.finals[number] = pack.checkpoint(pos)
+            pack.stop(pos, "stopped", message)
+            self.states[number].status, self.states[number].message = "stopped", message
         pack.drop_inactive()
 
     def _report(self, reports: dict[int, EpochMetrics], pack: Pack | None) -> None:
@@ -201,15 +210,13 @@ class _PackRun:
         result: dict[str, Any] = {
             EPOCH: max((s.epoch for s in self.states.values()), default=0),
             PID: os.getpid(),
-            "node_id": self.node,
-            MEMBER_STATES: {str(n): s.as_result() for n, s in self.states.items()},
+            NODE: self.node,
+            STATES: {str(n): s.as_result() for n, s in self.states.items()},
             REPORTS: {
                 str(self.numbers[pos]): {**finite_metrics(m.as_dict()), EPOCH: m.epoch}
                 for pos, m in reports.items()
             },
         }
-        if self.setup.early_stopping:
-            result[CURVES] = {str(n): s.curve or [] for n, s in self.states.items()}
         if self.samples:
             result[SAMPLES], self.samples = self.samples, {}
         if pack is None:
@@ -219,19 +226,22 @@ class _PackRun:
             "version": PACK_VERSION,
             "active": {str(self.numbers[m.key]): pack.checkpoint(m.key) for m in pack.members},
             "ended": {
-                str(n): {"status": s.status, "epoch": s.epoch, "message": s.message,
-                         "curve": s.curve, "checkpoint": self.finals.get(n)}
-                for n, s in self.states.items() if s.status != "running"
+                **{str(n): {"checkpoint": c} for n, c in self.finals.items()
+                   if n not in self.states},
+                **{str(n): {"status": s.status, "epoch": s.epoch, "message": s.message,
+                            "curve": s.curve, "checkpoint": self.finals.get(n)}
+                   for n, s in self.states.items() if s.status != "running"},
             },
         }  # fmt: skip
-        with tempfile.TemporaryDirectory(prefix="pack-ckpt-") as tmp:
+        with _scratch() as tmp:
             torch.save(state, Path(tmp, PACK_FILE))
+            # report() copies the directory to the run's storage before returning.
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     def _pictures(self) -> dict[str, bytes]:
-        """Each new member's augmentation picture; none for resumed members, which sent
-        theirs. The picture is a function of the augmentation, seed and data alone, so this
-        worker renders each once (about 0.3 s of CPU) for all its packs."""
+        """Each new trial's augmentation picture; none for resumed trials, which sent theirs.
+        The picture is a function of the augmentation, seed and data alone, so this worker
+        renders each once (about 0.3 s of CPU) for all its packs."""
         pictures: dict[str, bytes] = {}
         for number, cfg in zip(self.numbers, self.configs, strict=True):
             if number in self.resume:
@@ -240,10 +250,42 @@ class _PackRun:
             if same not in _RENDERED:
                 if len(_RENDERED) >= RENDERED_MAX:
                     _RENDERED.clear()
-                _RENDERED[same] = _samples(cfg).get(SAMPLES, b"")
+                _RENDERED[same] = samples_picture(cfg)
             if _RENDERED[same]:
                 pictures[str(number)] = _RENDERED[same]
         return pictures
+
+
+@contextlib.contextmanager
+def _scratch() -> Iterator[str]:
+    """An empty folder of this process's own for one checkpoint, emptied after use. Folders
+    of processes that no longer run (a worker killed mid-report) are removed first, so a kill
+    leaves at most one checkpoint behind, until the next pack starts on the node."""
+    global _SWEPT
+    root = Path(tempfile.gettempdir(), SCRATCH)
+    mine = root / str(os.getpid())
+    if not _SWEPT:
+        root.mkdir(mode=0o700, exist_ok=True)
+        for other in root.iterdir():
+            if other.name.isdigit() and not _alive(int(other.name)):
+                shutil.rmtree(other, ignore_errors=True)
+        _SWEPT = True
+    shutil.rmtree(mine, ignore_errors=True)
+    mine.mkdir(mode=0o700)
+    try:
+        yield str(mine)
+    finally:
+        shutil.rmtree(mine, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _load_checkpoint() -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from toolbox.config import TrialConfig
     from toolbox.packed import Pack
-    from workers.trial.trainable import TrialSetup
+    from workers.trial.setup import TrialSetup
 
 CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
 KEEP = 0.9
@@ -90,7 +90,7 @@ def probe_task(setup: TrialSetup, params: dict[str, Any]) -> dict[str, Any]:
     sweep's ``setup``, and the throughputs measured (JSON-ready)."""
     import torch
 
-    from workers.trial.trainable import trial_config
+    from workers.trial.setup import trial_config
 
     torch.set_num_threads(max(1, int(setup.cpus)))
     throughput = measure(trial_config(setup, params))

@@ -1,6 +1,6 @@
 """The picture of a trial's augmentation: training images before and after, as a PNG.
 
-A trial renders it once, at its first start (:mod:`workers.trial.trainable`), and the service
+A trial renders it once, at its first start (:mod:`workers.trial.pack`), and the service
 uploads it to the trial's MLflow run as :data:`workers.events.SAMPLES_ARTIFACT`. torch and
 matplotlib are imported inside the functions: the sweep's driver imports the trainable module,
 never renders, and must not pay for either.

@@ -2,9 +2,11 @@
 
 ``python -m tests.workers.driver.driver_process <ray address> <request.json>`` runs
 ``run_sweep`` with the request's spec, sweep uid and storage path, and appends
-``<trial key> <epoch>`` to the request's ``epochs_file`` (flushed) for every epoch the driver
-reports, so the test knows when to kill it; with ``hang_at_end`` it touches
-``<epochs_file>.ended`` and hangs where the sweep would end.
+``<trial number> <epoch>`` to the request's ``epochs_file`` (flushed) for every epoch the driver
+reports, so the test knows when to kill it; every report also goes to the request's
+``journal`` (:class:`tests.workers.sweeps.RecordingSink`), which the driver that resumes the
+sweep starts from. With ``hang_at_end`` it touches ``<epochs_file>.ended`` and hangs where the
+sweep would end.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class HangingSink(RecordingSink):
 
     marker: Path
 
-    def sweep_ended(self, status: str, message: str, best_trial_key: str | None) -> None:
+    def sweep_ended(self, status: str, message: str, best: int | None) -> None:
         self.marker.touch()
         time.sleep(3600)
 
@@ -36,13 +38,14 @@ def main(argv: list[str]) -> int:
     request = json.loads(Path(request_file).read_text())
     epochs_file = Path(request["epochs_file"])
 
-    def note(sink: RecordingSink, key: str, epoch: int, metrics: dict[str, float]) -> None:
+    def note(sink: RecordingSink, number: int, epoch: int, metrics: dict[str, float]) -> None:
         with epochs_file.open("a") as out:
-            out.write(f"{key} {epoch}\n")
+            out.write(f"{number} {epoch}\n")
 
-    sink = RecordingSink(on_epoch=note)
+    journal = Path(request["journal"])
+    sink = RecordingSink(on_epoch=note, journal=journal)
     if request.get("hang_at_end"):  # Tune is done; the driver dies before the sweep ends
-        sink = HangingSink(on_epoch=note)
+        sink = HangingSink(on_epoch=note, journal=journal)
         sink.marker = Path(request["epochs_file"]).with_suffix(".ended")
     ray.init(address=address, log_to_driver=False)
     run_sweep(

@@ -3,6 +3,7 @@ as it would alone, stops early by the rules, and survives a killed worker or dri
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -12,18 +13,23 @@ from typing import Any
 import pytest
 import torch
 
-from tests.workers.driver.test_sweep import driver_request, kill_driver_when, reported_epochs
+from tests.workers.driver.test_sweep import (
+    driver_request,
+    journal_epochs,
+    kill_driver_when,
+    reported_epochs,
+    resume,
+)
 from tests.workers.sweeps import RecordingSink, alive_trial_worker_pids, digits_spec, sweep
-from workers.driver.sweep import run_sweep
-from workers.events import SAMPLES_ARTIFACT
+from workers.events import FINAL_TRIAL_STATUSES, SAMPLES_ARTIFACT
 
 
-def _by_params(sink: RecordingSink, names: list[str]) -> dict[tuple[Any, ...], str]:
+def _by_params(sink: RecordingSink, names: list[str]) -> dict[tuple[Any, ...], int]:
     return {tuple(sink.last_update(k).params[n] for n in names): k for k in sink.final_status()}
 
 
-def _packs(sink: RecordingSink) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {}
+def _packs(sink: RecordingSink) -> dict[str, set[int]]:
+    out: dict[str, set[int]] = {}
     for key in sink.final_status():
         out.setdefault(sink.last_update(key).pack, set()).add(key)
     return out
@@ -49,8 +55,9 @@ def test_packed_members_train_as_they_would_alone(ray_session, tmp_path) -> None
     names = list(params)
     packed_keys, alone_keys = _by_params(packed, names), _by_params(alone, names)
     assert len(packed_keys) == len(alone_keys) == 8
-    assert list(_packs(packed)) != [""] and len(_packs(packed)) == 1
-    assert {alone.last_update(k).pack for k in alone_keys.values()} == {""}
+    assert len(_packs(packed)) == 1
+    assert len(_packs(alone)) == 8  # packing off: packs of one, on the same path
+    assert packed_keys == alone_keys  # the same numbered trials, whatever the packing
     for combo, key in packed_keys.items():
         mine, theirs = packed.epochs[key], alone.epochs[alone_keys[combo]]
         assert sorted(mine) == sorted(theirs) == [1, 2, 3]
@@ -65,9 +72,9 @@ def test_packed_members_train_as_they_would_alone(ray_session, tmp_path) -> None
     # Retention keeps the best member's pack's last checkpoint, which holds its final state.
     (kept,) = (tmp_path / "packed" / f"sweep-{uid}").glob("*/checkpoint_*/pack_state.pt")
     state = torch.load(kept, weights_only=True)
-    best = packed.ended[2] if packed.ended else ""
-    number = str(int(best.rsplit("_", 1)[1]) + 1)
-    final = state["ended"][number]["checkpoint"]
+    assert packed.ended is not None and packed.ended[2] is not None
+    best = packed.ended[2]
+    final = state["ended"][str(best)]["checkpoint"]
     assert final["epoch"] == 3
     assert final["history"][-1]["val_accuracy"] == packed.epochs[best][3]["val_accuracy"]
 
@@ -124,7 +131,7 @@ def test_a_diverging_member_leaves_its_packmates_alone(ray_session, tmp_path):
 def test_a_killed_pack_resumes_every_member(ray_cluster, ray_session, tmp_path):
     killed: list[int] = []
 
-    def kill_on_epoch_2(sink: RecordingSink, key: str, epoch: int, metrics) -> None:
+    def kill_on_epoch_2(sink: RecordingSink, number: int, epoch: int, metrics) -> None:
         if epoch == 2 and not killed:
             pids = alive_trial_worker_pids(ray_cluster.address)
             assert len(pids) == 1, pids  # one pack: its worker
@@ -149,41 +156,77 @@ def test_a_killed_pack_resumes_every_member(ray_cluster, ray_session, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_packed_sweep_resumes_after_its_driver_was_killed(ray_cluster, ray_session, tmp_path):
+def test_a_sweep_resumes_after_its_driver_was_killed(ray_cluster, ray_session, tmp_path):
     epochs = 40  # seconds of training: Tune snapshots its state (every 2 s) before the kill
     spec = digits_spec(
         {"optim.lr": [0.02, 0.05, 0.1, 0.2]}, method="grid", epochs=epochs, max_concurrent=1
     )
     request = driver_request(spec, tmp_path)
-    sweep_uid, epochs_file = request["sweep_uid"], Path(request["epochs_file"])
-    storage = Path(request["storage_path"], f"sweep-{sweep_uid}")
+    epochs_file = Path(request["epochs_file"])
+    storage = Path(request["storage_path"], f"sweep-{request['sweep_uid']}")
 
     def reached_2() -> bool:  # and Tune's state is on storage: resumed, not started over
         snapshot = any(storage.glob("experiment_state-*.json"))
         return snapshot and any(max(e) >= 2 for e in reported_epochs(epochs_file).values())
 
-    kill_driver_when(ray_cluster.address, request, tmp_path, reached_2, "no member reached epoch 2")
-    before = reported_epochs(epochs_file)
-    assert len(before) == 4  # the members train together
+    kill_driver_when(ray_cluster.address, request, tmp_path, reached_2, "no trial reached epoch 2")
+    assert len(reported_epochs(epochs_file)) == 4  # the trials train together
 
-    sink = RecordingSink()
-    status = run_sweep(
-        spec, sink, sweep_uid=sweep_uid, storage_path=request["storage_path"], resume=True
-    )
+    status, sink = resume(spec, request)
 
     assert status == "completed", sink.ended
     statuses = sink.final_status()
-    assert len(statuses) == 4 and set(statuses.values()) == {"completed"}, sink.updates
-    assert set(statuses) == set(before)  # the same member trials, not new ones
-    for key in statuses:
-        after = sorted(sink.epochs.get(key, {}))
-        if after:
-            assert after == list(range(after[0], epochs + 1)), (key, after)
-        assert sorted(set(before.get(key, [])) | set(after)) == list(range(1, epochs + 1))
+    assert statuses == dict.fromkeys([1, 2, 3, 4], "completed"), sink.updates
+    for number, reports in journal_epochs(request).items():
+        assert sorted(set(reports)) == list(range(1, epochs + 1)), number
+        assert sorted(sink.epochs[number]) == list(range(1, epochs + 1))
 
 
 @pytest.mark.slow
-def test_bayes_asks_optuna_for_packs_and_learns_from_every_member(ray_session, tmp_path):
+def test_a_resume_never_trains_a_trial_that_had_ended(ray_cluster, ray_session, tmp_path):
+    """The driver is killed right after ASHA stopped a trial, before Tune's state knows: the
+    resumed driver takes the trial's end from the sink, and it reports no epoch after it."""
+    epochs = 60
+    spec = digits_spec(
+        {"optim.lr": [0.1, 0.2, 1e-5, 2e-5]},
+        method="grid",
+        epochs=epochs,
+        max_concurrent=1,
+        early_stopping={"type": "asha", "grace_period": 4, "reduction_factor": 2},
+    )
+    request = driver_request(spec, tmp_path)
+    journal = Path(request["journal"])
+    storage = Path(request["storage_path"], f"sweep-{request['sweep_uid']}")
+
+    def stopped() -> bool:
+        snapshot = any(storage.glob("experiment_state-*.json"))
+        return snapshot and '"status": "stopped"' in (
+            journal.read_text() if journal.exists() else ""
+        )
+
+    kill_driver_when(ray_cluster.address, request, tmp_path, stopped, "no trial was stopped")
+    ended_before = {
+        n: s for n, s in RecordingSink.replay(journal).final_status().items() if s == "stopped"
+    }
+    assert ended_before
+
+    status, sink = resume(spec, request)
+
+    assert status == "completed", sink.ended
+    for number in ended_before:  # still stopped, and nothing stored after its end
+        assert sink.final_status()[number] == "stopped"
+    ended: set[int] = set()
+    for line in journal.read_text().splitlines():  # both drivers' reports, in order
+        kind, data = json.loads(line)
+        if kind == "update" and data["status"] in FINAL_TRIAL_STATUSES:
+            ended.add(data["number"])
+        elif kind == "epoch":
+            assert data["number"] not in ended, f"an epoch after the trial's end: {data}"
+    assert ended == {1, 2, 3, 4}
+
+
+@pytest.mark.slow
+def test_bayes_asks_its_batches_in_packs_and_numbers_every_trial(ray_session, tmp_path):
     params = {
         "optim.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 0.3},
         "model.dropout": [0.0, 0.2],
@@ -194,10 +237,8 @@ def test_bayes_asks_optuna_for_packs_and_learns_from_every_member(ray_session, t
 
     assert status == "completed"
     statuses = sink.final_status()
-    assert len(statuses) == 8 and set(statuses.values()) == {"completed"}
-    numbers = sorted(int(key.rsplit("_", 1)[1]) + 1 for key in statuses)
-    assert numbers == list(range(1, 9))
+    assert statuses == dict.fromkeys(range(1, 9), "completed")
     packs = _packs(sink)
-    assert len(packs) == 4 and all(len(keys) == 2 for keys in packs.values())  # 8 / (1 x 4)
+    assert len(packs) == 8  # batches of one (8 trials / 8 rounds), each its own pack
     lrs = {sink.last_update(k).params["optim.lr"] for k in statuses}
-    assert len(lrs) == 8  # each member its own draw (the constant liar spreads a batch)
+    assert len(lrs) == 8  # each trial its own draw

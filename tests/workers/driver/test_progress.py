@@ -17,13 +17,15 @@ import pytest
 
 from tests.workers.sweeps import digits_spec
 from workers.driver import sweep as driver
+from workers.driver.live import LIVE, LiveSweep
 from workers.driver.outbox import OutboxError
 from workers.driver.progress import LINGER_S, SweepProgress
 from workers.errors import SinkUnavailableError
-from workers.trial.trainable import DIVERGED, EPOCH, INVALID
+from workers.events import TrialOutcome
+from workers.results import EPOCH
 
 SPEC = digits_spec({"optim.lr": [0.01, 0.1]}, method="grid", epochs=3)
-A, B = "abc12_00000", "abc12_00001"
+A, B = 1, 2
 WRITE_S = 0.03
 
 
@@ -56,20 +58,23 @@ class SlowSink:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
 
-    def sweep_started(self, experiment_path: str, over: bool = False) -> None:
+    def sweep_started(self, experiment_path: str) -> None:
         self.journal.note("sweep_started", experiment_path)
+
+    def trials(self, metric: str) -> list[TrialOutcome]:
+        return []
 
     def trial_updated(self, update: Any) -> None:
         self.journal.note("trial_updated", update)
 
-    def epoch_reported(self, trial_key: str, epoch: int, metrics: dict[str, float]) -> None:
-        self.journal.note("epoch_reported", trial_key, epoch, dict(metrics))
+    def epoch_reported(self, number: int, epoch: int, metrics: dict[str, float]) -> None:
+        self.journal.note("epoch_reported", number, epoch, dict(metrics))
 
-    def artifact_reported(self, trial_key: str, path: str, content: bytes) -> None:
-        self.journal.note("artifact_reported", trial_key, path, len(content))
+    def artifact_reported(self, number: int, path: str, content: bytes) -> None:
+        self.journal.note("artifact_reported", number, path, len(content))
 
-    def sweep_ended(self, status: str, message: str, best_trial_key: str | None) -> None:
-        self.journal.note("sweep_ended", status, best_trial_key)
+    def sweep_ended(self, status: str, message: str, best: int | None) -> None:
+        self.journal.note("sweep_ended", status, best)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -96,17 +101,17 @@ def epoch(n: int, accuracy: float) -> dict[str, Any]:
 def tune_events(progress: SweepProgress) -> None:
     """What Tune's callbacks tell the progress of a small sweep: two trials, a retry, a NaN."""
     lr_a, lr_b = {"optim.lr": 0.01}, {"optim.lr": 0.1}
-    progress.seen(A, lr_a)
-    progress.seen(B, lr_b)
-    progress.started(A, lr_a, attempt=1)
-    progress.started(B, lr_b, attempt=1)
+    progress.seen(A, lr_a, "p1")
+    progress.seen(B, lr_b, "p2")
+    progress.started(A, lr_a, attempt=1, pack="p1")
+    progress.started(B, lr_b, attempt=1, pack="p2")
     progress.result(A, epoch(1, 0.5))
     progress.result(B, epoch(1, 0.4))
     progress.result(A, epoch(2, 0.6))
     progress.restarting(B, 2, "worker died; retrying from the last checkpoint")
-    progress.started(B, lr_b, attempt=2)
+    progress.started(B, lr_b, attempt=2, pack="p2")
     progress.result(B, epoch(1, 0.4))  # again, from the checkpoint before epoch 1
-    progress.result(B, {EPOCH: 2, DIVERGED: True, "message": "diverged at epoch 2"})
+    progress.end(B, "diverged", "val_loss is not finite at epoch 2")
     progress.result(A, epoch(3, 0.7))
     progress.finished(A)
 
@@ -118,9 +123,9 @@ DB_WRITES = [  # what the database hears from tune_events, in order
 
 
 def database_writes(journal: Journal) -> list[tuple[Any, str]]:
-    """The database's writes: (status, key) of an update, (epoch, key) of an epoch."""
+    """The database's writes: (status, number) of an update, (epoch, number) of an epoch."""
     return [
-        (c[1].status, c[1].key) if c[0] == "trial_updated" else (c[2], c[1])
+        (c[1].status, c[1].number) if c[0] == "trial_updated" else (c[2], c[1])
         for c in journal.calls
         if c[0] in ("trial_updated", "epoch_reported")
     ]
@@ -155,7 +160,7 @@ def test_writes_that_queue_up_go_out_together() -> None:
 def test_a_flush_does_not_wait_for_more_writes_to_gather() -> None:
     journal = Journal(delay=0)
     progress = progress_of(journal)
-    progress.seen(A, {"optim.lr": 0.01})
+    progress.seen(A, {"optim.lr": 0.01}, "p1")
     start = time.monotonic()
     progress.flush()
     assert time.monotonic() - start < LINGER_S  # the writer's linger was cut short
@@ -170,25 +175,47 @@ def test_every_update_names_the_trials_run_and_carries_its_whole_configuration()
     progress.flush()
 
     updates = [c[1] for c in journal.calls if c[0] == "trial_updated"]
-    assert {u.run_name for u in updates if u.key == A} == {"digits-sweep #1 lr=0.01"}
-    assert {u.run_name for u in updates if u.key == B} == {"digits-sweep #2 lr=0.1"}
-    config = next(u.config for u in updates if u.key == A)
+    assert {u.run_name for u in updates if u.number == A} == {"digits-sweep #1 lr=0.01"}
+    assert {u.run_name for u in updates if u.number == B} == {"digits-sweep #2 lr=0.1"}
+    config = next(u.config for u in updates if u.number == A)
     assert config == SPEC.trial_config({"optim.lr": 0.01}).flatten()
     assert config["model.width"] == 32 and config["epochs"] == 3
     progress.close()
 
 
-def test_an_invalid_configuration_fails_its_trial_with_the_reason() -> None:
+def test_a_loaded_trial_keeps_its_end_and_the_best_is_never_failed_or_diverged() -> None:
     journal = Journal(delay=0)
     progress = progress_of(journal)
-    bad = {"optim.nesterov": True, "optim.momentum": 0.0}
-    progress.started(A, bad, attempt=1)
-    message = "invalid configuration: optim: Value error, optim.nesterov=true needs momentum"
-    progress.result(A, {EPOCH: 0, INVALID: True, "message": message})
+    progress.load(
+        [
+            TrialOutcome(1, {"optim.lr": 0.01}, "failed", 2, {1: 0.5, 2: 0.99}),  # top, then failed
+            TrialOutcome(2, {"optim.lr": 0.1}, "stopped", 1, {1: 0.6}),
+            TrialOutcome(3, {"optim.lr": 0.05}, "running", 1, {1: 0.7}),
+        ]
+    )
+    progress.started(2, {"optim.lr": 0.1}, attempt=2, pack="p")  # a restored pack's trial
+    progress.result(2, epoch(2, 0.95))
+    progress.result(3, epoch(2, 0.8))
+    progress.started(4, {"optim.lr": 0.2}, attempt=1, pack="p")
+    progress.result(4, epoch(1, 0.8))
+    progress.end(4, "diverged", "val_loss is not finite at epoch 2")
     progress.flush()
 
-    last = [c[1] for c in journal.calls if c[0] == "trial_updated"][-1]
-    assert (last.status, last.message, last.config) == ("failed", message, bad)
+    assert database_writes(journal) == [
+        (2, 3),
+        ("pending", 4),
+        ("running", 4),
+        (1, 4),
+        ("diverged", 4),
+    ]
+    assert progress.trials[2].status == "stopped" and progress.trials[2].last_epoch == 1
+    assert progress.history(before=4) is None  # trial 3 runs on
+    best = progress.best()
+    assert best is not None and best.number == 3  # not 1 (failed) nor 4 (diverged, tied)
+    progress.end(3, "completed")
+    history = progress.history(before=4)
+    assert history is not None and [o.number for o in history] == [1, 2, 3]
+    assert [o.status for o in history] == ["failed", "stopped", "completed"]
     progress.close()
 
 
@@ -206,7 +233,7 @@ def test_writes_the_sink_cannot_store_for_now_are_retried_until_it_can() -> None
 def test_a_sink_unavailable_past_the_patience_gives_up_without_ending_the_sweep() -> None:
     journal = Journal(delay=0, down=1000)
     progress = progress_of(journal, patience_s=0.5)
-    progress.seen(A, {"optim.lr": 0.01})
+    progress.seen(A, {"optim.lr": 0.01}, "p1")
     with pytest.raises(OutboxError):
         progress.flush()
     failure = progress.close()
@@ -220,12 +247,14 @@ def test_a_failed_write_fails_the_next_event_and_later_writes_are_dropped() -> N
     journal = Journal(fail=lambda call: call[:3] == ("epoch_reported", A, 1))
     progress = progress_of(journal)
     lr = {"optim.lr": 0.01}
-    progress.seen(A, lr)
-    progress.started(A, lr, attempt=1)
+    progress.seen(A, lr, "p1")
+    progress.started(A, lr, attempt=1, pack="p1")
     progress.result(A, epoch(1, 0.5))
     progress.result(A, epoch(2, 0.6))  # in the failing write's batch: never made
 
-    with pytest.raises(OutboxError, match=f"epoch 1 of {A} failed: RuntimeError: database is"):
+    with pytest.raises(
+        OutboxError, match=f"epoch 1 of trial {A} failed: RuntimeError: database is"
+    ):
         progress.flush()  # Tune's snapshot hooks: the sweep fails
     with pytest.raises(OutboxError):
         progress.result(A, epoch(3, 0.7))  # so does any later event
@@ -234,18 +263,18 @@ def test_a_failed_write_fails_the_next_event_and_later_writes_are_dropped() -> N
     failure = progress.close()
 
     assert isinstance(failure, OutboxError) and isinstance(failure.__cause__, RuntimeError)
-    assert f"epoch 1 of {A} failed" in str(failure)
+    assert f"epoch 1 of trial {A} failed" in str(failure)
     assert database_writes(journal) == [("pending", A), ("running", A)]
     assert driver._sink_unavailable(failure) is None  # a broken write, not an outage
     progress.end_all("failed", "the sweep failed")  # the driver's end: plain calls now
     update = journal.calls[-1][1]
-    assert (update.key, update.status, update.message) == (A, "failed", "the sweep failed")
+    assert (update.number, update.status, update.message) == (A, "failed", "the sweep failed")
 
 
 def test_tune_snapshots_only_after_every_queued_write(monkeypatch) -> None:
     journal = Journal()
     progress = progress_of(journal)
-    monkeypatch.setitem(driver._LIVE, "abc12", progress)
+    monkeypatch.setitem(LIVE, "abc12", LiveSweep(progress, planner=None))  # type: ignore[arg-type]
     callback, stopper = driver.ProgressCallback("abc12"), driver.CancelStopper("abc12")
 
     tune_events(progress)
@@ -254,7 +283,7 @@ def test_tune_snapshots_only_after_every_queued_write(monkeypatch) -> None:
     progress.finished(B)  # a final status is final: nothing to write
     progress.result(A, epoch(3, 0.7))
     progress.end(A, "failed")
-    progress.seen("abc12_00002", {"optim.lr": 0.05})
+    progress.seen(3, {"optim.lr": 0.05}, "p3")
     assert callback.get_state() is None  # no callback state file; the writes are done
-    assert database_writes(journal) == [*DB_WRITES, ("pending", "abc12_00002")]
+    assert database_writes(journal) == [*DB_WRITES, ("pending", 3)]
     progress.close()

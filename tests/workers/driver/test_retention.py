@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
+import torch
 
 from tests.workers.sweeps import RecordingSink, digits_spec, sweep
 from workers.driver.probing import CACHE_FILE
 from workers.driver.retention import apply_retention, retain_checkpoints
 from workers.driver.sweep import experiment_name, run_sweep
 from workers.trial.pack import PACK_FILE
-from workers.trial.trainable import CHECKPOINT_FILE
 
 STATE = "experiment_state-2026-11-25_17-00-00.json"
 TUNE_FILES = [
@@ -45,7 +45,7 @@ def fake_experiment(root: Path, named: dict[str, str]) -> Path:
     for trial_dir in TRIALS.values():
         for i in range(4):
             (experiment / trial_dir / f"checkpoint_{i:06d}").mkdir(parents=True)
-            (experiment / trial_dir / f"checkpoint_{i:06d}" / CHECKPOINT_FILE).write_bytes(b"w")
+            (experiment / trial_dir / f"checkpoint_{i:06d}" / PACK_FILE).write_bytes(b"w")
         (experiment / trial_dir / "params.json").write_text("{}")
     last = {t: {"trial_id": t, "checkpoint_dir_name": c} for t, c in named.items()}
     trial_data = [
@@ -61,7 +61,7 @@ def test_best_keeps_the_checkpoint_the_state_names_last_and_nothing_else(tmp_pat
     kept = retain_checkpoints(pafs.LocalFileSystem(), str(experiment), "ab12c_00001", "best")
 
     assert kept == f"{TRIALS['ab12c_00001']}/checkpoint_000002"
-    assert files(experiment) == {f"{kept}/{CHECKPOINT_FILE}"}
+    assert files(experiment) == {f"{kept}/{PACK_FILE}"}
 
 
 def test_best_keeps_the_newest_checkpoint_of_a_trial_the_state_does_not_name(tmp_path):
@@ -69,7 +69,7 @@ def test_best_keeps_the_newest_checkpoint_of_a_trial_the_state_does_not_name(tmp
     kept = retain_checkpoints(pafs.LocalFileSystem(), str(experiment), "ab12c_00000", "best")
 
     assert kept == f"{TRIALS['ab12c_00000']}/checkpoint_000003"
-    assert files(experiment) == {f"{kept}/{CHECKPOINT_FILE}"}
+    assert files(experiment) == {f"{kept}/{PACK_FILE}"}
 
 
 @pytest.mark.parametrize(
@@ -110,41 +110,26 @@ def left_on(storage: Path, sweep_uid: str) -> tuple[str, set[str]]:
     return trial_dir.name, files(trial_dir)
 
 
-def tune_trial(sink: RecordingSink, key: str) -> tuple[str, str]:
-    """The Tune trial holding trial ``key``'s checkpoints (its pack, when packed), and the
-    file name of those checkpoints."""
-    pack = sink.last_update(key).pack
-    return (pack, PACK_FILE) if pack else (key, CHECKPOINT_FILE)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("packed", [False, True])
-def test_a_completed_sweep_keeps_only_its_best_trials_last_checkpoint(
-    packed, ray_session, tmp_path
-):
-    spec = digits_spec(
-        {"optim.lr": [0.001, 0.1]},
-        method="grid",
-        epochs=2,
-        max_concurrent=1,
-        packing={"enabled": packed},
-    )
+def test_a_completed_sweep_keeps_only_its_best_trials_last_checkpoint(ray_session, tmp_path):
+    spec = digits_spec({"optim.lr": [0.001, 0.1]}, method="grid", epochs=2, max_concurrent=1)
     sink = RecordingSink()
     sweep_uid, status = sweep(spec, sink, tmp_path)
 
-    assert status == "completed" and sink.ended is not None
+    assert status == "completed" and sink.ended is not None and sink.ended[2] is not None
     best = sink.ended[2]
     trial_dir, left = left_on(tmp_path, sweep_uid)
-    holder, name = tune_trial(sink, best)
-    assert f"_{holder}_" in trial_dir and bool(sink.last_update(best).pack) == packed
-    assert left == {f"checkpoint_000001/{name}"}  # epoch 2's
+    assert f"_{sink.last_update(best).pack}_" in trial_dir  # the best trial's pack
+    assert left == {f"checkpoint_000001/{PACK_FILE}"}  # epoch 2's
+    kept = torch.load(tmp_path / experiment_name(sweep_uid) / trial_dir / sorted(left)[0],
+                      weights_only=True)  # fmt: skip
+    final = kept["ended"][str(best)]["checkpoint"]  # the best trial's own last state
+    assert final["history"][-1]["val_accuracy"] == sink.epochs[best][2]["val_accuracy"]
 
 
 @pytest.mark.slow
 def test_keep_all_leaves_every_trials_checkpoints_and_tunes_state(ray_session, tmp_path):
-    spec = digits_spec(
-        {"optim.lr": [0.001, 0.1]}, method="grid", epochs=2, packing={"enabled": False}
-    )
+    spec = digits_spec({"optim.lr": [0.001, 0.1]}, method="grid", epochs=2)
     sweep_uid = uuid.uuid4().hex[:8]
     status = run_sweep(
         spec, RecordingSink(), sweep_uid=sweep_uid, storage_path=str(tmp_path),
@@ -154,21 +139,14 @@ def test_keep_all_leaves_every_trials_checkpoints_and_tunes_state(ray_session, t
     assert status == "completed"
     left = files(tmp_path / experiment_name(sweep_uid))
     assert any(name.startswith("experiment_state-") for name in left)
-    checkpoints = {p for p in left if p.endswith(f"/checkpoint_000001/{CHECKPOINT_FILE}")}
-    assert len(checkpoints) == 2
+    checkpoints = {p for p in left if p.endswith(f"/checkpoint_000001/{PACK_FILE}")}
+    assert len(checkpoints) == 2  # two packs of one: two trials, two slots
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("packed", [False, True])
-def test_a_cancelled_sweep_keeps_only_its_best_trials_last_checkpoint(
-    packed, ray_session, tmp_path
-):
+def test_a_cancelled_sweep_keeps_only_its_best_trials_last_checkpoint(ray_session, tmp_path):
     spec = digits_spec(
-        {"optim.lr": [0.01, 0.02, 0.05, 0.1]},
-        method="grid",
-        epochs=400,
-        max_concurrent=2,
-        packing={"enabled": packed},
+        {"optim.lr": [0.01, 0.02, 0.05, 0.1]}, method="grid", epochs=400, max_concurrent=2
     )
     sink = RecordingSink(cancel_after_epochs=2)
     sweep_uid, status = sweep(spec, sink, tmp_path)
@@ -177,10 +155,9 @@ def test_a_cancelled_sweep_keeps_only_its_best_trials_last_checkpoint(
     best = sink.ended[2]
     assert best is not None
     trial_dir, left = left_on(tmp_path, sweep_uid)
-    holder, name = tune_trial(sink, best)
-    assert f"_{holder}_" in trial_dir
+    assert f"_{sink.last_update(best).pack}_" in trial_dir
     last_epoch = max(sink.epochs[best])
-    assert left == {f"checkpoint_{last_epoch - 1:06d}/{name}"}
+    assert left == {f"checkpoint_{last_epoch - 1:06d}/{PACK_FILE}"}
 
 
 @pytest.mark.slow

@@ -28,8 +28,8 @@ def test_each_trial_sends_its_picture_once_and_tunes_state_holds_none(ray_sessio
     assert status == "completed", sink.ended
     trials = set(sink.final_status())
     assert len(trials) == 2
-    assert Counter((key, path) for key, path, _ in sink.artifacts) == {
-        (key, SAMPLES_ARTIFACT): 1 for key in trials
+    assert Counter((number, path) for number, path, _ in sink.artifacts) == {
+        (number, SAMPLES_ARTIFACT): 1 for number in trials
     }
     for _, _, png in sink.artifacts:
         assert png.startswith(PNG_SIGNATURE) and Image.open(io.BytesIO(png)).format == "PNG"

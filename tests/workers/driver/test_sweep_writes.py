@@ -32,10 +32,9 @@ def covered_epochs(experiment_dir: Path) -> dict[str, int]:
 def test_no_snapshot_reaches_storage_before_the_writes_of_its_results(ray_session, tmp_path):
     # Writes of 0.3 s and a snapshot per controller step (~0.1 s): a snapshot made while an
     # epoch's write is still queued would be seen on storage before the sink has the epoch.
-    # Unpacked: a snapshot names Tune trials, which are the sink's trials only without packs
-    # (a pack's results are written by the same flush; see test_packs for packed resumes).
+    # Packs of one, so the epoch a snapshot names for a pack is its one trial's.
     spec = digits_spec(
-        {"optim.lr": [0.02, 0.1]}, method="grid", epochs=4, packing={"enabled": False}
+        {"optim.lr": [0.02, 0.1]}, method="grid", epochs=4, packing={"max_members": 1}
     )
     sink = RecordingSink(epoch_write_s=0.3)
     ahead: list[tuple[str, int]] = []
@@ -44,9 +43,10 @@ def test_no_snapshot_reaches_storage_before_the_writes_of_its_results(ray_sessio
     def watch() -> None:  # the sink is read after the file: a write seen late is never missed
         while not done.is_set():
             for experiment_dir in tmp_path.glob("sweep-*"):
-                for key, epoch in covered_epochs(experiment_dir).items():
-                    if epoch not in sink.epochs.get(key, {}):
-                        ahead.append((key, epoch))
+                for pack, epoch in covered_epochs(experiment_dir).items():
+                    trial = {u.pack: u.number for u in list(sink.updates)}.get(pack)
+                    if trial is None or epoch not in sink.epochs.get(trial, {}):
+                        ahead.append((pack, epoch))
             time.sleep(0.005)
 
     watcher = threading.Thread(target=watch, daemon=True)
