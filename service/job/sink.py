@@ -22,7 +22,7 @@ from service import store
 from service.errors import StorageError
 from service.store.db import session_scope
 from workers.errors import SinkUnavailableError
-from workers.events import SweepStatus, TrialUpdate
+from workers.events import SweepStatus, TrialOutcome, TrialUpdate
 
 OUTAGES = (OperationalError, DisconnectionError, PoolTimeoutError)
 """Database errors that pass: the server is down, restarting, unreachable or busy."""
@@ -77,39 +77,42 @@ class DatabaseSink:
             with _outage_is_unavailable(), session_scope(self._factory) as session:
                 yield session
 
-    def sweep_started(self, experiment_path: str, over: bool = False) -> None:
-        """Mark the sweep running (unless cancelling) and remember its Tune experiment; when it
-        starts over, an earlier attempt's open trials fail (they will never report again)."""
+    def sweep_started(self, experiment_path: str) -> None:
+        """Mark the sweep running (unless cancelling) and remember its Tune experiment.
+
+        Open trials stay open: a sweep resumed, or started over, runs the same numbered
+        trials again, and they report to the same rows."""
         with self._session() as session:
             store.mark_started(session, self.sweep_id, experiment_path)
-            if over:
-                lost = (
-                    "lost with an earlier driver before its state was saved; the sweep started over"
-                )
-                store.close_open_trials(session, self.sweep_id, "failed", lost)
+
+    def trials(self, metric: str) -> list[TrialOutcome]:
+        """Every trial stored so far, in number order, with its curve of ``metric``."""
+        with self._session() as session:
+            return store.trial_outcomes(session, self.sweep_id, metric)
 
     def trial_updated(self, update: TrialUpdate) -> None:
         """Create or update the trial's row."""
         with self._session() as session:
             store.upsert_trial(session, self.sweep_id, update)
 
-    def epoch_reported(self, trial_key: str, epoch: int, metrics: dict[str, float]) -> None:
+    def epoch_reported(self, number: int, epoch: int, metrics: dict[str, float]) -> None:
         """Store the epoch's metrics (a re-report after a resume keeps the first)."""
         with self._session() as session:
-            store.record_epoch(session, self.sweep_id, trial_key, epoch, metrics)
+            store.record_epoch(session, self.sweep_id, number, epoch, metrics)
 
-    def artifact_reported(self, trial_key: str, path: str, content: bytes) -> None:
+    def artifact_reported(self, number: int, path: str, content: bytes) -> None:
         """Store a file of the trial's MLflow run (a repeat keeps the first)."""
         with self._session() as session:
-            store.record_artifact(session, self.sweep_id, trial_key, path, content)
+            store.record_artifact(session, self.sweep_id, number, path, content)
 
-    def sweep_ended(self, status: SweepStatus, message: str, best_trial_key: str | None) -> None:
-        """Give the sweep its final status; trials still open end with it."""
+    def sweep_ended(self, status: SweepStatus, message: str, best: int | None) -> None:
+        """Give the sweep its final status and its best trial (trial ``best``'s key); trials
+        still open end with it."""
         with self._session() as session:
             trial_status = "cancelled" if status == "cancelled" else "failed"
             closing = message or f"sweep {status}"
             store.close_open_trials(session, self.sweep_id, trial_status, closing)
-            store.finish_sweep(session, self.sweep_id, status, message, best_trial_key)
+            store.finish_sweep(session, self.sweep_id, status, message, best)
 
     def cancel_requested(self) -> bool:
         """Whether the sweep is being (or has been) cancelled."""

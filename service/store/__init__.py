@@ -42,6 +42,7 @@ from service.store.trials import (
     record_epoch,
     set_trial_run,
     trial_counts,
+    trial_outcomes,
     upsert_trial,
 )
 
@@ -77,5 +78,6 @@ __all__ = [
     "sweep_status",
     "sweep_version",
     "trial_counts",
+    "trial_outcomes",
     "upsert_trial",
 ]

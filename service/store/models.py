@@ -113,7 +113,8 @@ class Sweep(Base):
 
 
 class Trial(Base):
-    """One trial of a sweep, keyed by Ray Tune's trial id."""
+    """One trial of a sweep, identified by its number in the sweep; ``key`` (the number's
+    :func:`workers.events.trial_key`) names its MLflow run."""
 
     __tablename__ = "trials"
     __table_args__ = (

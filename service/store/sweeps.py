@@ -237,13 +237,18 @@ def request_cancel(session: Session, sweep_id: int) -> str:
 
 
 def finish_sweep(
-    session: Session, sweep_id: int, status: str, message: str = "", best_key: str | None = None
+    session: Session, sweep_id: int, status: str, message: str = "", best: int | None = None
 ) -> bool:
     """Give the sweep its final status unless it has one; returns whether it changed.
 
-    A sweep being cancelled ends ``cancelled`` whatever ``status`` says.
+    A sweep being cancelled ends ``cancelled`` whatever ``status`` says. ``best``, the number
+    of its best trial, is stored as that trial's key (none when it has no such trial).
     """
     assert status in FINAL_SWEEP_STATUSES, status
+    best_key = None
+    if best is not None:
+        of_best = (Trial.sweep_id == sweep_id, Trial.number == best)
+        best_key = select(Trial.key).where(*of_best).scalar_subquery()
     changed = affected(
         session,
         update(Sweep)

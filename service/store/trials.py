@@ -1,15 +1,15 @@
 """Trial rows and their per-epoch metrics: upserts from the driver, pages, the best trial.
 
-Every function works inside the caller's session. A final trial status is never replaced; an
-epoch re-reported after a resume keeps its first report; the best trial is judged by the
-metric at its last reported epoch and is never a diverged or failed trial.
+Every function works inside the caller's session. A trial is identified by its number in its
+sweep; its row's ``key`` (:func:`workers.events.trial_key`) names its MLflow run. A final trial
+status is never replaced; an epoch re-reported after a resume keeps its first report; the best
+trial is chosen by :func:`workers.events.best_number`, the driver's rule.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session, selectinload
@@ -17,9 +17,15 @@ from sqlalchemy.orm import Session, selectinload
 from service.errors import TrialNotFoundError
 from service.store.db import affected
 from service.store.models import EpochMetric, Sweep, Trial, TrialArtifact, utcnow
-from workers.events import FINAL_TRIAL_STATUSES, TrialUpdate, finite_metrics, trial_number
-
-NOT_BEST = frozenset({"diverged", "failed"})
+from workers.events import (
+    FINAL_TRIAL_STATUSES,
+    TrialOutcome,
+    TrialStatus,
+    TrialUpdate,
+    best_number,
+    finite_metrics,
+    trial_key,
+)
 
 
 def close_open_trials(session: Session, sweep_id: int, status: str, message: str) -> int:
@@ -38,7 +44,7 @@ def close_open_trials(session: Session, sweep_id: int, status: str, message: str
 def upsert_trial(session: Session, sweep_id: int, update_: TrialUpdate) -> None:
     """Create or update a trial from the driver's report; a final status is never replaced
     (the update is compare-and-set on the trial's status)."""
-    trial_id = _trial_by_key(session, sweep_id, update_.key).id
+    trial_id = _trial(session, sweep_id, update_.number).id
     values: dict[str, Any] = {
         "status": update_.status,
         "attempts": case((Trial.attempts < update_.attempt, update_.attempt), else_=Trial.attempts),
@@ -66,12 +72,12 @@ def set_trial_run(session: Session, sweep_id: int, key: str, run_id: str) -> Non
 
 
 def record_epoch(
-    session: Session, sweep_id: int, trial_key: str, epoch: int, metrics: dict[str, Any]
+    session: Session, sweep_id: int, number: int, epoch: int, metrics: dict[str, Any]
 ) -> EpochMetric:
     """Store one epoch's finite metrics; an epoch reported again (a trial resumed from an
     earlier checkpoint re-runs it) keeps its first report, as MLflow keeps a step's first
     value, so the two never disagree."""
-    trial = _trial_by_key(session, sweep_id, trial_key)
+    trial = _trial(session, sweep_id, number)
     row = session.scalar(
         select(EpochMetric).where(EpochMetric.trial_id == trial.id, EpochMetric.epoch == epoch)
     )
@@ -83,31 +89,27 @@ def record_epoch(
 
 
 def record_artifact(
-    session: Session, sweep_id: int, trial_key: str, path: str, content: bytes
+    session: Session, sweep_id: int, number: int, path: str, content: bytes
 ) -> None:
     """Store a file of the trial's MLflow run at ``path``; one sent again (a trial restarted
     from scratch renders its picture again) keeps the first."""
-    trial = _trial_by_key(session, sweep_id, trial_key)
+    trial = _trial(session, sweep_id, number)
     of_trial = (TrialArtifact.trial_id == trial.id, TrialArtifact.path == path)
     if session.scalar(select(TrialArtifact.id).where(*of_trial)) is None:
         session.add(TrialArtifact(trial_id=trial.id, path=path, content=content, sent=False))
         session.flush()
 
 
-def _trial_by_key(session: Session, sweep_id: int, key: str) -> Trial:
-    trial = session.scalar(select(Trial).where(Trial.sweep_id == sweep_id, Trial.key == key))
+def _trial(session: Session, sweep_id: int, number: int) -> Trial:
+    """The sweep's trial ``number``, created (keyed :func:`~workers.events.trial_key`) if new."""
+    assert number >= 1, number
+    stmt = select(Trial).where(Trial.sweep_id == sweep_id, Trial.number == number)
+    trial = session.scalar(stmt)
     if trial is None:
-        trial = Trial(sweep_id=sweep_id, key=key, number=_number(session, sweep_id, key))
+        trial = Trial(sweep_id=sweep_id, number=number, key=trial_key(number))
         session.add(trial)
         session.flush()
     return trial
-
-
-def _number(session: Session, sweep_id: int, key: str) -> int:
-    """The trial's number from its key (:func:`workers.events.trial_number`), else the next free."""
-    taken = set(session.scalars(select(Trial.number).where(Trial.sweep_id == sweep_id)))
-    wanted = trial_number(key)
-    return wanted if wanted > 0 and wanted not in taken else max(taken, default=0) + 1
 
 
 def list_trials(
@@ -148,6 +150,39 @@ def trial_counts(session: Session, sweep: Sweep) -> dict[str, int]:
     return {status: int(n) for status, n in session.execute(stmt)}
 
 
+def trial_outcomes(session: Session, sweep_id: int, metric: str) -> list[TrialOutcome]:
+    """Every trial of the sweep in number order, with its last stored epoch and its curve of
+    ``metric`` (the epochs where that metric is stored: a stored metric is finite), in two
+    queries whatever the number of trials."""
+    trials = session.execute(
+        select(Trial.id, Trial.number, Trial.params, Trial.status)
+        .where(Trial.sweep_id == sweep_id)
+        .order_by(Trial.number)
+    ).all()
+    epochs = session.execute(
+        select(EpochMetric.trial_id, EpochMetric.epoch, EpochMetric.metrics)
+        .join(Trial)
+        .where(Trial.sweep_id == sweep_id)
+        .order_by(EpochMetric.trial_id, EpochMetric.epoch)
+    ).all()
+    last: dict[int, int] = {}
+    curves: dict[int, dict[int, float]] = {}
+    for trial_id, epoch, metrics in epochs:
+        last[trial_id] = epoch
+        if value := finite_metrics(metrics, [metric]):
+            curves.setdefault(trial_id, {})[epoch] = value[metric]
+    return [
+        TrialOutcome(
+            number=number,
+            params=params,
+            status=cast(TrialStatus, status),
+            epoch=last.get(trial_id, 0),
+            curve=curves.get(trial_id, {}),
+        )
+        for trial_id, number, params, status in trials
+    ]
+
+
 @dataclass(frozen=True)
 class Best:
     """The best trial so far and its metric value at its last reported epoch."""
@@ -158,23 +193,27 @@ class Best:
 
 
 def best_trial(session: Session, sweep: Sweep, metric: str, goal: str) -> Best | None:
-    """The best trial by ``metric`` at its last epoch; diverged and failed trials never count."""
-    last = (
+    """The best trial by ``metric`` at its last stored epoch, chosen by
+    :func:`workers.events.best_number` (never a diverged or failed trial; a tie goes to the
+    lowest number), as the driver chooses it; None when no trial counts."""
+    latest = (
         select(EpochMetric.trial_id, func.max(EpochMetric.epoch).label("epoch"))
         .join(Trial)
-        .where(Trial.sweep_id == sweep.id, Trial.status.not_in(NOT_BEST))
+        .where(Trial.sweep_id == sweep.id)
         .group_by(EpochMetric.trial_id)
         .subquery()
     )
     stmt = select(EpochMetric).join(
-        last, (EpochMetric.trial_id == last.c.trial_id) & (EpochMetric.epoch == last.c.epoch)
+        latest,
+        (EpochMetric.trial_id == latest.c.trial_id) & (EpochMetric.epoch == latest.c.epoch),
     )
-    best: Best | None = None
-    sign = 1.0 if goal == "maximize" else -1.0
-    for row in session.scalars(stmt.options(selectinload(EpochMetric.trial))):
-        value = row.metrics.get(metric)
-        if not isinstance(value, int | float) or not math.isfinite(value):
-            continue
-        if best is None or sign * value > sign * best.value:
-            best = Best(trial=row.trial, value=float(value), epoch=row.epoch)
-    return best
+    rows = session.scalars(stmt.options(selectinload(EpochMetric.trial)))
+    last = {row.trial.number: row for row in rows}
+    value = {n: finite_metrics(row.metrics, [metric]).get(metric) for n, row in last.items()}
+    mode: Literal["max", "min"] = "max" if goal == "maximize" else "min"
+    number = best_number(((n, row.trial.status, value[n]) for n, row in last.items()), mode)
+    if number is None:
+        return None
+    best_value = value[number]
+    assert best_value is not None  # best_number chooses among finite values only
+    return Best(trial=last[number].trial, value=best_value, epoch=last[number].epoch)

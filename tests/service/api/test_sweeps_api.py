@@ -16,6 +16,7 @@ from service.api.app import create_app
 from service.cli.client import SweepsClient
 from service.cli.main import watch
 from service.config import Settings
+from service.dispatch.tracking import TrackingSender
 from service.job.sink import DatabaseSink
 from service.store.db import session_scope
 from tests.service.helpers import (
@@ -26,8 +27,9 @@ from tests.service.helpers import (
     wait_tracked,
 )
 from tests.specs import digits_body
-from workers.events import FINAL_SWEEP_STATUSES, TrialUpdate
+from workers.events import FINAL_SWEEP_STATUSES, TrialUpdate, best_number
 from workers.spec import GRID_LIMIT, SweepSpec
+from workers.tracking import MlflowRuns
 
 
 @pytest.fixture
@@ -167,8 +169,8 @@ def _read_sweeps_without_validating(client: TestClient, monkeypatch: pytest.Monk
         session.flush()
         ids = [sweep.id for sweep in made]
         sink = DatabaseSink(factory, ids[0])
-    sink.trial_updated(TrialUpdate(key="t_00000", status="running", params={"optim.lr": 0.01}))
-    sink.epoch_reported("t_00000", 1, {"val_loss": 0.5, "val_accuracy": 0.9})
+    sink.trial_updated(TrialUpdate(number=1, status="running", params={"optim.lr": 0.01}))
+    sink.epoch_reported(1, 1, {"val_loss": 0.5, "val_accuracy": 0.9})
     validated: list[SweepSpec] = []
     check = SweepSpec._check_configs
     monkeypatch.setattr(
@@ -230,13 +232,13 @@ def test_a_held_get_answers_when_the_sweep_changes_or_ends(
     same, waited = held({"wait": 0.5, "version": first["version"]})
     assert waited >= 0.5 and same["version"] == first["version"]
     # a trial starts while the request is held: answered with it, long before the wait ends
-    writer = later(lambda: sink.trial_updated(TrialUpdate("t_00000", "running")))
+    writer = later(lambda: sink.trial_updated(TrialUpdate(1, "running")))
     news, waited = held({"wait": 30, "version": first["version"]})
     writer.join()
     assert waited < 20 and news["version"] != first["version"]
     assert news["trial_counts"]["running"] == 1
     # without a version: answered when the sweep is final, not on the next change
-    writer = later(lambda: sink.epoch_reported("t_00000", 1, {"val_accuracy": 0.5}))
+    writer = later(lambda: sink.epoch_reported(1, 1, {"val_accuracy": 0.5}))
     cut, waited = held({"wait": 1.5})
     writer.join()
     assert waited >= 1.5 and cut["status"] == "pending" and cut["best_trial"]["value"] == 0.5
@@ -270,10 +272,10 @@ def test_sweeps_watch_follows_a_sweep_to_its_end_asking_only_on_news(
     api.get = counted  # type: ignore[method-assign]
     writes = [
         lambda: sink.sweep_started("/tmp/exp"),
-        lambda: sink.trial_updated(TrialUpdate("t_00000", "running", LR)),
-        lambda: sink.epoch_reported("t_00000", 1, {"val_accuracy": 0.5}),
-        lambda: sink.epoch_reported("t_00000", 2, {"val_accuracy": 0.75}),
-        lambda: sink.trial_updated(TrialUpdate("t_00000", "completed")),
+        lambda: sink.trial_updated(TrialUpdate(1, "running", LR)),
+        lambda: sink.epoch_reported(1, 1, {"val_accuracy": 0.5}),
+        lambda: sink.epoch_reported(1, 2, {"val_accuracy": 0.75}),
+        lambda: sink.trial_updated(TrialUpdate(1, "completed")),
         lambda: sink.sweep_ended("completed", "", None),
     ]
     writer = later(*writes, every=1.0)
@@ -283,6 +285,42 @@ def test_sweeps_watch_follows_a_sweep_to_its_end_asking_only_on_news(
     assert asked[0] is None and len(asked) <= 1 + len(writes)
     out = capsys.readouterr().out
     assert "best trial #1: val_accuracy=0.7500 at epoch 2" in out
+
+
+def test_the_api_the_stored_best_and_mlflow_all_name_the_drivers_best_trial(
+    quiet: tuple[TestClient, DatabaseSink], settings: Settings
+) -> None:
+    """A trial that reported the top value and then failed is the best nowhere, and a tie
+    goes to the lower number: what :func:`workers.events.best_number` says, the driver's rule."""
+    c, sink = quiet
+    sink.sweep_started("/tmp/exp")
+    for number, acc in [(4, 0.9), (1, 0.99), (3, 0.7), (2, 0.9)]:  # 4 ties 2, reported first
+        sink.trial_updated(TrialUpdate(number, "running", {"optim.lr": number / 10}))
+        sink.epoch_reported(number, 1, {"val_accuracy": acc, "val_loss": 1 - acc})
+    assert sweep_of(c, sink.sweep_id)["best_trial"]["number"] == 1  # the top value, running
+    sink.trial_updated(TrialUpdate(1, "failed", message="worker died 3 times"))
+    for number, status in [(2, "completed"), (3, "stopped"), (4, "completed")]:
+        sink.trial_updated(TrialUpdate(number, status))  # type: ignore[arg-type]
+    drivers = best_number(
+        ((t.number, t.status, t.value) for t in sink.trials("val_accuracy")), "max"
+    )
+    assert drivers == 2
+    sink.sweep_ended("completed", "4 trials", drivers)
+
+    best = sweep_of(c, sink.sweep_id)["best_trial"]
+    assert (best["number"], best["key"], best["value"], best["epoch"]) == (2, "trial-00002", 0.9, 1)
+    assert best["params"] == {"optim.lr": 0.2}
+    factory = c.app.state.session_factory  # type: ignore[attr-defined]
+    with session_scope(factory) as session:
+        sweep = store.get_sweep(session, sink.sweep_id)
+        assert sweep.best_trial_key == "trial-00002"
+    TrackingSender(factory, MlflowRuns(settings.mlflow_tracking_uri)).deliver(sink.sweep_id)
+    _, (parent,), children = mlflow_runs(settings.mlflow_tracking_uri, sweep.uid)
+    run_of = {child.data.tags["sweeps.trial_key"]: child.info.run_id for child in children}
+    assert parent.data.tags["sweeps.best_trial_key"] == "trial-00002"
+    assert parent.data.tags["sweeps.best_run_id"] == run_of["trial-00002"]
+    assert parent.data.tags["best.optim.lr"] == "0.2"
+    assert parent.data.metrics["best_val_accuracy"] == 0.9
 
 
 def test_readiness_names_the_dependency_that_is_down(settings: Settings) -> None:

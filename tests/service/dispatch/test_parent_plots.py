@@ -104,12 +104,12 @@ def big_sweep(factory: sessionmaker[Session], trials: int, epochs: int) -> Datab
         sink = DatabaseSink(factory, sweep.id)
     with sink.batch():
         for n in range(trials):
-            key, lr = f"t_{n:05d}", 0.001 * 1.05**n
+            number, lr = n + 1, 0.001 * 1.05**n
             p = {"optim.lr": lr, "seed": n % 3}
-            sink.trial_updated(TrialUpdate(key, "running", p, f"big #{n + 1}", p, "", 1))  # type: ignore[arg-type]
+            sink.trial_updated(TrialUpdate(number, "running", p, f"big #{number}", p, "", 1))
             for e in range(1, epochs + 1):
                 acc = 0.9 * (1 - math.exp(-e / 5)) - abs(math.log(lr / 0.03)) / 20
-                sink.epoch_reported(key, e, {"val_accuracy": acc, "val_loss": 1 / e})
+                sink.epoch_reported(number, e, {"val_accuracy": acc, "val_loss": 1 / e})
     return sink
 
 

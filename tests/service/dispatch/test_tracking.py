@@ -17,11 +17,12 @@ from service.store.db import session_scope
 from service.store.models import MlflowRun
 from tests.specs import digits_body
 from workers.errors import TrackingError
-from workers.events import TrialUpdate
+from workers.events import TrialUpdate, trial_key
 from workers.spec import SweepSpec
 from workers.tracking import MlflowRuns
 
-A, B = "t_00000", "t_00001"
+A, B = 1, 2
+"""Trial numbers."""
 SPEC = SweepSpec.model_validate(digits_body({"optim.lr": [0.01, 10.0]}, method="grid"))
 
 
@@ -35,15 +36,15 @@ def new_sweep(factory: sessionmaker[Session]) -> DatabaseSink:
     return sink
 
 
-def trial(sink: DatabaseSink, key: str, status: str, lr: float, message: str = "") -> None:
+def trial(sink: DatabaseSink, number: int, status: str, lr: float, message: str = "") -> None:
     config = SPEC.trial_config({"optim.lr": lr}).flatten()
-    name = f"digits-sweep #{int(key[-1]) + 1} lr={lr}"
-    update_ = TrialUpdate(key, status, {"optim.lr": lr}, name, config, message, attempt=1)  # type: ignore[arg-type]
+    name = f"digits-sweep #{number} lr={lr}"
+    update_ = TrialUpdate(number, status, {"optim.lr": lr}, name, config, message, attempt=1)  # type: ignore[arg-type]
     sink.trial_updated(update_)
 
 
-def epoch(sink: DatabaseSink, key: str, n: int) -> None:
-    sink.epoch_reported(key, n, {"val_accuracy": 0.5 + n / 10, "val_loss": 1.0 / n})
+def epoch(sink: DatabaseSink, number: int, n: int) -> None:
+    sink.epoch_reported(number, n, {"val_accuracy": 0.5 + n / 10, "val_loss": 1.0 / n})
 
 
 def finished_sweep(factory: sessionmaker[Session]) -> DatabaseSink:
@@ -88,15 +89,15 @@ def test_a_sweep_reaches_mlflow_nested_complete_and_closed(factory, mlflow_serve
 
     (parent,), children = runs_of(mlflow_server.uri, factory, sink.sweep_id)
     by_key = {c.data.tags["sweeps.trial_key"]: c for c in children}
-    assert set(by_key) == {A, B}
+    assert set(by_key) == {trial_key(A), trial_key(B)}
     assert parent.info.status == "FINISHED" and parent.data.tags["sweeps.outcome"] == "completed"
-    assert parent.data.tags["sweeps.best_trial_key"] == A
-    assert parent.data.tags["sweeps.best_run_id"] == by_key[A].info.run_id
+    assert parent.data.tags["sweeps.best_trial_key"] == trial_key(A)
+    assert parent.data.tags["sweeps.best_run_id"] == by_key[trial_key(A)].info.run_id
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(0.8)
     assert parent.data.params["sweep.num_trials"] == "2"
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    a, b = by_key[A], by_key[B]
+    a, b = by_key[trial_key(A)], by_key[trial_key(B)]
     assert (a.info.status, a.data.tags["sweeps.outcome"]) == ("FINISHED", "completed")
     assert (b.info.status, b.data.tags["sweeps.outcome"]) == ("FINISHED", "diverged")
     assert b.data.tags["sweeps.message"] == "val_loss is not finite at epoch 2"
@@ -134,7 +135,7 @@ def test_delivery_follows_a_running_sweep_and_repeats_nothing(factory, mlflow_se
         )
         session.execute(
             update(MlflowRun)
-            .where(MlflowRun.sweep_id == sink.sweep_id, MlflowRun.key == A)
+            .where(MlflowRun.sweep_id == sink.sweep_id, MlflowRun.key == trial_key(A))
             .values(run_id=None)
         )
     epoch(sink, A, 3)

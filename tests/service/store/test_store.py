@@ -92,9 +92,9 @@ def test_session_scope_wraps_database_errors_and_rolls_back(factory) -> None:
 
 def test_a_final_trial_status_is_never_replaced(factory) -> None:
     sink = DatabaseSink(factory, new_sweep(factory))
-    sink.trial_updated(TrialUpdate("t_00000", "running", {"optim.lr": 0.1}))
-    sink.trial_updated(TrialUpdate("t_00000", "diverged", message="NaN loss at epoch 2"))
-    sink.trial_updated(TrialUpdate("t_00000", "running", attempt=2))  # a replay after resume
+    sink.trial_updated(TrialUpdate(1, "running", {"optim.lr": 0.1}))
+    sink.trial_updated(TrialUpdate(1, "diverged", message="NaN loss at epoch 2"))
+    sink.trial_updated(TrialUpdate(1, "running", attempt=2))  # a replay after resume
     with session_scope(factory) as session:
         trial = store.get_trial(session, store.get_sweep(session, sink.sweep_id), 1)
         assert (trial.status, trial.message) == ("diverged", "NaN loss at epoch 2")
@@ -103,10 +103,10 @@ def test_a_final_trial_status_is_never_replaced(factory) -> None:
 
 def test_a_reported_epoch_keeps_its_first_report_and_drops_non_finite_values(factory) -> None:
     sink = DatabaseSink(factory, new_sweep(factory))
-    sink.trial_updated(TrialUpdate("t_00000", "running"))
-    sink.epoch_reported("t_00000", 1, {"val_accuracy": 0.5, "val_loss": float("nan")})
-    sink.epoch_reported("t_00000", 1, {"val_accuracy": 0.6, "train_loss": float("inf")})
-    sink.epoch_reported("t_00000", 2, {"val_accuracy": 0.7})
+    sink.trial_updated(TrialUpdate(1, "running"))
+    sink.epoch_reported(1, 1, {"val_accuracy": 0.5, "val_loss": float("nan")})
+    sink.epoch_reported(1, 1, {"val_accuracy": 0.6, "train_loss": float("inf")})
+    sink.epoch_reported(1, 2, {"val_accuracy": 0.7})
     with session_scope(factory) as session:
         trial = store.get_trial(session, store.get_sweep(session, sink.sweep_id), 1)
         assert [(e.epoch, e.metrics) for e in trial.epochs] == [
@@ -118,14 +118,14 @@ def test_a_reported_epoch_keeps_its_first_report_and_drops_non_finite_values(fac
 def test_a_sink_batch_is_one_transaction_all_or_nothing(factory) -> None:
     sink = DatabaseSink(factory, new_sweep(factory))
     with sink.batch():
-        sink.trial_updated(TrialUpdate("t_00000", "running", {"optim.lr": 0.1}))
-        sink.epoch_reported("t_00000", 1, {"val_accuracy": 0.5})
+        sink.trial_updated(TrialUpdate(1, "running", {"optim.lr": 0.1}))
+        sink.epoch_reported(1, 1, {"val_accuracy": 0.5})
         with session_scope(factory) as session:  # another connection sees nothing yet
             assert store.trial_counts(session, store.get_sweep(session, sink.sweep_id)) == {}
         assert sink.cancel_requested() is False  # its own transaction, outside the batch
     with pytest.raises(RuntimeError), sink.batch():
-        sink.epoch_reported("t_00000", 2, {"val_accuracy": 0.6})
-        sink.trial_updated(TrialUpdate("t_00000", "completed"))
+        sink.epoch_reported(1, 2, {"val_accuracy": 0.6})
+        sink.trial_updated(TrialUpdate(1, "completed"))
         raise RuntimeError("the driver died mid-batch")
     with session_scope(factory) as session:
         trial = store.get_trial(session, store.get_sweep(session, sink.sweep_id), 1)
@@ -144,10 +144,10 @@ def test_the_sweep_version_changes_with_every_write_and_only_then(factory) -> No
     assert version() == seen[0]  # reading changes nothing
     for write in (
         lambda: sink.sweep_started("/tmp/exp"),
-        lambda: sink.trial_updated(TrialUpdate("t_00000", "running", {"optim.lr": 0.1})),
-        lambda: sink.epoch_reported("t_00000", 1, {"val_accuracy": 0.5}),
-        lambda: sink.epoch_reported("t_00000", 2, {"val_accuracy": 0.6}),
-        lambda: sink.trial_updated(TrialUpdate("t_00000", "completed")),
+        lambda: sink.trial_updated(TrialUpdate(1, "running", {"optim.lr": 0.1})),
+        lambda: sink.epoch_reported(1, 1, {"val_accuracy": 0.5}),
+        lambda: sink.epoch_reported(1, 2, {"val_accuracy": 0.6}),
+        lambda: sink.trial_updated(TrialUpdate(1, "completed")),
         lambda: sink.sweep_ended("completed", "", None),
     ):
         write()
@@ -163,27 +163,69 @@ def test_the_sweep_version_changes_with_every_write_and_only_then(factory) -> No
 
 def test_best_trial_uses_the_last_epoch_and_never_a_diverged_trial(factory) -> None:
     sink = DatabaseSink(factory, new_sweep(factory))
-    for key, curve, status in [
-        ("a_00000", [0.9, 0.95], "diverged"),
-        ("a_00001", [0.8, 0.6], "completed"),  # best epoch 0.8, last 0.6
-        ("a_00002", [0.5, 0.7], "running"),
+    for number, curve, status in [
+        (1, [0.9, 0.95], "diverged"),
+        (2, [0.8, 0.6], "completed"),  # best epoch 0.8, last 0.6
+        (3, [0.5, 0.7], "running"),
     ]:
-        sink.trial_updated(TrialUpdate(key, "running"))
+        sink.trial_updated(TrialUpdate(number, "running"))
         for epoch, acc in enumerate(curve, start=1):
-            sink.epoch_reported(key, epoch, {"val_accuracy": acc, "val_loss": 1 - acc})
-        sink.trial_updated(TrialUpdate(key, status))  # type: ignore[arg-type]
+            sink.epoch_reported(number, epoch, {"val_accuracy": acc, "val_loss": 1 - acc})
+        sink.trial_updated(TrialUpdate(number, status))  # type: ignore[arg-type]
     with session_scope(factory) as session:
         sweep = store.get_sweep(session, sink.sweep_id)
         best = store.best_trial(session, sweep, "val_accuracy", "maximize")
-        assert best is not None and (best.trial.key, best.value) == ("a_00002", 0.7)
+        assert best is not None and (best.trial.number, best.value, best.epoch) == (3, 0.7, 2)
+        assert best.trial.key == "trial-00003"
         low = store.best_trial(session, sweep, "val_loss", "minimize")
-        assert low is not None and low.trial.key == "a_00002"
+        assert low is not None and low.trial.number == 3
+
+
+def test_best_trial_is_never_one_that_failed_after_the_top_value_and_ties_go_low(factory) -> None:
+    sink = DatabaseSink(factory, new_sweep(factory))
+    for number, acc, status in [(1, 0.99, "failed"), (2, 0.8, "stopped"), (3, 0.8, "completed")]:
+        sink.trial_updated(TrialUpdate(number, "running"))
+        sink.epoch_reported(number, 1, {"val_accuracy": acc})
+        sink.trial_updated(TrialUpdate(number, status))  # type: ignore[arg-type]
+    with session_scope(factory) as session:
+        sweep = store.get_sweep(session, sink.sweep_id)
+        best = store.best_trial(session, sweep, "val_accuracy", "maximize")
+        assert best is not None and (best.trial.number, best.value) == (2, 0.8)
+        assert store.best_trial(session, sweep, "val_loss", "maximize") is None  # never reported
+
+
+def test_trials_returns_statuses_last_epochs_and_curves_in_number_order(factory) -> None:
+    sink = DatabaseSink(factory, new_sweep(factory))
+    sink.trial_updated(TrialUpdate(3, "pending", {"optim.lr": 0.3}))
+    sink.trial_updated(TrialUpdate(1, "running", {"optim.lr": 0.1}))
+    sink.epoch_reported(1, 1, {"val_accuracy": 0.5, "val_loss": 0.9})
+    sink.epoch_reported(1, 2, {"val_loss": 0.8})  # no accuracy at epoch 2
+    sink.epoch_reported(1, 3, {"val_accuracy": float("nan"), "val_loss": 0.7})  # dropped on write
+    sink.trial_updated(TrialUpdate(2, "running", {"optim.lr": 0.2}))
+    sink.epoch_reported(2, 1, {"val_accuracy": 0.6})
+    sink.epoch_reported(2, 2, {"val_accuracy": 0.7})
+    sink.trial_updated(TrialUpdate(2, "stopped"))
+    other = DatabaseSink(factory, new_sweep(factory))  # another sweep's trial 1 stays its own
+    other.trial_updated(TrialUpdate(1, "failed", {"optim.lr": 0.01}))
+    other.epoch_reported(1, 1, {"val_accuracy": 0.1})
+    first, second, third = sink.trials("val_accuracy")
+    assert (first.number, first.status, first.params) == (1, "running", {"optim.lr": 0.1})
+    assert (first.epoch, first.curve, first.value) == (3, {1: 0.5}, None)
+    assert (second.number, second.status, second.epoch) == (2, "stopped", 2)
+    assert (second.curve, second.value) == ({1: 0.6, 2: 0.7}, 0.7)
+    assert (third.number, third.status, third.epoch, third.curve) == (3, "pending", 0, {})
+    assert [t.curve for t in sink.trials("val_loss")] == [{1: 0.9, 2: 0.8, 3: 0.7}, {}, {}]
+    assert [(t.number, t.curve) for t in other.trials("val_accuracy")] == [(1, {1: 0.1})]
+    with sink.batch():  # in a batch, the batch's own writes are seen
+        sink.epoch_reported(3, 1, {"val_accuracy": 0.9})
+        assert sink.trials("val_accuracy")[2].curve == {1: 0.9}
+    assert DatabaseSink(factory, new_sweep(factory)).trials("val_accuracy") == []
 
 
 def test_sweep_end_closes_open_trials_and_is_final(factory) -> None:
     sink = DatabaseSink(factory, new_sweep(factory))
     sink.sweep_started("/tmp/exp")
-    sink.trial_updated(TrialUpdate("t_00000", "running"))
+    sink.trial_updated(TrialUpdate(1, "running"))
     sink.sweep_ended("cancelled", "cancelled by user", None)
     sink.sweep_ended("completed", "late duplicate", None)
     with session_scope(factory) as session:
@@ -192,16 +234,26 @@ def test_sweep_end_closes_open_trials_and_is_final(factory) -> None:
         assert store.trial_counts(session, sweep) == {"cancelled": 1}
 
 
-def test_a_sweep_started_over_fails_the_trials_its_lost_driver_left_open(factory) -> None:
+def test_a_sweep_started_again_leaves_the_open_trials_to_report_again(factory) -> None:
     sink = DatabaseSink(factory, new_sweep(factory))
     sink.sweep_started("/tmp/exp")
-    sink.trial_updated(TrialUpdate("t_00000", "running"))
-    sink.trial_updated(TrialUpdate("t_00001", "completed"))
-    sink.sweep_started("/tmp/exp", over=True)  # resumed with nothing on storage
+    sink.trial_updated(TrialUpdate(1, "running", {"optim.lr": 0.1}))
+    sink.epoch_reported(1, 1, {"val_accuracy": 0.5})
+    sink.trial_updated(TrialUpdate(2, "completed"))
+    sink.sweep_started("/tmp/exp")  # resumed, or started over: the same numbered trials re-run
+    assert [(t.number, t.status) for t in sink.trials("val_accuracy")] == [
+        (1, "running"),
+        (2, "completed"),
+    ]
+    sink.trial_updated(TrialUpdate(1, "running", attempt=2))
+    sink.epoch_reported(1, 2, {"val_accuracy": 0.6})
+    sink.trial_updated(TrialUpdate(1, "completed"))
     with session_scope(factory) as session:
         sweep = store.get_sweep(session, sink.sweep_id)
-        assert store.trial_counts(session, sweep) == {"failed": 1, "completed": 1}
-        assert "started over" in store.get_trial(session, sweep, 1).message
+        assert sweep.status == "running"
+        assert store.trial_counts(session, sweep) == {"completed": 2}
+        trial = store.get_trial(session, sweep, 1)
+        assert (trial.attempts, trial.message, [e.epoch for e in trial.epochs]) == (2, "", [1, 2])
 
 
 def test_cancel_request_is_seen_by_the_sink_and_refused_once_completed(factory) -> None:
@@ -226,12 +278,32 @@ def test_pagination_and_status_filter(factory) -> None:
         assert ([s.id for s in done], n) == ([ids[1]], 1)
 
 
-def test_trial_numbers_follow_tune_ids(factory) -> None:
+def test_trials_are_rows_by_number_keyed_by_trial_key(factory) -> None:
     sink = DatabaseSink(factory, new_sweep(factory))
-    for key in ("x_00002", "x_00000", "odd"):
-        sink.trial_updated(TrialUpdate(key, "pending"))
+    for number in (3, 1, 12):
+        sink.trial_updated(TrialUpdate(number, "pending"))
+    sink.epoch_reported(7, 1, {"val_accuracy": 0.5})  # an epoch before its trial's update
+    sink.trial_updated(TrialUpdate(7, "running", {"optim.lr": 0.1}))
     with session_scope(factory) as session:
         trials, _ = store.list_trials(
             session, store.get_sweep(session, sink.sweep_id), status=None, limit=10, offset=0
         )
-        assert [(t.number, t.key) for t in trials] == [(1, "x_00000"), (3, "x_00002"), (4, "odd")]
+        assert [(t.number, t.key) for t in trials] == [
+            (1, "trial-00001"),
+            (3, "trial-00003"),
+            (7, "trial-00007"),
+            (12, "trial-00012"),
+        ]
+        assert [(t.status, len(t.epochs)) for t in trials][2] == ("running", 1)
+
+
+def test_sweep_ended_stores_the_key_of_the_best_trial_it_names(factory) -> None:
+    sink = DatabaseSink(factory, new_sweep(factory))
+    for number in (1, 2):
+        sink.trial_updated(TrialUpdate(number, "completed"))
+    sink.sweep_ended("completed", "", 2)
+    nobody = DatabaseSink(factory, new_sweep(factory))
+    nobody.sweep_ended("completed", "", None)
+    with session_scope(factory) as session:
+        assert store.get_sweep(session, sink.sweep_id).best_trial_key == "trial-00002"
+        assert store.get_sweep(session, nobody.sweep_id).best_trial_key is None

@@ -120,9 +120,9 @@ class TestConcurrentSubmissions:
                 if i % 3 == 0:
                     store.create_sweep(session, spec(i))
                 elif i % 3 == 1:
-                    update = TrialUpdate(key=f"t_{i:05d}", status="running", params={"i": i})
+                    update = TrialUpdate(number=i + 1, status="running", params={"i": i})
                     store.upsert_trial(session, target, update)
-                    store.record_epoch(session, target, f"t_{i:05d}", 1, {"val_acc": i / 100})
+                    store.record_epoch(session, target, i + 1, 1, {"val_acc": i / 100})
                 else:
                     store.request_cancel(session, target)
 

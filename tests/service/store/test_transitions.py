@@ -33,7 +33,7 @@ def new_sweep(factory: sessionmaker[Session], status: str = "pending") -> int:
         session.flush()
         sweep_id = sweep.id
     with session_scope(factory) as session:
-        store.upsert_trial(session, sweep_id, TrialUpdate("t_00000", "running"))
+        store.upsert_trial(session, sweep_id, TrialUpdate(1, "running"))
     return sweep_id
 
 
@@ -92,19 +92,19 @@ def test_a_cancel_racing_completion_ends_as_the_rules_say(factory) -> None:
     completed_first = new_sweep(factory, "running")
     err = race(
         factory,
-        lambda s: store.finish_sweep(s, completed_first, "completed", "done", "t_00000"),
+        lambda s: store.finish_sweep(s, completed_first, "completed", "done", 1),
         lambda s: store.request_cancel(s, completed_first),
     )
     assert isinstance(err, SweepFinishedError)  # 409: a completed sweep is never cancelled
-    assert status_of(factory, completed_first) == ("completed", "t_00000")
+    assert status_of(factory, completed_first) == ("completed", "trial-00001")
 
     cancelled_first = new_sweep(factory, "running")
     race(
         factory,
         lambda s: store.request_cancel(s, cancelled_first),
-        lambda s: store.finish_sweep(s, cancelled_first, "completed", "done", "t_00000"),
+        lambda s: store.finish_sweep(s, cancelled_first, "completed", "done", 1),
     )
-    assert status_of(factory, cancelled_first) == ("cancelled", "t_00000")  # the cancel holds
+    assert status_of(factory, cancelled_first) == ("cancelled", "trial-00001")  # the cancel holds
 
 
 def test_a_final_status_is_never_overwritten_by_a_racing_end(factory) -> None:
@@ -122,7 +122,7 @@ def test_a_trials_final_status_is_never_overwritten_by_a_racing_report(factory) 
     race(
         factory,
         lambda s: store.close_open_trials(s, sweep_id, "cancelled", "the sweep was cancelled"),
-        lambda s: store.upsert_trial(s, sweep_id, TrialUpdate("t_00000", "completed")),
+        lambda s: store.upsert_trial(s, sweep_id, TrialUpdate(1, "completed")),
     )
     with session_scope(factory) as session:
         trial = store.get_trial(session, store.get_sweep(session, sweep_id), 1)
