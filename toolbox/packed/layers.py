@@ -68,6 +68,9 @@ class MemberModule(nn.Module):
 
     member_lists: tuple[str, ...] = ()
     """Names of plain list attributes with one entry per member."""
+    transposed: tuple[str, ...] = ()
+    """Names of parameters whose member slices hold the single-trial layer's tensors
+    transposed (last two dimensions); see :meth:`member_layout` and :meth:`solo_layout`."""
     slices: dict[str, tuple[torch.Tensor, ...]] = {}  # noqa: RUF012 (replaced, never mutated)
 
     def keep_members(self, idx: Sequence[int]) -> None:
@@ -92,17 +95,29 @@ class MemberModule(nn.Module):
         """Drop the slices :meth:`split_members` took."""
         self.slices = {}
 
+    def member_layout(self, name: str, solo: torch.Tensor) -> torch.Tensor:
+        """The single-trial layer's tensor ``name`` (or a tensor shaped like it: a velocity)
+        as a member's slice of the packed tensor ``name``; may be a view."""
+        return solo.mT if name in self.transposed else solo
+
+    def solo_layout(self, name: str, member: torch.Tensor) -> torch.Tensor:
+        """A member's slice of the packed tensor ``name`` as the single-trial layer holds it:
+        the inverse of :meth:`member_layout`, a contiguous copy."""
+        solo = member.mT if name in self.transposed else member
+        return solo.clone(memory_format=torch.contiguous_format)
+
     def load_members(self, solos: Sequence[nn.Module]) -> None:
         """Stack the same-named parameters and buffers of one single-trial layer per member."""
         with torch.no_grad():
             for name, tensor in [*self._parameters.items(), *self._buffers.items()]:
                 if tensor is not None:
-                    tensor.copy_(torch.stack([getattr(s, name).detach() for s in solos]))
+                    rows = [self.member_layout(name, getattr(s, name).detach()) for s in solos]
+                    tensor.copy_(torch.stack(rows))
 
     def member_state(self, k: int) -> dict[str, torch.Tensor]:
         """Member ``k``'s parameters and buffers under the single-trial layer's names."""
         named = [*self._parameters.items(), *self._buffers.items()]
-        return {name: t.detach()[k].clone() for name, t in named if t is not None}
+        return {name: self.solo_layout(name, t.detach()[k]) for name, t in named if t is not None}
 
 
 def member_masks(
@@ -138,13 +153,17 @@ def rule_scales(rates: Sequence[float], rules: Sequence[DropoutRule]) -> list[fl
 class PackedLinear(MemberModule):
     """K linear layers as one ``baddbmm``: (K, B, in) -> (K, B, out), with DropConnect.
 
-    ``weight`` is (K, out, in) and ``bias`` (K, out), each member's slice laid out as
-    ``nn.Linear``'s. Members with a DropConnect rate drop weights as
-    :func:`toolbox.dropout.drop_connect_linear` does (one mask per minibatch, from their own
-    generator, scaled by their own rule); the others use their weights as they are.
+    ``weight`` is (K, in, out), member k's slice the transpose of its ``nn.Linear`` weight
+    (:attr:`~MemberModule.transposed`), so that the batched product takes it as it is: with a
+    transposed view of (K, out, in) weights instead, the forward and backward passes cost
+    about a sixth more (bench/RESULTS.md). ``bias`` is (K, out). Members with a DropConnect
+    rate drop weights as :func:`toolbox.dropout.drop_connect_linear` does (one mask per
+    minibatch, from their own generator, scaled by their own rule); the others use their
+    weights as they are.
     """
 
     member_lists = ("drop_rates", "rules")
+    transposed = ("weight",)
 
     def __init__(
         self,
@@ -159,25 +178,27 @@ class PackedLinear(MemberModule):
         (0: none); rules: per-member scaling rule; ctx: the members' generators."""
         super().__init__()
         k = len(drop_rates)
-        self.weight = nn.Parameter(torch.empty(k, n_out, n_in))
+        self.weight = nn.Parameter(torch.empty(k, n_in, n_out))
         self.bias = nn.Parameter(torch.empty(k, n_out)) if bias else None
         self.drop_rates, self.rules, self.ctx = list(drop_rates), list(rules), ctx
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(K, B, in) -> (K, B, out)."""
-        weight: torch.Tensor = self.weight  # (K, out, in)
+        weight: torch.Tensor = self.weight  # (K, in, out)
         if any(self.drop_rates):
             if self.training:
-                weight = weight * member_masks(weight.shape[1:], self.drop_rates, self.ctx, x)
+                # (K, out, in) masks, drawn in the single-trial weight's order
+                masks = member_masks(weight.mT.shape[1:], self.drop_rates, self.ctx, x)
+                weight = weight * masks.mT
             scales = rule_scales(self.drop_rates, self.rules)
             if any(s != 1.0 for s in scales):
                 weight = weight * torch.tensor(scales, device=x.device).view(-1, 1, 1)
         if self.bias is None:
-            return torch.bmm(x, weight.transpose(1, 2))
-        return torch.baddbmm(self.bias.unsqueeze(1), x, weight.transpose(1, 2))
+            return torch.bmm(x, weight)
+        return torch.baddbmm(self.bias.unsqueeze(1), x, weight)
 
     def extra_repr(self) -> str:
-        k, n_out, n_in = self.weight.shape
+        k, n_in, n_out = self.weight.shape
         return f"members={k}, in={n_in}, out={n_out}, dropconnect={self.drop_rates}"
 
 

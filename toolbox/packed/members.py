@@ -91,12 +91,11 @@ class Normalizers:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize member k's images ``x[k]`` with member k's normalizer; same shape out."""
         if len(self.groups) == 1:
-            return self.groups[0][0](x.flatten(0, 1)).view(x.shape)
+            return _per_image(self.groups[0][0], x)
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         for norm, members in self.groups:
             idx = torch.tensor(members, device=x.device)
-            part = x.index_select(0, idx)
-            out.index_copy_(0, idx, norm(part.flatten(0, 1)).view(part.shape))
+            out.index_copy_(0, idx, _per_image(norm, x.index_select(0, idx)))
         return out
 
     def shared(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,6 +108,14 @@ class Normalizers:
             for k in members:
                 rows[k] = normed
         return torch.stack(rows)
+
+
+def _per_image(norm: InputNormalizer, x: torch.Tensor) -> torch.Tensor:
+    """``norm`` on (..., C, H, W) images: per-instance statistics need one batch dimension;
+    the other modes broadcast (per channel at most) over any leading dimensions."""
+    if norm.mode == "per_instance":
+        return norm(x.flatten(0, -4)).view(x.shape)
+    return norm(x)
 
 
 def _same(a: InputNormalizer, b: InputNormalizer) -> bool:
@@ -127,13 +134,13 @@ def fitted(modes: Sequence[InputNorm], train_x: torch.Tensor) -> dict[str, Input
 def epoch_orders(members: Sequence[Member], n: int, device: torch.device) -> torch.Tensor:
     """(K, n): each active member's shuffled order, drawn from its generator as
     ``toolbox.train.train_epoch`` draws it; masked members draw nothing (identity order)."""
-    rows = [
-        torch.randperm(n, generator=m.generator, device=device)
-        if m.active
-        else torch.arange(n, device=device)
-        for m in members
-    ]
-    return torch.stack(rows)
+    orders = torch.empty(len(members), n, dtype=torch.long, device=device)
+    for row, member in zip(orders, members, strict=True):
+        if member.active:
+            torch.randperm(n, generator=member.generator, out=row)
+        else:
+            torch.arange(n, out=row)
+    return orders
 
 
 def augment_members(xs: torch.Tensor, members: Sequence[Member]) -> None:

@@ -174,6 +174,7 @@ class PackedNet(nn.Module):
         outs = []
         for i, xi in enumerate(x.unbind(0)):
             self.ctx.member = i
+            xi = xi.contiguous(memory_format=torch.channels_last)
             outs.append(self.features(xi).flatten(1))  # (B, C)
         for layer in layers:
             layer.join_members()

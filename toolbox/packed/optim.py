@@ -23,6 +23,9 @@ from torch import nn
 
 from toolbox.config import OptimConfig
 
+_Stepped = tuple[str, nn.Parameter, dict[str, torch.Tensor]]
+"""A parameter with a gradient: its name, itself, its coefficient columns."""
+
 
 def _column(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     """(K, 1, ..., 1) coefficients that broadcast over a (K, ...) parameter."""
@@ -31,12 +34,31 @@ def _column(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _grad(param: nn.Parameter) -> torch.Tensor:
+    assert param.grad is not None  # only parameters with a gradient are stepped
+    return param.grad
+
+
+def _rows(
+    frozen: list[int], tensors: list[torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
+    """The ``frozen`` members' rows of ``tensors`` (copies), with their index; ``None`` if none."""
+    if not frozen or not tensors:
+        return None
+    index = torch.tensor(frozen, device=tensors[0].device)
+    return index, [t.index_select(0, index) for t in tensors]
+
+
 class PackedSGD:
     """Per-member SGD over a packed model's (K, ...) parameters.
 
+    A step updates velocities and parameters in place, every parameter at once
+    (``torch._foreach_*``): as few kernel launches and Python calls per step as
+    ``torch.optim.SGD`` makes for one trial, whatever K.
+
     Args:
-        model: the packed network; its parameters are read at every step, so parameters
-            replaced by ``keep_members`` are picked up (call :meth:`keep_members` alongside).
+        model: the packed network. Its parameters are listed once; after the model's
+            ``keep_members`` (new parameter tensors), call :meth:`keep_members` to follow.
         cfgs: one :class:`OptimConfig` per member (``batch_size`` is the pack's, not used here).
     """
 
@@ -45,67 +67,97 @@ class PackedSGD:
         self.cfgs = list(cfgs)
         self.velocity: dict[str, torch.Tensor] = {}  # packed parameter name -> (K, ...)
         self.has_velocity = [False] * len(self.cfgs)  # as torch: only after a momentum step
-        self._cache: dict[tuple[Any, ...], dict[str, torch.Tensor]] = {}
+        self._params: list[tuple[str, nn.Parameter]] = []
+        self._cols: list[dict[str, torch.Tensor]] = []  # per parameter, see _columns
+        self._follow_model()
 
-    @torch.no_grad()
-    def step(self, active: Sequence[bool] | None = None) -> None:
-        """One step of every member; with ``active``, members marked ``False`` stay as they are."""
-        mask = None
-        if active is not None and not all(active):
-            device = next(self.model.parameters()).device
-            mask = torch.tensor(list(active), device=device)
-        for name, param in self.model.named_parameters():
-            if param.grad is not None:
-                self._step_one(name, param, mask)
-        for k, cfg in enumerate(self.cfgs):
-            if cfg.momentum > 0 and (active is None or active[k]):
-                self.has_velocity[k] = True
+    def _follow_model(self) -> None:
+        """List the model's parameters and their (K, 1, ...) coefficient columns."""
+        self._params = list(self.model.named_parameters())
+        cache: dict[tuple[Any, ...], dict[str, torch.Tensor]] = {}
+        self._cols = [self._columns(p, cache) for _, p in self._params]
 
-    def _columns(self, like: torch.Tensor) -> dict[str, torch.Tensor]:
-        """lr, momentum, weight decay and Nesterov as (K, 1, ...) columns, made once per shape."""
+    def _columns(
+        self, like: torch.Tensor, cache: dict[tuple[Any, ...], dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """-lr, momentum, weight decay and Nesterov as (K, 1, ...) columns, one set per shape."""
         key = (like.ndim, like.dtype, like.device)
-        if key not in self._cache:
+        if key not in cache:
             cfgs = self.cfgs
-            self._cache[key] = {
-                "lr": _column([c.lr for c in cfgs], like),
+            cache[key] = {
+                "neg_lr": _column([-c.lr for c in cfgs], like),
                 "momentum": _column([c.momentum for c in cfgs], like),
                 "weight_decay": _column([c.weight_decay for c in cfgs], like),
                 "nesterov": _column([c.nesterov for c in cfgs], like).bool(),
             }
-        return self._cache[key]
+        return cache[key]
 
-    def _step_one(self, name: str, param: torch.Tensor, active: torch.Tensor | None) -> None:
-        assert param.grad is not None
-        grad, col = param.grad, self._columns(param)
-        if param.ndim >= 3 and any(c.weight_decay for c in self.cfgs):
-            grad = grad + col["weight_decay"] * param  # a single trial's matrix or kernel
-        old = self.velocity.get(name)
-        velocity = grad.clone() if old is None else old * col["momentum"] + grad
+    @torch.no_grad()
+    def step(self, active: Sequence[bool] | None = None) -> None:
+        """One step of every member; with ``active``, members marked ``False`` stay as they are."""
+        stepped = [
+            (name, param, cols)
+            for (name, param), cols in zip(self._params, self._cols, strict=True)
+            if param.grad is not None
+        ]
+        for name, param, _ in stepped:
+            if name not in self.velocity:  # zero, so that the first velocity is the gradient
+                self.velocity[name] = torch.zeros_like(param)
+        params: list[torch.Tensor] = [param for _, param, _ in stepped]
+        velocities = [self.velocity[name] for name, _, _ in stepped]
+        frozen = [] if active is None else [k for k, on in enumerate(active) if not on]
+        saved = _rows(frozen, [*params, *velocities])
+        grads = self._decayed(stepped)
+        torch._foreach_mul_(velocities, [cols["momentum"] for _, _, cols in stepped])
+        torch._foreach_add_(velocities, grads)  # v = momentum * v + g
+        directions = self._directions(stepped, grads, velocities)
+        torch._foreach_addcmul_(params, directions, [cols["neg_lr"] for _, _, cols in stepped])
+        if saved is not None:  # masked members: back to their rows from before the step
+            index, rows = saved
+            for tensor, row in zip([*params, *velocities], rows, strict=True):
+                tensor.index_copy_(0, index, row)
+        for k, cfg in enumerate(self.cfgs):
+            if cfg.momentum > 0 and k not in frozen:
+                self.has_velocity[k] = True
+
+    def _decayed(self, stepped: list[_Stepped]) -> list[torch.Tensor]:
+        """The gradients, with ``wd * w`` added to those a single trial decays."""
+        grads = [_grad(param) for _, param, _ in stepped]
+        if not any(c.weight_decay for c in self.cfgs):
+            return grads
+        return [
+            torch.addcmul(grad, cols["weight_decay"], param) if param.ndim >= 3 else grad
+            for grad, (_, param, cols) in zip(grads, stepped, strict=True)
+        ]
+
+    def _directions(
+        self, stepped: list[_Stepped], grads: list[torch.Tensor], velocities: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """The velocities, or ``g + momentum * v`` for the members with Nesterov."""
         nesterov = [c.nesterov for c in self.cfgs]
-        direction = velocity
-        if any(nesterov):
-            ahead = grad + col["momentum"] * velocity
-            direction = ahead if all(nesterov) else torch.where(col["nesterov"], ahead, velocity)
-        stepped = param - col["lr"] * direction
-        if active is not None:
-            keep = active.view(-1, *[1] * (param.ndim - 1))
-            stepped = torch.where(keep, stepped, param)
-            velocity = torch.where(keep, velocity, 0.0 if old is None else old)
-        param.copy_(stepped)
-        self.velocity[name] = velocity
+        if not any(nesterov):
+            return velocities
+        momenta = [cols["momentum"] for _, _, cols in stepped]
+        ahead = torch._foreach_addcmul(grads, momenta, velocities)
+        if all(nesterov):
+            return list(ahead)
+        return [
+            torch.where(cols["nesterov"], a, v)
+            for a, v, (_, _, cols) in zip(ahead, velocities, stepped, strict=True)
+        ]
 
     def zero_grad(self) -> None:
         """Drop every gradient (``set_to_none``)."""
-        for param in self.model.parameters():
+        for _, param in self._params:
             param.grad = None
 
     def keep_members(self, idx: Sequence[int]) -> None:
         """Keep only the members ``idx`` (after the model's ``keep_members``)."""
         index = list(idx)
         self.cfgs = [self.cfgs[i] for i in index]
-        self._cache.clear()
         self.has_velocity = [self.has_velocity[i] for i in index]
         self.velocity = {name: v[index].clone() for name, v in self.velocity.items()}
+        self._follow_model()
 
     def load_member_velocity(self, name: str, values: Sequence[torch.Tensor | None]) -> None:
         """Set parameter ``name``'s velocity from one tensor per member (``None``: zero)."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ from toolbox.metrics import EpochMetrics
 from toolbox.models import build_model
 from toolbox.optim import build_optimizer
 from toolbox.packed.grad_noise import PackedGradNoise
-from toolbox.packed.layers import PackContext
+from toolbox.packed.layers import MemberModule, PackContext
 from toolbox.packed.members import (
     Member,
     Normalizers,
@@ -84,8 +84,26 @@ class MemberResult:
     message: str = ""
 
 
+class _ParamPair(NamedTuple):
+    """A packed parameter and the single-trial parameter it holds a member of."""
+
+    name: str  # the packed parameter's name in the packed model
+    layer: MemberModule  # its layer
+    attr: str  # its name in the layer, and the single-trial parameter's in its layer
+    solo: torch.nn.Parameter
+
+
 def _rng_devices(device: torch.device) -> list[torch.device]:
     return [device] if device.type == "cuda" else []
+
+
+def _seed_globals(seed: int, device: torch.device) -> None:
+    """Seed the global generators a single trial on ``device`` draws from, as its
+    ``torch.manual_seed`` does: the CPU's, and ``device``'s on CUDA. Other devices' are left
+    alone (``fork_rng`` restores only these)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.default_generators[device.index or 0].manual_seed(seed)
 
 
 class Pack:
@@ -123,6 +141,7 @@ class Pack:
         resumes = list(resume) if resume is not None else [None] * len(configs)
         self.results: dict[int, MemberResult] = {}
         self.members: list[Member] = []
+        self._weights: dict[tuple[int | bool, ...], torch.Tensor] = {}  # see _loss_weights
         solos, optimizers = [], []
         with torch.random.fork_rng(devices=_rng_devices(self.device)):
             for key, (config, ckpt) in enumerate(zip(configs, resumes, strict=True)):
@@ -144,7 +163,7 @@ class Pack:
 
     def _single(self, config: TrialConfig, ckpt: dict[str, Any] | None) -> solo._State:
         """Member state as ``toolbox.train.train`` sets it up (and resumes it)."""
-        torch.manual_seed(config.seed)
+        _seed_globals(config.seed, self.device)
         model = build_model(config.model, self.split.in_shape, self.split.num_classes)
         model.to(self.device)
         generator = torch.Generator(device=self.device)
@@ -169,24 +188,28 @@ class Pack:
             history=list(state.history),
         )
 
-    def _param_pairs(self, solo_model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-        """(packed parameter name, the single-trial model's same parameter) pairs."""
+    def _param_pairs(self, solo_model: torch.nn.Module) -> list[_ParamPair]:
+        """Every packed parameter with its layer and the single-trial model's same parameter."""
         names = {id(p): name for name, p in self.model.named_parameters()}
         return [
-            (names[id(param)], getattr(solo_layer, attr))
+            _ParamPair(names[id(param)], layer, attr, getattr(solo_layer, attr))
             for layer, solo_layer in self.model.pairs(solo_model)
             for attr, param in layer.named_parameters(recurse=False)
         ]
 
     def _load_velocities(self, solos: list[Any], optimizers: list[Any]) -> None:
+        if not any(opt.state for opt in optimizers):
+            return  # no member resumed with momentum
         per_member = [self._param_pairs(s) for s in solos]
-        for i, (name, _) in enumerate(per_member[0]):
+        for i, pair in enumerate(per_member[0]):
             velocities = [
-                opt.state[pairs[i][1]].get("momentum_buffer")
+                opt.state[pairs[i].solo].get("momentum_buffer")
                 for opt, pairs in zip(optimizers, per_member, strict=True)
             ]
             if any(v is not None for v in velocities):
-                self.optimizer.load_member_velocity(name, velocities)
+                rows = [None if v is None else pair.layer.member_layout(pair.attr, v)
+                        for v in velocities]  # fmt: skip
+                self.optimizer.load_member_velocity(pair.name, rows)
 
     @property
     def done(self) -> bool:
@@ -225,6 +248,7 @@ class Pack:
         if keep:
             self.model.keep_members(keep)
             self.optimizer.keep_members(keep)
+            self._weights.clear()
             self._normalize = Normalizers([m.normalize for m in self.members])
 
     def checkpoint(self, key: int) -> dict[str, Any]:
@@ -237,10 +261,11 @@ class Pack:
             model.to(self.device)
             self.model.copy_member_into(k, model)
             optimizer = build_optimizer(model, member.config.optim)
-            for name, param in self._param_pairs(model):
-                velocity = self.optimizer.member_velocity(name, k)
+            for pair in self._param_pairs(model):
+                velocity = self.optimizer.member_velocity(pair.name, k)
                 if velocity is not None:
-                    optimizer.state[param]["momentum_buffer"] = velocity
+                    velocity = pair.layer.solo_layout(pair.attr, velocity)
+                    optimizer.state[pair.solo]["momentum_buffer"] = velocity
             rng = checkpoint_rng(member, self.device)
             torch.set_rng_state(rng["torch"])
             if rng["cuda"] is not None:
@@ -253,6 +278,16 @@ class Pack:
 
     def _active(self) -> list[bool]:
         return [m.active for m in self.members]
+
+    def _loss_weights(self, batch: int, active: list[bool]) -> torch.Tensor:
+        """(K*B,) d(sum of the active members' mean losses) / d(per-sample loss): 1/B for
+        an active member's samples, 0 for a masked member's; kept while the pack is unchanged."""
+        key = (batch, *active)
+        if key not in self._weights:
+            weights = torch.full((len(active), batch), 1.0 / batch, device=self.device)
+            weights[[k for k, on in enumerate(active) if not on]] = 0.0
+            self._weights[key] = weights.flatten()
+        return self._weights[key]
 
     def train_epoch(self, noise: PackedGradNoise | None) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass of every member over its freshly shuffled training split.
@@ -269,24 +304,25 @@ class Pack:
         ahead = max(1, solo.AUGMENT_AHEAD // bs) * bs if augmenting else bs
         loss_sum = torch.zeros(k, device=self.device)
         correct = torch.zeros(k, device=self.device, dtype=torch.long)
+        labels = y_all[orders]  # (K, n)
         for first in range(0, n, ahead):
-            idx = orders[:, first : first + ahead]
-            xs, ys = x_all[idx], y_all[idx]  # (K, A, C, H, W), (K, A)
-            augment_members(xs, members)
-            for start in range(0, idx.shape[1], bs):
-                x, y = xs[:, start : start + bs], ys[:, start : start + bs]  # (K, B, ...)
+            idx = orders[:, first : first + ahead]  # (K, A)
+            xs = x_all.index_select(0, idx.flatten()).view(*idx.shape, *x_all.shape[1:])
+            augment_members(xs, members)  # (K, A, C, H, W)
+            for start in range(first, first + idx.shape[1], bs):
+                x = xs[:, start - first : start - first + bs]  # (K, B, C, H, W)
+                y = labels[:, start : start + bs]  # (K, B)
                 logits = self.model(self._normalize(x))  # (K, B, classes)
                 per_sample = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-                losses = per_sample.view(k, -1).mean(dim=1)  # (K,) each member's mean loss
-                active = self._active()
-                # A masked member's loss may be NaN; it must not reach the others' sum.
-                kept = losses if all(active) else losses[torch.tensor(active, device=x.device)]
-                kept.sum().backward()
+                active = self._active()  # a forward hook may have stopped a member
+                # The gradient of the sum of the active members' mean losses; a masked member's
+                # loss (NaN, maybe) gets weight 0 and reaches none of the others' gradients.
+                per_sample.backward(self._loss_weights(y.shape[1], active))
                 if noise is not None:
                     noise.add()
                 self.optimizer.step(active)
                 self.optimizer.zero_grad()
-                loss_sum += losses.detach() * y.shape[1]
+                loss_sum += per_sample.detach().view(k, -1).sum(dim=1)
                 correct += (logits.detach().argmax(dim=2) == y).sum(dim=1)
         return loss_sum, correct
 
