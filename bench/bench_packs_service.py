@@ -76,7 +76,7 @@ def sequential_run(body: dict[str, Any]) -> float:
     import torch
 
     from toolbox.train import train
-    from workers.driver.packs import configurations
+    from workers import sampling
     from workers.spec import SweepSpec
 
     spec = SweepSpec.model_validate(body)
@@ -84,8 +84,8 @@ def sequential_run(body: dict[str, Any]) -> float:
     torch.set_num_threads(1)
     try:
         t0 = time.perf_counter()
-        for params in configurations(spec):
-            assert train(spec.trial_config(params)).outcome == "completed"
+        for trial in sampling.batch(spec, 0, []):  # a grid: every trial in one batch
+            assert train(spec.trial_config(trial.params)).outcome == "completed"
         return time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads)

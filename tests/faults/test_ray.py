@@ -1,4 +1,5 @@
-"""F6, F7, F8: the Ray head dies and comes back, dies for good, or the sweep's driver hangs."""
+"""F6, F7, F8: the Ray head dies and comes back, dies for good, or the sweep's driver hangs;
+and a driver killed right after a trial was stopped early."""
 
 from __future__ import annotations
 
@@ -113,6 +114,42 @@ def test_f8_a_standby_that_never_starts_its_sweep_is_replaced(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(standby, signal.SIGKILL)
         assert sweep["status"] == "completed", (sweep["message"], sweep["resumes"])
+
+
+def test_a_driver_killed_right_after_a_trial_stopped_early_never_revives_it(
+    tmp_path: Path, ray_cluster: Any, mlflow_server: Any
+) -> None:
+    """The resumed driver takes the trial's end from the database: the trial stays stopped,
+    with the same curve, no epoch is stored after its end, and MLflow agrees with the
+    database for every trial."""
+    epochs = 60
+    body = long_body(
+        epochs, [0.05, 0.1, 1e-4, 3e-4], max_concurrent=2,
+        early_stopping={"type": "asha", "grace_period": 2, "reduction_factor": 2},
+    )  # fmt: skip
+    settings = make_settings(tmp_path, ray_cluster, mlflow_server)
+    with in_process(settings) as api:
+        sweep_id = api.submit(body)
+        stopped = wait_for(
+            lambda: [t for t in api.trials(sweep_id) if t["status"] == "stopped"],
+            bool, 240, "a trial stopped early",
+        )  # fmt: skip
+        os.kill(driver_pid(sweep_id, settings.database_url_file), signal.SIGKILL)
+        sweep = api.wait_final(sweep_id, timeout=600)
+        assert sweep["status"] == "completed", (sweep["message"], sweep["resumes"])
+        sweep = api.wait_tracked(sweep_id)
+        trials = api.trials(sweep_id)
+    assert sweep["resumes"] == 1
+    by_number = {t["number"]: t for t in trials}
+    for before in stopped:
+        after = by_number[before["number"]]
+        assert after["status"] == "stopped" and after["curve"] == before["curve"], after
+    for trial in trials:
+        assert trial["status"] in {"completed", "stopped"}, trial
+        done = [p["epoch"] for p in trial["curve"]]
+        assert done == list(range(1, len(done) + 1)), trial["key"]
+        assert (len(done) == epochs) == (trial["status"] == "completed"), trial["key"]
+    assert_mlflow_matches(mlflow_server.uri, sweep, trials)
 
 
 def eventually_pid(find: Any, timeout: float = 60) -> int:

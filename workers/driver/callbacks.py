@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+import ray
 from ray import tune
 from ray.tune.experiment import Trial
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 CANCEL_POLL_S = 1.0
 SNAPSHOT_PERIOD_S = 2.0
 """How often Tune snapshots the experiment state (the most training a killed driver loses)."""
+BOARD_CHECK_S = 1.0
+"""How often the driver asks whether its stopping board restarted (and must be seeded)."""
 SNAPSHOT_MARGIN_S = 0.1
 """``stop_all`` flushes the writes this long before a snapshot is due, and from then on.
 ``snapshot_at`` is taken in ``get_state()``, inside Tune's save, so by our clock a snapshot is
@@ -39,6 +42,7 @@ class ProgressCallback(tune.Callback):
 
     def __init__(self, sweep_uid: str) -> None:
         self.sweep_uid = sweep_uid
+        self._board_checked = 0.0
 
     @property
     def progress(self) -> SweepProgress:
@@ -57,6 +61,24 @@ class ProgressCallback(tune.Callback):
     def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         for pack in trials:
             self._seen(pack)
+        if time.monotonic() - self._board_checked >= BOARD_CHECK_S:
+            self._board_checked = time.monotonic()
+            self._seed_restarted_board()
+
+    def _seed_restarted_board(self) -> None:
+        """Seed the stopping board again when Ray restarted it (it then stops nothing)."""
+        board = LIVE[self.sweep_uid].board
+        if board is None:
+            return
+        try:
+            seeded = ray.get(board.is_seeded.remote(), timeout=BOARD_CHECK_S)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
+            return  # restarting: asked again next time
+        if not seeded:
+            log.warning("sweep %s: the stopping board restarted; seeding it", self.sweep_uid)
+            board.seed.remote(
+                self.progress.curves(), complete=True, stopped=self.progress.stopped()
+            )
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
         for number in self._seen(trial):

@@ -255,6 +255,14 @@ class SweepProgress:
                 curve=dict(o.curve),
             )  # fmt: skip
 
+    def curves(self) -> dict[str, list[float]]:
+        """Every trial's metric per epoch, in epoch order (what the stopping board knows)."""
+        return {str(n): [r.curve[e] for e in sorted(r.curve)] for n, r in self.trials.items()}
+
+    def stopped(self) -> list[int]:
+        """The numbers of the trials stopped early."""
+        return [n for n, r in self.trials.items() if r.status == "stopped"]
+
     def ended(self) -> frozenset[int]:
         """The numbers of the trials that have ended."""
         return frozenset(n for n, r in self.trials.items() if r.final)

@@ -82,16 +82,16 @@ def restore_points(state: bytes) -> dict[str, int]:
     A trial's last result names its last checkpoint (``checkpoint_dir_name``, which Ray adds
     to a result reported with a checkpoint): a driver resumed from ``state`` restores the trial
     from it, so it and every newer one stay (a running trial's retry after a worker failure
-    restores from the newest, which Tune holds in memory). A finished trial (``done``) keeps
-    the one before it too: its registered checkpoint can trail its last result by one (seen
-    when a worker died as it reported). Everything older goes, so a running pack keeps the
-    checkpoints of a snapshot period, whatever its epochs.
+    restores from the newest, which Tune holds in memory), and the one before it too: the
+    checkpoint Tune registered can trail the last result by one (seen when a worker died as it
+    reported). Everything older goes, so a running pack keeps the checkpoints of a snapshot
+    period, whatever its epochs.
     """
     points: dict[str, int] = {}
     for last in last_results(state):
         match = CHECKPOINT_DIR.match(str(last.get("checkpoint_dir_name") or ""))
         if match and last.get("trial_id"):
-            points[str(last["trial_id"])] = int(match.group(1)) - (last.get("done") is True)
+            points[str(last["trial_id"])] = int(match.group(1)) - 1
     return points
 
 

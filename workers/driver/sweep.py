@@ -320,11 +320,7 @@ def _board(spec: SweepSpec, sweep_uid: str, progress: SweepProgress) -> Any:
     actor = StoppingBoard.options(  # type: ignore[attr-defined]  # ray.remote's class
         name=board_name(sweep_uid), get_if_exists=True
     ).remote(spec.early_stopping, spec.epochs, spec.metric.mode)
-    curves = {
-        str(n): [r.curve[e] for e in sorted(r.curve)] for n, r in progress.trials.items() if r.curve
-    }
-    if curves:
-        actor.seed.remote(curves)
+    actor.seed.remote(progress.curves(), complete=True, stopped=progress.stopped())
     return actor
 
 

@@ -15,20 +15,32 @@ rules are Tune's own (``ray.tune.schedulers``), applied to member trials:
   it, at least ``min_samples_required``) is stopped.
 
 Members of one pack reach a rung together and are judged one after another, as Tune judges
-trials whose results arrive together; packs and single trials share the board. Values are
-sign-adjusted so larger is better. The board keeps everything in memory: a driver resumed
-after a crash seeds it again from what its packs had reported (:meth:`StoppingBoard.seed`).
+trials whose results arrive together. Values are sign-adjusted so larger is better.
+
+The board keeps everything in memory. Ray restarts a board that dies (and retries the calls
+made meanwhile), empty: its reports then wait, up to :data:`SEED_WAIT_S`, until the driver
+seeds it again with every trial's curve (:meth:`StoppingBoard.seed` with ``complete``), so no
+decision is made on a partial picture while the driver lives. The driver seeds a new board at
+once and checks each second whether its board restarted; a driver resumed after a crash seeds
+its new board from the curves the sink holds; a retried pack adds its trials' curves from its
+checkpoint.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import ray
 
 from workers.spec import EarlyStoppingSpec
+
+SEED_WAIT_S = 60.0
+"""How long a restarted board's reports wait for the driver's seed before deciding anyway."""
 
 
 @dataclass
@@ -42,6 +54,8 @@ class StoppingRules:
     """Member number -> epoch -> sign-adjusted value."""
     rungs: dict[tuple[int, float], dict[int, float]] = field(default_factory=dict)
     """(bracket, milestone) -> member number -> value recorded there."""
+    stopped: set[int] = field(default_factory=set)
+    """Members stopped: a retried pack that trains one again past its stop is told again."""
 
     def _signed(self, value: float) -> float:
         return value if self.mode == "max" else -value
@@ -53,7 +67,12 @@ class StoppingRules:
 
     def report(self, number: int, epoch: int, value: float) -> bool:
         """Record member ``number``'s value at ``epoch``; True when it must stop."""
-        return self._judge(number, epoch, value, decide=True)
+        if number in self.stopped:
+            return True
+        stop = self._judge(number, epoch, value, decide=True)
+        if stop:
+            self.stopped.add(number)
+        return stop
 
     def _judge(self, number: int, epoch: int, value: float, decide: bool) -> bool:
         curve = self.curves.setdefault(number, {})
@@ -111,19 +130,34 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class StoppingBoard:
-    """One sweep's :class:`StoppingRules` shared by its packs (a named Ray actor)."""
+    """One sweep's :class:`StoppingRules` shared by its packs (a named Ray actor that Ray
+    restarts when it dies; see the module docstring)."""
 
     def __init__(self, spec: EarlyStoppingSpec, max_t: int, mode: str) -> None:
         self.rules = StoppingRules(spec, max_t, mode)
+        self.seeded = asyncio.Event()
 
-    def seed(self, curves: dict[int, list[float]]) -> None:
+    async def seed(
+        self, curves: dict[int, list[float]], complete: bool = False, stopped: Sequence[int] = ()
+    ) -> None:
+        """Record curves (epochs 1..n) without judging them, and the trials ``stopped``
+        already; ``complete``: every trial's, so the board decides from now on."""
         for number, values in curves.items():
             self.rules.seed(int(number), values)
+        self.rules.stopped.update(int(n) for n in stopped)
+        if complete:
+            self.seeded.set()
 
-    def report(self, values: list[tuple[int, int, float]]) -> list[int]:
+    async def is_seeded(self) -> bool:
+        """Whether the board decides (False after a restart, until the driver seeds it)."""
+        return self.seeded.is_set()
+
+    async def report(self, values: list[tuple[int, int, float]]) -> list[int]:
         """``(number, epoch, value)`` per member, in order; the numbers that must stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.seeded.wait(), SEED_WAIT_S)
         return [n for n, epoch, value in values if self.rules.report(n, epoch, value)]
 
 

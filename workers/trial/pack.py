@@ -1,12 +1,15 @@
 """The function Ray Tune runs for every Tune trial: train a pack of trials as one model.
 
 Every Tune trial of a sweep is a pack of one or more trials (:mod:`workers.results`). Each
-epoch the pack reports one result holding each trial's news under its number, and one
-checkpoint holding every trial still training (a single-trial checkpoint each, so a retried
-pack resumes them all) and how the others ended, with the last checkpoint of each that
-completed or was stopped: a pack's checkpoint holds every trial's newest state, at a constant
-size. The driver turns a result into trial events (rows, curves, MLflow runs, outcomes):
-:mod:`workers.driver.callbacks`.
+epoch the pack reports one result holding each trial's news under its number. With its first
+epoch, its last, an epoch in which a trial ended, and otherwise at most every
+:data:`CHECKPOINT_S`, it also saves a checkpoint holding every trial still training (a
+single-trial checkpoint each, so a retried pack resumes them all) and how the others ended,
+with the last checkpoint of each that completed or was stopped: a pack's checkpoint holds every
+trial's newest state, at a constant size, and a pack writes a few per snapshot of the
+experiment, whatever its epochs (a retry repeats the epochs since the last one, which the sink
+keeps once). The driver turns a result into trial events (rows, curves, MLflow runs,
+outcomes): :mod:`workers.driver.callbacks`.
 
 Trials leave alone: one whose configuration is invalid fails at once, one whose loss stops
 being finite is ``diverged``, one the sweep's :class:`~workers.trial.board.StoppingBoard`
@@ -21,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +57,8 @@ PACK_VERSION = 2
 RENDERED_MAX = 256
 _RENDERED: dict[str, bytes] = {}
 """Augmentation pictures this worker rendered, by augmentation, seed and data."""
+CHECKPOINT_S = 1.0
+"""The least time between two checkpoints of a pack (besides its first epoch's and last)."""
 SCRATCH = "sweeps-pack-checkpoints"
 """Folder under the temporary directory where each worker process writes its checkpoints."""
 _SWEPT = False
@@ -141,6 +147,8 @@ class _PackRun:
         self.numbers = list(configs)  # pack position -> trial number
         self.configs = [configs[n] for n in self.numbers]
         self.samples: dict[str, bytes] = {}
+        self.saved_at = float("-inf")  # time.monotonic() of this attempt's last checkpoint
+        self.saved_ended: set[int] = set()  # the trials whose end a checkpoint holds
         self.node = ray.get_runtime_context().get_node_id()
         self.board = ray.get_actor(board_name(setup.sweep_uid)) if setup.early_stopping else None
 
@@ -219,9 +227,16 @@ class _PackRun:
         }
         if self.samples:
             result[SAMPLES], self.samples = self.samples, {}
-        if pack is None:
+        ended = {n for n, s in self.states.items() if s.status != "running"}
+        due = pack is not None and (
+            pack.done
+            or not ended <= self.saved_ended  # a trial's end is checkpointed at once
+            or time.monotonic() - self.saved_at >= CHECKPOINT_S
+        )
+        if pack is None or not due:
             tune.report(result)
             return
+        self.saved_at, self.saved_ended = time.monotonic(), ended
         state = {
             "version": PACK_VERSION,
             "active": {str(self.numbers[m.key]): pack.checkpoint(m.key) for m in pack.members},

@@ -93,5 +93,22 @@ def probe_task(setup: TrialSetup, params: dict[str, Any]) -> dict[str, Any]:
     from workers.trial.setup import trial_config
 
     torch.set_num_threads(max(1, int(setup.cpus)))
-    throughput = measure(trial_config(setup, params))
-    return {"size": best_size(throughput), "throughput": {str(k): v for k, v in throughput.items()}}
+    config = trial_config(setup, params)
+    throughput = measure(config)
+    return {
+        "size": best_size(throughput),
+        "throughput": {str(k): v for k, v in throughput.items()},
+        "device": _device(config.device),
+    }
+
+
+def _device(device: str) -> str:
+    """The probed device's model and memory, for the cache's readers."""
+    import platform
+
+    import torch
+
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        return f"{props.name}, {props.total_memory / 2**30:.0f} GiB"
+    return f"cpu {platform.processor() or platform.machine()}"

@@ -3,14 +3,17 @@ as it would alone, stops early by the rules, and survives a killed worker or dri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import signal
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
 import torch
 
 from tests.workers.driver.test_sweep import (
@@ -21,7 +24,10 @@ from tests.workers.driver.test_sweep import (
     resume,
 )
 from tests.workers.sweeps import RecordingSink, alive_trial_worker_pids, digits_spec, sweep
+from workers.driver.sweep import run_sweep
 from workers.events import FINAL_TRIAL_STATUSES, SAMPLES_ARTIFACT
+from workers.trial.board import board_name
+from workers.trial.pack import PACK_FILE, SCRATCH
 
 
 def _by_params(sink: RecordingSink, names: list[str]) -> dict[tuple[Any, ...], int]:
@@ -153,6 +159,8 @@ def test_a_killed_pack_resumes_every_member(ray_cluster, ray_session, tmp_path):
         assert sorted(sink.epochs[key]) == list(range(1, epochs + 1))
     pictures = sorted(k for k, path, _ in sink.artifacts if path == SAMPLES_ARTIFACT)
     assert pictures == sorted(sink.final_status())  # once each: not again on the resume
+    # the killed worker's checkpoint folder went when the retried pack started
+    assert not Path(tempfile.gettempdir(), SCRATCH, str(killed[0])).exists()
 
 
 @pytest.mark.slow
@@ -242,3 +250,105 @@ def test_bayes_asks_its_batches_in_packs_and_numbers_every_trial(ray_session, tm
     assert len(packs) == 8  # batches of one (8 trials / 8 rounds), each its own pack
     lrs = {sink.last_update(k).params["optim.lr"] for k in statuses}
     assert len(lrs) == 8  # each trial its own draw
+
+
+@pytest.mark.slow
+def test_a_resumed_bayes_sweep_draws_the_trials_it_would_have_drawn(
+    ray_cluster, ray_session, tmp_path
+):
+    """The study's state is the trials' records: a driver killed after a few Bayesian batches
+    and resumed from what the sink holds draws the same later trials as a sweep never
+    interrupted."""
+    params = {"optim.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1.0}}
+    spec = digits_spec(params, method="bayes", max_trials=8, epochs=4, max_concurrent=1)
+    request = driver_request(spec, tmp_path / "killed")
+    journal = Path(request["journal"])
+
+    def three_ended() -> bool:
+        ended = set()
+        for line in journal.read_text().splitlines() if journal.exists() else []:
+            with contextlib.suppress(ValueError):  # a line being written
+                kind, data = json.loads(line)
+                if kind == "update" and data["status"] in FINAL_TRIAL_STATUSES:
+                    ended.add(data["number"])
+        return len(ended) >= 3
+
+    (tmp_path / "killed").mkdir()
+    kill_driver_when(ray_cluster.address, request, tmp_path / "killed", three_ended, "3 trials")
+    status, resumed = resume(spec, request)
+    assert status == "completed", resumed.ended
+
+    whole = RecordingSink()
+    assert sweep(spec, whole, tmp_path / "whole")[1] == "completed"
+    numbers = list(range(1, 9))
+    assert sorted(resumed.final_status()) == sorted(whole.final_status()) == numbers
+    lr = lambda sink, n: sink.last_update(n).params["optim.lr"]  # noqa: E731
+    assert [lr(resumed, n) for n in numbers] == [lr(whole, n) for n in numbers]
+    assert len({lr(whole, n) for n in numbers}) == 8
+
+
+@pytest.mark.slow
+def test_a_killed_stopping_board_restarts_seeded_and_the_sweep_goes_on(ray_session, tmp_path):
+    # One pack at a time, good learning rates first; the board is killed while the first pack
+    # trains, so the second pack is judged by the restarted board, seeded by the driver.
+    killed: list[bool] = []
+
+    def kill_board(sink: RecordingSink, number: int, epoch: int, metrics) -> None:
+        if epoch == 20 and not killed:
+            board = ray.get_actor(board_name(uid[0]))
+            ray.kill(board, no_restart=False)
+            killed.append(True)
+
+    uid = ["bd" + os.urandom(3).hex()]
+    spec = digits_spec(
+        {"optim.lr": [0.1, 0.2, 0.15, 1e-5, 2e-5, 3e-5]},
+        method="grid",
+        epochs=200,
+        max_concurrent=1,
+        packing={"max_members": 3},
+        early_stopping={"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    )
+    sink = RecordingSink(on_epoch=kill_board)
+    status = run_sweep(spec, sink, sweep_uid=uid[0], storage_path=str(tmp_path))
+
+    assert killed and status == "completed", sink.ended
+    by_lr = _by_params(sink, ["optim.lr"])
+    for lr in (1e-5, 2e-5, 3e-5):  # judged against the first pack's curves, seeded again
+        number = by_lr[(lr,)]
+        assert sink.final_status()[number] == "stopped"
+        assert max(sink.epochs[number]) < 8, (lr, sorted(sink.epochs[number]))
+
+
+@pytest.mark.slow
+def test_a_running_pack_keeps_a_few_checkpoints_whatever_its_epochs(ray_session, tmp_path):
+    on_storage: list[int] = []
+
+    def measure(sink: RecordingSink, number: int, epoch: int, metrics) -> None:
+        if number == 1:
+            on_storage.append(_bytes_under(tmp_path))
+
+    epochs = 100
+    spec = digits_spec(
+        {"optim.lr": [0.01 * (i + 1) for i in range(16)]},
+        method="grid",
+        epochs=epochs,
+        max_concurrent=1,
+        packing={"max_members": 16},
+    )
+    uid, status = sweep(spec, RecordingSink(on_epoch=measure), tmp_path)
+
+    assert status == "completed"
+    (kept,) = (tmp_path / f"sweep-{uid}").glob(f"*/checkpoint_*/{PACK_FILE}")
+    one = kept.stat().st_size  # a pack checkpoint: all 16 trials' states
+    assert len(on_storage) == epochs
+    assert max(on_storage) < 8 * one, (max(on_storage), one)  # per-epoch ones: 100 x
+
+
+def _bytes_under(root: Path) -> int:
+    total = 0
+    for path in root.rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except FileNotFoundError:  # pruned meanwhile
+            continue
+    return total

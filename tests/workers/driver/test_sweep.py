@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.workers.sweeps import RecordingSink, digits_spec, sweep
-from workers.driver.sweep import run_sweep
+from workers.driver.sweep import FORMAT_FILE, experiment_name, run_sweep
 from workers.spec import SweepSpec
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -226,3 +226,23 @@ def test_trials_read_data_sets_from_the_deployments_directory_only(ray_session, 
     (key,) = sink.final_status()
     message = sink.last_update(key).message
     assert str(tmp_path / "empty") in message and "MNIST" in message, message
+
+
+@pytest.mark.slow
+def test_a_sweep_an_earlier_driver_started_fails_on_resume_saying_why(
+    ray_cluster, ray_session, tmp_path
+):
+    spec = digits_spec({"optim.lr": [0.05, 0.1]}, method="grid", epochs=2)
+    request = driver_request(spec, tmp_path, hang_at_end=True)
+    at_end = Path(request["epochs_file"]).with_suffix(".ended").exists
+    kill_driver_when(ray_cluster.address, request, tmp_path, at_end, "the driver never hung")
+    experiment = Path(request["storage_path"], experiment_name(request["sweep_uid"]))
+    (experiment / FORMAT_FILE).unlink()  # as an earlier driver left its experiments
+    left = sorted(p.relative_to(experiment) for p in experiment.rglob("*"))
+
+    status, sink = resume(spec, request)
+
+    assert status == "failed"
+    assert sink.ended is not None and "earlier version of the driver" in sink.ended[1]
+    assert sink.final_status() == {1: "completed", 2: "completed"}  # ended trials keep theirs
+    assert sorted(p.relative_to(experiment) for p in experiment.rglob("*")) == left
