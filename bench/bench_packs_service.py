@@ -7,8 +7,8 @@ epochs, 1 CPU per trial, 2 at a time. Three modes in one run, on one embedded st
 
 - ``packed``: ``POST /sweeps`` as a user sends it (packing on, the default), waited on with
   long polls until final; wall time from the POST.
-- ``unpacked``: the same body with ``packing: {enabled: false}``: one Tune trial per
-  configuration, as before packing.
+- ``unpacked``: the same body with ``packing: {enabled: false}``: packs of one, one Tune
+  trial per configuration.
 - ``sequential``: :func:`toolbox.train.train` for every configuration, one after another in
   this process on ONE thread: the summed single-trial compute. The ideal on the sweep's slots
   is that divided by the slots (``max_concurrent``).
