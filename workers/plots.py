@@ -59,15 +59,24 @@ def curves_png(results: SweepResults) -> bytes:
             outline = [patheffects.Stroke(linewidth=5, foreground="black"), patheffects.Normal()]
             ax.plot(
                 xs, ys, color=colour(best), linewidth=3, path_effects=outline,
-                label=f"best: #{best.number} {best.name}",
+                label=f"best: #{best.number}, {results.metric} {_final(best, results.metric):.4g}",
             )  # fmt: skip
-            ax.annotate(f"#{best.number}", line[-1], xytext=(4, 0), textcoords="offset points")
         ax.autoscale_view()
+        if best is not None and (line := _points(best, metric)):
+            # Ending at the curve's last point, above it or (near the top) below it: inside the
+            # axes wherever the curve ends.
+            low, high = ax.get_ylim()
+            near_top = (line[-1][1] - low) / ((high - low) or 1.0) > 0.85
+            ax.annotate(
+                f"#{best.number}", line[-1], xytext=(-4, -6 if near_top else 6),
+                textcoords="offset points", ha="right", va="top" if near_top else "bottom",
+                fontsize=8,
+            )  # fmt: skip
         ax.set(xlabel="epoch", ylabel=metric, title=metric)
         ax.grid(alpha=0.3)
     if best is not None:
         axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle(_title(results, key), fontsize=10)
+    _title_above(fig, _title(results, key))
     return _png(fig)
 
 
@@ -93,7 +102,7 @@ def parameters_png(results: SweepResults) -> bytes:
             _scatter(ax, results, setting, colour)
         ax.set(xlabel=setting.key, ylabel=results.metric)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{results.name}: final {results.metric} per setting", fontsize=10)
+    _title_above(fig, f"{results.name}: final {results.metric} per setting")
     return _png(fig)
 
 
@@ -122,7 +131,7 @@ def _scatter(ax: Axes, results: SweepResults, setting: Setting, colour: Colour) 
         ys = [_final(t, results.metric) for t in trials]
         ax.scatter(xs, ys, s=16, c=[colour(t) for t in trials], alpha=0.75)
     if setting.scale == "log":
-        ax.set_xscale("log")
+        _log_axis(ax)
 
 
 def _colours(results: SweepResults, key: str | None, fig: Figure) -> Colour:
@@ -138,8 +147,11 @@ def _colours(results: SweepResults, key: str | None, fig: Figure) -> Colour:
     if not numeric or (setting.listed and len(values) <= MAX_LEGEND):
         cmap = mpl.colormaps["tab10" if len(values) <= 10 else "tab20"]
         index = {v: cmap(i % cmap.N) for i, v in enumerate(values)}
-        handles = [mpl.lines.Line2D([], [], color=c, label=f"{key}={v}") for v, c in index.items()]
-        fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(_right(fig), 0.9), fontsize=7)
+        handles = [mpl.lines.Line2D([], [], color=c, label=_short(v)) for v, c in index.items()]
+        fig.legend(
+            handles=handles, title=_short(key), loc="upper left", fontsize=7, title_fontsize=7,
+            bbox_to_anchor=(_right(fig), 1 - 0.5 / fig.get_figheight()), alignment="left",
+        )  # fmt: skip
         return lambda t: index.get(t.params.get(key), "grey")
     norm_cls = mpl.colors.LogNorm if setting.scale == "log" else mpl.colors.Normalize
     floats = [float(v) for v in values]
@@ -149,6 +161,32 @@ def _colours(results: SweepResults, key: str | None, fig: Figure) -> Colour:
     cax = fig.add_axes((_right(fig) + 0.01, 0.15, 0.015, 0.7))
     fig.colorbar(mappable, cax=cax, label=key)
     return lambda t: cmap(norm(float(t.params[key]))) if key in t.params else "grey"
+
+
+def _log_axis(ax: Axes) -> None:
+    """A log x axis whose labels never crowd: plain numbers at 1, 2 and 5 times the powers of
+    ten over a range of two decades or less, at the powers of ten (at most five) over more."""
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    low, high = ax.get_xlim()
+    decades = math.log10(high / low) if low > 0 and high > low else 1.0
+    subs = (1.0, 2.0, 5.0) if decades <= 2 else (1.0,)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=6))
+    ax.xaxis.set_major_formatter(lambda x, _: f"{x:.3g}")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.tick_params(axis="x", labelsize=8)
+
+
+def _short(value: Any, limit: int = 24) -> str:
+    """A value or key as a legend shows it: at most ``limit`` characters."""
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _title_above(fig: Figure, text: str) -> None:
+    """The figure's title a fixed distance from the top, above the axes however tall."""
+    fig.suptitle(text, fontsize=10, y=1 - 0.12 / fig.get_figheight(), va="top")
 
 
 def _right(fig: Figure) -> float:

@@ -65,3 +65,38 @@ def big_results(n: int = 120, epochs: int = 30) -> SweepResults:
         ]  # fmt: skip
         trials.append(TrialResult(number, f"big #{number}", status, p, curve))
     return SweepResults("big", "val_accuracy", "maximize", settings_of(params), trials)
+
+
+def tour_results(n: int = 24, epochs: int = 10) -> SweepResults:
+    """The toolbox tour's parameters (examples/toolbox-tour.yaml: every toolbox setting, long
+    names, narrow and wide log ranges), ``n`` trials drawn by the sweep's own sampler, with a
+    made-up curve that rises with the learning rate."""
+    from pathlib import Path
+
+    import yaml
+
+    from workers.sampling import draw
+    from workers.spec import SweepSpec, varied_keys
+
+    tour = Path(__file__).parents[2] / "examples" / "toolbox-tour.yaml"
+    spec = SweepSpec.model_validate({**yaml.safe_load(tour.read_text()), "max_trials": n})
+    stored = spec.model_dump(mode="json")["parameters"]
+    trials = []
+    for number in range(1, n + 1):
+        params = draw(spec, number)
+        level = 0.5 + 2.0 * float(params["optim.lr"])
+        curve = [
+            (e, {"val_accuracy": min(0.99, level * (1 - math.exp(-e / 3))),
+                 "val_loss": 2 * math.exp(-e / 3) + 0.05})
+            for e in range(1, epochs + 1)
+        ]  # fmt: skip
+        status = "diverged" if number == n else "completed"
+        # the service's run names: the settings that set the trial apart
+        varied = " ".join(
+            f"{k.rsplit('.', 1)[-1]}={f'{v:.3g}' if isinstance(v, float) else v}"
+            for k, v in params.items()
+            if k in varied_keys(spec.parameters)
+        )
+        name = f"toolbox-tour #{number} {varied}"
+        trials.append(TrialResult(number, name, status, params, curve))
+    return SweepResults("toolbox-tour", "val_accuracy", "maximize", settings_of(stored), trials)
