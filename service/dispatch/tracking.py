@@ -30,6 +30,7 @@ from service.store.models import EpochMetric, MlflowRun, Sweep, Trial
 from workers.errors import TrackingError, TrackingRejectedError
 from workers.events import FINAL_SWEEP_STATUSES, FINAL_TRIAL_STATUSES
 from workers.tracking import (
+    OBJECTIVE,
     ROLE,
     RUN_STATUS,
     SPEC_ARTIFACT,
@@ -44,9 +45,9 @@ from workers.tracking import (
 )
 
 log = logging.getLogger(__name__)
-EPOCHS_PER_REQUEST = 100
-"""Epochs of one run per ``log_batch`` (at most 8 metrics each, epoch and grad_noise included,
-stays under MLflow's 1000)."""
+EPOCHS_PER_REQUEST = 80
+"""Epochs of one run per ``log_batch`` (at most 9 metrics each, grad_noise and the objective's
+copy included: one request of at most 800 metrics)."""
 PROBE_S = 2.0
 """While deliveries back off, how often MLflow is asked whether it answers again."""
 
@@ -202,7 +203,8 @@ class TrackingSender:
             last = i + EPOCHS_PER_REQUEST >= len(epochs)
             tags_now = outcome_tags(trial.status, trial.message) if final and last else None
             if chunk or params or tags_now:
-                request = functools.partial(self.runs.log, run_id, _points(chunk), params, tags_now)
+                points = _points(chunk, sweep.metric_name)
+                request = functools.partial(self.runs.log, run_id, points, params, tags_now)
                 self._rejectable(sweep, request)
                 self._advance(sweep.id, trial.key, params_sent=True, step=_last_epoch(chunk))
             params = None
@@ -285,13 +287,16 @@ class TrackingSender:
             log.warning("tracking: cannot note the error of sweep %s", sweep_id)
 
 
-def _points(epochs: list[EpochMetric]) -> list[Point]:
-    """Each epoch's metrics at ``step=epoch``, stamped with when the epoch was stored."""
-    return [
-        Point(name, value, int(e.reported_at.timestamp() * 1000), e.epoch)
-        for e in epochs
-        for name, value in e.metrics.items()
-    ]
+def _points(epochs: list[EpochMetric], objective: str) -> list[Point]:
+    """Each epoch's metrics at ``step=epoch``, stamped with when the epoch was stored, and the
+    sweep's metric ``objective`` again under :data:`OBJECTIVE`."""
+    points = []
+    for e in epochs:
+        stamp = int(e.reported_at.timestamp() * 1000)
+        points += [Point(name, value, stamp, e.epoch) for name, value in e.metrics.items()]
+        if objective in e.metrics:
+            points.append(Point(f"{OBJECTIVE}/{objective}", e.metrics[objective], stamp, e.epoch))
+    return points
 
 
 def _last_epoch(epochs: list[EpochMetric]) -> int | None:

@@ -16,7 +16,7 @@ from service.config import Settings
 from tests.service.helpers import mlflow_runs, strict_json, wait_for
 from tests.specs import digits_body
 from workers.events import FINAL_SWEEP_STATUSES
-from workers.tracking import RUN_STATUS
+from workers.tracking import OBJECTIVE, RUN_STATUS
 
 SLOW_MODEL = {"arch": "mlp", "width": 256, "depth": 3}
 """A model whose epochs on digits take tens of milliseconds with batches of 32: trials that
@@ -106,12 +106,15 @@ def assert_mlflow_matches(uri: str, sweep: dict[str, Any], trials: list[dict[str
         assert run.data.tags["sweeps.outcome"] == trial["status"]
         assert all(run.data.params[k] == str(v) for k, v in trial["params"].items())
         stored = {p["epoch"]: p["metrics"] for p in trial["curve"]}
+        objective = sweep["spec"]["metric"]["name"]
         for metric in {m for p in trial["curve"] for m in p["metrics"]}:
-            history = client.get_metric_history(run.info.run_id, metric)
-            steps = sorted(m.step for m in history)
-            assert steps == sorted(e for e, m in stored.items() if metric in m), (metric, steps)
-            for point in history:
-                assert point.value == pytest.approx(stored[point.step][metric]), metric
+            logged = [metric] + ([f"{OBJECTIVE}/{metric}"] if metric == objective else [])
+            for key in logged:  # the sweep's metric also as the chart view's first section
+                history = client.get_metric_history(run.info.run_id, key)
+                steps = sorted(m.step for m in history)
+                assert steps == sorted(e for e, m in stored.items() if metric in m), (key, steps)
+                for point in history:
+                    assert point.value == pytest.approx(stored[point.step][metric]), key
 
 
 def eventually(check: Any, timeout: float, what: str) -> None:

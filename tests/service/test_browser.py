@@ -2,9 +2,10 @@
 Playwright, in a fresh profile (no MLflow UI state from an earlier visit).
 
 One small digits sweep runs through a real API process (session Ray, session MLflow server);
-then its MLflow comparison link must show every trial and their curves drawn, and ``/docs``
-must list the API's operations without reaching any CDN. Screenshots land in the test's
-directory and, to look at afterwards, in ``.sweeps/test-output/``.
+then its MLflow comparison link must show every trial and their curves drawn, the sweep's
+metric first, and ``/docs`` must list the API's operations without reaching any CDN.
+Screenshots land in the test's directory and, to look at afterwards, in
+``.sweeps/test-output/``.
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ def test_the_mlflow_link_shows_every_trial_with_its_curves_and_docs_work_offline
     # Plotly draws one trace per run and chart: every trial's curve is on the page.
     traces = page.locator(".js-plotly-plot .scatterlayer .trace")
     wait_for(traces.count, lambda n: n >= len(names), 60, "the trials' curves to be drawn")
+    # The sweep's metric is the first section and the first chart, before epoch_seconds & co.
+    sections = page.locator("[data-testid='experiment-view-compare-runs-section-header']")
+    assert sections.first.inner_text().startswith("objective"), sections.all_inner_texts()
+    cards = page.locator("[data-testid='experiment-view-compare-runs-card']")
+    assert cards.first.inner_text().startswith("val_accuracy"), cards.all_inner_texts()[:3]
     _screenshot(page, tmp_path / "mlflow-comparison.png")
 
     _check_artifact_links(links)
