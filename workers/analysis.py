@@ -199,7 +199,9 @@ def most_influential(results: SweepResults) -> str | None:
 class Comparison:
     """One value of the compared setting: the learning rate whose mean over seeds is best
     (None when the learning rate is not varied), that mean, its standard deviation over the
-    ``n`` trials averaged (0 for one), and how many trials had this value in all."""
+    ``n`` trials averaged (0 for one), how many trials had this value in all, and the final
+    metric at that rate per seed (``by_seed``; trials sharing a seed averaged), which a
+    verdict resamples."""
 
     value: str
     lr: float | None
@@ -207,6 +209,7 @@ class Comparison:
     std: float
     n: int
     trials: int
+    by_seed: Mapping[str, float] = field(default_factory=dict)
 
 
 def compare(results: SweepResults, by: str) -> list[Comparison]:
@@ -222,13 +225,51 @@ def compare(results: SweepResults, by: str) -> list[Comparison]:
     sign = 1.0 if results.goal == "maximize" else -1.0
     rows = []
     for value, trials in groups(results, setting).items():
-        at_lr: dict[Any, list[float]] = {}
+        at_lr: dict[Any, list[TrialResult]] = {}
         for t in trials:  # grouped trials all have a final value
-            at_lr.setdefault(t.params.get(LR) if lr_varied else None, []).append(
-                float(t.final(results.metric))  # type: ignore[arg-type]
-            )
-        lr, scores = max(at_lr.items(), key=lambda kv: sign * statistics.fmean(kv[1]))
+            at_lr.setdefault(t.params.get(LR) if lr_varied else None, []).append(t)
+        lr, best = max(at_lr.items(), key=lambda kv: sign * _mean_final(kv[1], results.metric))
+        scores = [float(t.final(results.metric)) for t in best]  # type: ignore[arg-type]
+        by_seed: dict[str, list[float]] = {}
+        for t, score in zip(best, scores, strict=True):
+            by_seed.setdefault(str(t.params.get(SEED, f"#{t.number}")), []).append(score)
         std = statistics.stdev(scores) if len(scores) > 1 else 0.0
         mean, lr_value = statistics.fmean(scores), (float(lr) if lr is not None else None)
-        rows.append(Comparison(value, lr_value, mean, std, len(scores), len(trials)))
+        seeds = {seed: statistics.fmean(values) for seed, values in by_seed.items()}
+        rows.append(Comparison(value, lr_value, mean, std, len(scores), len(trials), seeds))
     return rows
+
+
+def _mean_final(trials: Sequence[TrialResult], metric: str) -> float:
+    return statistics.fmean(float(t.final(metric)) for t in trials)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Effect:
+    """What one varied setting did: the value (or a range's bin) whose trials did best on
+    average, the one that did worst, their mean final metric, and the setting's influence."""
+
+    key: str
+    influence: float
+    best: str
+    best_mean: float
+    worst: str
+    worst_mean: float
+
+
+def effects(results: SweepResults) -> list[Effect]:
+    """Each varied setting that can be judged (two groups of trials with a final value at
+    least), most influential first."""
+    sign = 1.0 if results.goal == "maximize" else -1.0
+    found = []
+    for key, share in influence(results).items():
+        means = {
+            value: statistics.fmean(float(t.final(results.metric)) for t in trials)  # type: ignore[arg-type]
+            for value, trials in groups(results, results.setting(key)).items()
+        }
+        if len(means) < 2:
+            continue
+        best = max(means, key=lambda v: sign * means[v])
+        worst = min(means, key=lambda v: sign * means[v])
+        found.append(Effect(key, share, best, means[best], worst, means[worst]))
+    return found

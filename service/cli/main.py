@@ -153,7 +153,42 @@ def show(sweep: dict[str, Any], trials: list[dict[str, Any]]) -> None:
         row = [str(t["number"]), t["status"], str(t["epochs_done"]), shown]
         table.add_row(*row, _params(t["params"], keys))
     console.print(table)
+    show_effects(sweep, trials)
     show_best(sweep, keys)
+
+
+HELPED_SHOWN = 6
+"""How many settings the summary names, most influential first."""
+
+
+def show_effects(sweep: dict[str, Any], trials: list[dict[str, Any]]) -> None:
+    """Print which value of each varied setting helped: the best and worst mean final metric
+    over the trials that had it, most influential setting first."""
+    from workers.analysis import SweepResults, TrialResult, effects, settings_of
+
+    metric = sweep["spec"]["metric"]
+    results = SweepResults(
+        sweep["name"], metric["name"], metric["goal"], settings_of(sweep["spec"]["parameters"]),
+        [
+            TrialResult(t["number"], "", t["status"], t["params"],
+                        [(t["epochs_done"], t["last_metrics"])] if t["last_metrics"] else [])
+            for t in trials
+        ],
+    )  # fmt: skip
+    found = [e for e in effects(results) if e.influence > 0][:HELPED_SHOWN]
+    if not found:
+        return
+    console.print(
+        f"what helped (mean final {metric['name']} of the trials with each value; influence: "
+        "the share of its variance the setting explains):",
+        soft_wrap=True,
+    )
+    for e in found:
+        console.print(
+            f"  {e.key}: best {e.best} ({e.best_mean:.3f}), worst {e.worst} "
+            f"({e.worst_mean:.3f}); influence {e.influence:.2f}",
+            soft_wrap=True,
+        )
 
 
 def _params(params: dict[str, Any], keys: list[str]) -> str:

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tests.workers.results import LEVEL, big_results, results, trial
-from workers.analysis import Setting, compare, groups, influence, most_influential, ranked
+from workers.analysis import (
+    Setting,
+    compare,
+    effects,
+    groups,
+    influence,
+    most_influential,
+    ranked,
+)
 
 
 def test_varied_settings_come_from_the_spec_with_their_scales() -> None:
@@ -25,6 +35,18 @@ def test_the_setting_that_decides_the_metric_is_the_most_influential() -> None:
     assert scores["seed"] < 0.05
     assert most_influential(results()) == "model.norm"
     assert most_influential(big_results()) == "model.norm"  # a range's lr binned, not chosen
+
+
+def test_effects_name_the_value_that_helped_most_influential_setting_first() -> None:
+    found = effects(results([trial(19, "batch", 0.1, 0, "diverged")]))
+    assert [e.key for e in found] == ["model.norm", "optim.lr", "seed"]
+    norm = found[0]
+    assert (norm.best, norm.worst) == ("batch", "none")
+    assert norm.best_mean == pytest.approx(LEVEL["batch"] - 0.01)  # mean over lr 0.01 and 0.1
+    assert norm.worst_mean == pytest.approx(LEVEL["none"] - 0.01)
+    assert (found[1].best, found[1].worst) == ("0.1", "0.01")
+    minimized = effects(dataclasses.replace(results(), goal="minimize"))
+    assert (minimized[0].best, minimized[0].worst) == ("none", "batch")
 
 
 def test_failed_and_diverged_trials_are_listed_last_and_never_judged() -> None:

@@ -24,11 +24,9 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-import yaml
 
 from service.cli.stack import Stack, StackError, free_port
 from service.config import Settings
-from tests.specs import digits_body
 
 SWEEPS = Path(sys.executable).parent / "sweeps"
 START_TIMEOUT_S = 300.0
@@ -37,7 +35,8 @@ STOP_TIMEOUT_S = 90.0
 """Until ``sweeps up`` has exited once signalled (the stack's stop grace periods, and some)."""
 PRINTED_LINK = re.compile(r"(?P<label>[\w. ]+): (?P<url>https?://[^\s)]+)")
 DEMO_TIMEOUT_S = 600.0
-"""Until ``sweeps demo`` has started the stack, run its two one-epoch trials, and said so."""
+"""Until ``sweeps demo`` has started the stack, run the tour (two minutes alone), and said so."""
+TOUR = Path(__file__).parents[3] / "examples" / "toolbox-tour.yaml"
 
 
 def test_stack_refuses_to_serve_the_api_beyond_loopback(tmp_path: Path) -> None:
@@ -69,14 +68,18 @@ def test_up_listens_on_loopback_only_and_stops_everything_on(
 
 
 @pytest.mark.slow
-def test_demo_prints_links_that_answer_stays_up_and_stops_everything_on_sigint(
+def test_the_tour_shows_the_toolbox_working_prints_links_that_answer_and_stops_on_sigint(
     tmp_path: Path,
 ) -> None:
-    spec = digits_body({"optim.lr": [0.05, 0.1]}, method="grid", epochs=1, name="demo-test")
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(spec))
+    """``make run``: the toolbox tour's best trial reaches 0.95, the summary says what helped."""
+    (tmp_path / "tour.yaml").write_text(TOUR.read_text())
     token = secrets.token_hex(16)
-    with _sweeps_up(tmp_path, ("demo", "tiny.yaml"), token) as demo:
+    with _sweeps_up(tmp_path, ("demo", "tour.yaml"), token) as demo:
         out = _wait_for_line(demo, tmp_path / "up.log", "The stack stays up")
+        best = re.search(r"best trial #\d+: val_accuracy=(?P<value>[\d.]+)", out)
+        assert best and float(best["value"]) >= 0.95, out[-3000:]
+        helped = out[out.index("what helped") :].splitlines()[1:4]
+        assert all(re.match(r"\s+[\w.]+: best .+, worst .+; influence [\d.]+", h) for h in helped)
         links = _printed_links(out)
         assert {"docs", "compare in MLflow", "sweep run", "curves.png", "summary.md"} <= set(links)
         for what, url in links.items():
