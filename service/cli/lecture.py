@@ -16,13 +16,16 @@ page says, per study, whether the measured means keep that order.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import math
 import os
 import platform
+import random
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -62,6 +65,11 @@ class Study:
         """The study's short name: its file's stem (``momentum``)."""
         return self.path.stem
 
+    def with_seeds(self, seeds: list[int]) -> Study:
+        """The same study trained with ``seeds``."""
+        spec = {**self.spec, "parameters": {**self.spec["parameters"], "seed": list(seeds)}}
+        return dataclasses.replace(self, spec=spec)
+
     @classmethod
     def read(cls, path: Path) -> Study:
         """Read a study file; raises :class:`StudyError` when a header line is missing."""
@@ -91,31 +99,90 @@ def read_studies(folder: Path) -> list[Study]:
     return studies
 
 
-def verdict(expect: str, means: dict[str, float], goal: str) -> str:
-    """Whether the measured ``means`` (per compared value) keep the ``expect`` order.
+MARGIN = 0.01
+"""How much worse a value may be and still count as "as good" (``>=``): one point of accuracy."""
+MIN_SEEDS = 3
+"""Fewer seeds per value than this and a claim is not judged."""
+RESAMPLES = 4000
+CONFIDENCE = 0.95
 
-    ``expect`` ranks values best first in tiers: ``>`` separates tiers, ``>=`` joins values
-    of one tier (as good as each other, within noise: their order is not judged). Every value
-    of a tier must beat every value of each later tier. With no ``expect`` nothing is judged.
+
+def difference(a: Mapping[str, float], b: Mapping[str, float], sign: float) -> Interval:
+    """The mean of ``a`` minus the mean of ``b`` (times ``sign``: positive when ``a`` is
+    better) with its :data:`CONFIDENCE` bootstrap interval: seeds resampled in pairs when
+    ``a`` and ``b`` share their seeds, each side on its own otherwise. A fixed random stream:
+    the same scores give the same interval."""
+    rng = random.Random(0)
+    shared = sorted(set(a) & set(b))
+    if len(shared) == len(a) == len(b):
+        diffs = [sign * (a[s] - b[s]) for s in shared]
+        draws = [statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(RESAMPLES)]
+        point = statistics.fmean(diffs)
+    else:
+        xs, ys = list(a.values()), list(b.values())
+        draws = [
+            sign * (statistics.fmean(rng.choices(xs, k=len(xs)))
+                    - statistics.fmean(rng.choices(ys, k=len(ys))))
+            for _ in range(RESAMPLES)
+        ]  # fmt: skip
+        point = sign * (statistics.fmean(xs) - statistics.fmean(ys))
+    draws.sort()
+    tail = (1 - CONFIDENCE) / 2
+    low, high = draws[int(tail * RESAMPLES)], draws[int((1 - tail) * RESAMPLES) - 1]
+    return Interval(point, low, high)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A difference between two values' means and its confidence interval."""
+
+    point: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.point:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+
+
+def verdict(expect: str, rows: Mapping[str, Comparison], goal: str) -> str:
+    """Whether the measured ``rows`` (per compared value, at its best learning rate) keep the
+    ``expect`` order, with a confidence interval over seeds for every pair judged.
+
+    ``expect`` ranks values best first in tiers: ``a > b`` claims ``a`` better than ``b``: it
+    holds when the whole interval of their difference lies above 0, fails when it lies below.
+    ``a >= b`` claims ``a`` as good as ``b`` or better: it holds when the interval lies above
+    ``-MARGIN``, fails when it lies below 0. Every value of a tier is judged against the next
+    value of its tier and every value of the next tier. The claim holds when every pair holds,
+    does not hold when any pair fails, and is undecided otherwise (more seeds would tell).
     """
     if not expect:
         return "no expected order given"
     tiers = [[v.strip() for v in tier.split(">=")] for tier in re.split(r">(?!=)", expect)]
-    unknown = [v for tier in tiers for v in tier if v not in means]
+    unknown = [v for tier in tiers for v in tier if v not in rows]
     if unknown:
         return f"not judged: no result for {', '.join(unknown)}"
+    few = [v for tier in tiers for v in tier if len(rows[v].by_seed) < MIN_SEEDS]
+    if few:
+        return f"not judged: fewer than {MIN_SEEDS} seeds for {', '.join(few)}"
     sign = 1.0 if goal == "maximize" else -1.0
-    broken = [
-        f"{a} is not better than {b}"
-        for i, tier in enumerate(tiers)
-        for a in tier
-        for later in tiers[i + 1 :]
-        for b in later
-        if not sign * means[a] > sign * means[b]
-    ]
-    if broken:
-        return "does not hold on digits: " + "; ".join(broken)
-    return "holds on digits"
+    pairs = [(a, b, ">=") for tier in tiers for a, b in itertools.pairwise(tier)]
+    pairs += [(a, b, ">") for now, later in itertools.pairwise(tiers) for a in now for b in later]
+    failed, open_, held = [], [], []
+    for a, b, claim in pairs:
+        gap = difference(rows[a].by_seed, rows[b].by_seed, sign)
+        text = f"{a} {claim} {b}: {gap}"
+        floor = 0.0 if claim == ">" else -MARGIN
+        if gap.low > floor:
+            held.append(text)
+        elif gap.high < 0:
+            failed.append(text)
+        else:
+            open_.append(text)
+    if failed:
+        return "does not hold on digits: " + "; ".join(failed)
+    if open_:
+        return "undecided on digits: " + "; ".join(open_)
+    return "holds on digits: " + "; ".join(held)
 
 
 def machine() -> str:
@@ -157,7 +224,6 @@ def run_study(client: SweepsClient, study: Study, assets: Path, link: str) -> Ou
         (assets / name).write_bytes(content)
     images = [f"{link}/{name}" for name in report.figures]
     markdown = report_markdown(report.results, study.by, images, level=3)
-    means = {row.value: row.mean for row in report.rows}
     has_noise = GRAD_NOISE in _metrics(report.results)
     extra = noise_table(report.results, report.rows) if study.by == BATCH and has_noise else ""
     return Outcome(
@@ -165,7 +231,7 @@ def run_study(client: SweepsClient, study: Study, assets: Path, link: str) -> Ou
         sweep_id,
         len(report.results.trials),
         report.rows,
-        verdict(study.expect, means, report.results.goal),
+        verdict(study.expect, {row.value: row for row in report.rows}, report.results.goal),
         markdown,
         extra,
     )
@@ -225,10 +291,14 @@ def page(outcomes: list[Outcome], when: str, where: str, minutes: float) -> str:
         "",
         f"Generated by `make lecture` on {when} ({where}): {len(outcomes)} sweeps, {trials} "
         f"trials, {minutes:.0f} minutes, each sweep submitted to the REST API of the embedded "
-        "stack. Every compared value is judged at its own best learning rate, by the mean "
-        "final validation accuracy over three seeds there; a claim holds when those means keep "
-        "the expected order (`>`: better; `>=`: as good or better, within noise, either way "
-        "accepted). The sweep files are in `examples/lecture/`.",
+        "stack. Every compared value is judged at its own best learning rate, by its final "
+        "validation accuracy per seed there. For each pair the claim orders, the verdict gives "
+        f"the difference of means and its {CONFIDENCE:.0%} bootstrap interval over seeds "
+        "(resampled in pairs: both values trained with the same seeds). `a > b` holds when "
+        "the interval lies above 0 and fails when it lies below; `a >= b` (as good or better) "
+        f"holds when it lies above -{MARGIN:g} and fails when it lies below 0. A claim holds "
+        "when every pair holds, does not hold when one fails, and is otherwise undecided: "
+        "more seeds would tell. The sweep files are in `examples/lecture/`.",
         "",
         "## Headline",
         "",
@@ -267,10 +337,19 @@ def refresh_readme(readme: Path, outcomes: list[Outcome], when: str, where: str)
     return True
 
 
-def run(client: SweepsClient, folder: Path, out: Path, readme: Path | None) -> int:
-    """``sweeps lecture``: run every study of ``folder``, write ``out``/lecture.md with its
-    figures under ``out``/lecture/, and refresh the README's headline table."""
+def run(
+    client: SweepsClient,
+    folder: Path,
+    out: Path,
+    readme: Path | None,
+    seeds: list[int] | None = None,
+) -> int:
+    """``sweeps lecture``: run every study of ``folder`` (with ``seeds`` instead of each file's
+    own, when given), write ``out``/lecture.md with its figures under ``out``/lecture/, and
+    refresh the README's headline table."""
     studies = read_studies(folder)
+    if seeds:
+        studies = [s.with_seeds(seeds) for s in studies]
     started = time.monotonic()
     outcomes = [
         run_study(client, s, out / "lecture" / s.name, f"lecture/{s.name}") for s in studies
@@ -285,6 +364,20 @@ def run(client: SweepsClient, folder: Path, out: Path, readme: Path | None) -> i
     return 0
 
 
+def seed_range(text: str) -> list[int]:
+    """``10-19`` (both ends included) or ``3``, as a list of seeds."""
+    low, _, high = text.partition("-")
+    try:
+        first, last = int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give seeds as FIRST-LAST, e.g. 10-19"
+        ) from None
+    if first < 0 or last < first:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seeds as FIRST-LAST, FIRST <= LAST")
+    return list(range(first, last + 1))
+
+
 def add_parser(sub: Any, client: Callable[[argparse.Namespace], SweepsClient], stack: Any) -> None:
     """Register ``sweeps lecture`` on the subcommands ``sub``: against the API of ``--url``, or
     (``--up``) on an embedded stack that ``stack()`` starts and stops."""
@@ -293,12 +386,15 @@ def add_parser(sub: Any, client: Callable[[argparse.Namespace], SweepsClient], s
     cmd.add_argument("--out", type=Path, default=Path("docs"), help="where lecture.md goes")
     cmd.add_argument("--readme", type=Path, default=Path("README.md"))
     cmd.add_argument("--up", action="store_true", help="start the embedded stack for the run")
+    cmd.add_argument(
+        "--seeds", type=seed_range, help="the seeds of every study instead of its file's: 10-19"
+    )
 
     def go(args: argparse.Namespace) -> int:
         if not args.up:
-            return run(client(args), args.folder, args.out, args.readme)
+            return run(client(args), args.folder, args.out, args.readme, args.seeds)
         with stack() as (_, settings):
             api = SweepsClient(args.url or settings.api_url, args.token)
-            return run(api, args.folder, args.out, args.readme)
+            return run(api, args.folder, args.out, args.readme, args.seeds)
 
     cmd.set_defaults(run=go)
