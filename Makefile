@@ -88,6 +88,18 @@ bench-packed: install
 bench-packs-service: install
 	$(BIN)/python bench/bench_packs_service.py
 
+# A user's study: four grid sweeps (120 trials) submitted at once to a fresh stack, then again
+# warm, against the same trials' sequential and packed ideal (minutes on 2 CPU cores).
+.PHONY: bench-study
+bench-study: install
+	$(BIN)/python bench/bench_study.py
+
+# `make run`'s tour for three seeds, each as a new user runs it (its own stack): wall time, best
+# validation accuracy, what helped (about 5 minutes on 2 CPU cores).
+.PHONY: bench-tour
+bench-tour: install
+	$(BIN)/python bench/bench_tour.py
+
 # A sweep's wall time with MLflow down for a minute against MLflow up (starts its own stack).
 .PHONY: bench-outage
 bench-outage: install
