@@ -25,7 +25,7 @@ def test_the_tour_sets_every_toolbox_setting_but_machine_ones() -> None:
     spec = SweepSpec.model_validate(yaml.safe_load((EXAMPLES / "toolbox-tour.yaml").read_text()))
     in_spec = {"model.arch", "model.width", "model.depth", "epochs", "seed", "data.dataset"}
     assert set(setting_names()) - set(spec.parameters) - in_spec == set()
-    assert spec.dataset == "digits" and spec.num_trials <= 8
+    assert spec.dataset == "digits" and spec.num_trials <= 24  # under 2 minutes: bench-tour
 
 
 LECTURE = sorted((EXAMPLES / "lecture").glob("*.yaml"))
