@@ -48,7 +48,7 @@ SWEEP_UID, TRIAL_KEY, ROLE, OUTCOME = (
 OBJECTIVE = "objective"
 """Each trial run logs the sweep's metric a second time, as ``objective/<metric>``: MLflow's
 chart view lists a prefixed metric's section above its "Model metrics" (sorted by name), so
-the metric the sweep optimizes is the first chart a user sees, titled with its own name."""
+the metric the sweep optimizes is the first chart a user sees."""
 PACK_TAG = "sweeps.pack"
 PARENT_TAG = "mlflow.parentRunId"
 SPEC_ARTIFACT = "sweep_spec.json"

@@ -23,6 +23,7 @@ from service.config import STATE_DIR, Settings
 from tests.conftest import free_port
 from tests.service.helpers import Api, make_settings, mlflow_runs, wait_for, wait_tracked
 from tests.specs import digits_body
+from workers.tracking import OBJECTIVE
 
 CHROMIUM = Path("/usr/bin/chromium")
 """Debian's chromium (``make tools`` installs it); Playwright never downloads a browser here."""
@@ -83,7 +84,8 @@ def test_the_mlflow_link_shows_every_trial_with_its_curves_and_docs_work_offline
     sections = page.locator("[data-testid='experiment-view-compare-runs-section-header']")
     assert sections.first.inner_text().startswith("objective"), sections.all_inner_texts()
     cards = page.locator("[data-testid='experiment-view-compare-runs-card']")
-    assert cards.first.inner_text().startswith("val_accuracy"), cards.all_inner_texts()[:3]
+    first = cards.first.inner_text().splitlines()[0]
+    assert first == f"{OBJECTIVE}/val_accuracy", cards.all_inner_texts()[:3]
     _screenshot(page, tmp_path / "mlflow-comparison.png")
 
     _check_artifact_links(links)
