@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from workers.analysis import SweepResults, TrialResult, settings_of
+from workers.sampling import draw
+from workers.spec import SweepSpec, varied_keys
 
 PARAMETERS: dict[str, Any] = {
     "model.norm": {"values": ["none", "batch", "layer"]},
@@ -71,13 +76,6 @@ def tour_results(n: int = 24, epochs: int = 10) -> SweepResults:
     """The toolbox tour's parameters (examples/toolbox-tour.yaml: every toolbox setting, long
     names, narrow and wide log ranges), ``n`` trials drawn by the sweep's own sampler, with a
     made-up curve that rises with the learning rate."""
-    from pathlib import Path
-
-    import yaml
-
-    from workers.sampling import draw
-    from workers.spec import SweepSpec, varied_keys
-
     tour = Path(__file__).parents[2] / "examples" / "toolbox-tour.yaml"
     spec = SweepSpec.model_validate({**yaml.safe_load(tour.read_text()), "max_trials": n})
     stored = spec.model_dump(mode="json")["parameters"]
