@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -24,6 +25,18 @@ def _describe(detail: Any) -> str:
     return str(detail)
 
 
+RATE_LIMIT_PATIENCE_S = 120.0
+"""How long a read (a GET: safe to repeat) waits out the API's rate limit before failing. A
+report or the lecture reads every trial of a sweep: thousands of requests for a big one."""
+
+
+def _retry_after(r: httpx.Response) -> float | None:
+    try:
+        return max(0.0, float(r.headers["Retry-After"]))
+    except (KeyError, ValueError):
+        return None
+
+
 class SweepsClient:
     """Talks to the API at ``base_url`` with an optional bearer ``token``."""
 
@@ -32,10 +45,18 @@ class SweepsClient:
         self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
 
     def _call(self, method: str, path: str, **kw: Any) -> Any:
-        try:
-            r = self.http.request(method, path, **kw)
-        except httpx.HTTPError as err:
-            raise ApiError(0, f"cannot reach the API at {self.http.base_url}: {err}") from err
+        """One request; a read past the API's rate limit (429) is asked again after its
+        ``Retry-After``, for up to :data:`RATE_LIMIT_PATIENCE_S`."""
+        deadline = time.monotonic() + RATE_LIMIT_PATIENCE_S
+        while True:
+            try:
+                r = self.http.request(method, path, **kw)
+            except httpx.HTTPError as err:
+                raise ApiError(0, f"cannot reach the API at {self.http.base_url}: {err}") from err
+            after = _retry_after(r) if method == "GET" and r.status_code == 429 else None
+            if after is None or time.monotonic() + after > deadline:
+                break
+            time.sleep(after)
         if r.status_code >= 400:
             try:
                 detail = r.json().get("detail", r.text)

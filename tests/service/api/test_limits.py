@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from service import store
 from service.api.app import create_app
+from service.cli.client import SweepsClient
 from service.cli.stack import free_port
 from service.config import Settings
 from service.store.db import session_scope
@@ -89,6 +90,26 @@ def test_a_client_past_the_rate_is_answered_429_with_retry_after(settings: Setti
         assert c.get("/healthz").status_code == 200  # probes are never limited
         stranger = c.get("/sweeps", headers=auth("another-token"))  # its own budget: 401
         assert stranger.status_code == 401
+
+
+def test_the_cli_client_waits_out_the_rate_limit_on_reads(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """``sweeps report`` and the lecture read every trial: past the rate they wait, not fail."""
+    port = free_port()
+    limited = settings.model_copy(
+        update={"rate_limit": "5/second", "port": port, "public_url": f"http://127.0.0.1:{port}"}
+    )
+    api = Api(limited, tmp_path / "api.log")
+    api.start()
+    try:
+        assert limited.api_token is not None
+        client = SweepsClient(limited.api_url, limited.api_token.get_secret_value())
+        started = time.monotonic()
+        assert [client.list()["count"] for _ in range(12)] == [0] * 12
+        assert time.monotonic() - started >= 1.0  # 12 reads at 5 a second: waited, not refused
+    finally:
+        api.stop()
 
 
 def test_long_polls_past_the_clients_limit_are_refused_429(settings: Settings) -> None:
