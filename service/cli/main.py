@@ -26,7 +26,7 @@ from service.cli import lecture, report
 from service.cli.client import ApiError, SweepsClient
 from service.cli.links import EndedSweeps, show_links
 from service.config import STATE_DIR, Settings, load_settings
-from workers.analysis import SweepResults, TrialResult, effects, settings_of
+from workers.analysis import SEED, SweepResults, TrialResult, effects, settings_of
 from workers.events import FINAL_SWEEP_STATUSES, FINAL_TRIAL_STATUSES
 from workers.spec import PARAMETERS, varied_keys
 
@@ -164,7 +164,8 @@ HELPED_SHOWN = 6
 
 def show_effects(sweep: dict[str, Any], trials: list[dict[str, Any]]) -> None:
     """Print which value of each varied setting helped: the best and worst mean final metric
-    over the trials that had it, most influential setting first."""
+    over the trials that had it, most influential setting first (the seed is no setting one
+    picks: left out)."""
     metric = sweep["spec"]["metric"]
     results = SweepResults(
         sweep["name"], metric["name"], metric["goal"], settings_of(sweep["spec"]["parameters"]),
@@ -174,7 +175,7 @@ def show_effects(sweep: dict[str, Any], trials: list[dict[str, Any]]) -> None:
             for t in trials
         ],
     )  # fmt: skip
-    found = [e for e in effects(results) if e.influence > 0][:HELPED_SHOWN]
+    found = [e for e in effects(results) if e.influence > 0 and e.key != SEED][:HELPED_SHOWN]
     if not found:
         return
     console.print(
