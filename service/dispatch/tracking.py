@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import time
+from math import inf
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -50,6 +51,11 @@ EPOCHS_PER_REQUEST = 80
 copy included: one request of at most 800 metrics)."""
 PROBE_S = 2.0
 """While deliveries back off, how often MLflow is asked whether it answers again."""
+RUNNING_PASS_S = 2.0
+"""The least time between two of the loop's passes over a sweep that is not final. A pass
+sends each running trial's new epochs in one request, so a trial of a few seconds goes to
+MLflow in one or two requests rather than one per epoch (MLflow trails a running sweep by up
+to this); a final sweep is passed over at once."""
 
 
 class TrackingSender:
@@ -63,11 +69,14 @@ class TrackingSender:
         poll_s: float = 0.25,
         backoff_s: tuple[float, float] = (0.5, 30.0),
         plots_every_s: float = PLOTS_EVERY_S,
+        running_pass_s: float = RUNNING_PASS_S,
     ) -> None:
         self.factory = factory
         self.runs = runs
         self.plots = ParentPlots(factory, runs, plots_every_s)  # the parent run's pictures
         self.backoff_s = backoff_s
+        self.running_pass_s = running_pass_s
+        self._passed_at: dict[int, float] = {}  # sweep id -> when the loop last passed it
         self._synced: dict[int, str] = {}  # sweep id -> its version when last fully delivered
         self._rejected = False  # MLflow refused a request of the sweep being delivered
         self._delay: dict[int, float] = {}  # sweep id -> its current backoff
@@ -85,9 +94,10 @@ class TrackingSender:
 
     def deliver_due(self) -> None:
         """One pass: every undelivered sweep whose backoff is over (all of them, as soon as
-        MLflow answers again)."""
+        MLflow answers again), a sweep that is not final at most every
+        :data:`RUNNING_PASS_S`."""
         with session_scope(self.factory) as session:
-            ids = journal.undelivered_sweeps(session)
+            sweeps = journal.undelivered_sweeps(session)
         now = time.monotonic()
         if self._retry_at and now - self._probed_at >= PROBE_S:
             self._probed_at = now
@@ -97,11 +107,17 @@ class TrackingSender:
                 pass
             else:
                 self._retry_at.clear()
-        for sweep_id in ids:
+        for sweep_id, final in sweeps:
             if self.loop.stopping.is_set():
                 return
-            if self._retry_at.get(sweep_id, 0.0) <= now:
-                self._try(sweep_id)
+            if self._retry_at.get(sweep_id, 0.0) > now:
+                continue
+            if not final and now - self._passed_at.get(sweep_id, -inf) < self.running_pass_s:
+                continue
+            self._passed_at[sweep_id] = now
+            self._try(sweep_id)
+        for gone in self._passed_at.keys() - {sweep_id for sweep_id, _ in sweeps}:
+            del self._passed_at[gone]
 
     def _try(self, sweep_id: int) -> None:
         try:

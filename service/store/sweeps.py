@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from service.errors import IdempotencyConflictError, SweepFinishedError, SweepNotFoundError
 from service.store.db import affected
-from service.store.models import EpochMetric, Sweep, Trial, utcnow
+from service.store.models import Sweep, Trial, utcnow
 from workers.events import FINAL_SWEEP_STATUSES
 from workers.spec import SweepSpec
 
@@ -119,26 +119,22 @@ def sweep_status(session: Session, sweep_id: int) -> str:
 
 def sweep_version(session: Session, sweep_id: int) -> str:
     """A token that changes whenever anything the API reports about the sweep changes (its
-    row, its trials' rows, their epochs), in one query.
+    row, its trials' rows, their epochs), in one query over the sweep's row and its trials'.
 
-    Every write to these rows moves an ``updated_at``/``reported_at`` or adds a row, so the
-    version digests the sweep's status and ``updated_at`` with the count and latest timestamp
-    of its trials and of their epochs.
+    Every write to these rows moves an ``updated_at`` or adds a row (a new epoch moves its
+    trial's: :func:`~service.store.trials.record_epoch`), so the version digests the sweep's
+    status and ``updated_at`` with the count and latest ``updated_at`` of its trials; it never
+    reads the epochs, whose count grows with the sweep (long polls ask this ten times a second).
 
     Raises:
         SweepNotFoundError: there is none.
     """
     of_sweep = Trial.sweep_id == sweep_id
-    trials = select(Trial.id).where(of_sweep)
     stmt = select(
         Sweep.status,
         Sweep.updated_at,
         select(func.count()).where(of_sweep).scalar_subquery(),
         select(func.max(Trial.updated_at)).where(of_sweep).scalar_subquery(),
-        select(func.count()).where(EpochMetric.trial_id.in_(trials)).scalar_subquery(),
-        select(func.max(EpochMetric.reported_at))
-        .where(EpochMetric.trial_id.in_(trials))
-        .scalar_subquery(),
     ).where(Sweep.id == sweep_id)
     row = session.execute(stmt).first()
     if row is None:

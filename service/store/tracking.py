@@ -18,10 +18,11 @@ PARENT_KEY = ""
 """``MlflowRun.key`` of a sweep's parent run (a trial's run has the trial's key)."""
 
 
-def undelivered_sweeps(session: Session) -> list[int]:
-    """Ids of the sweeps MLflow does not have everything of yet, oldest first."""
-    stmt = select(Sweep.id).where(Sweep.mlflow_done.is_(False)).order_by(Sweep.id)
-    return list(session.scalars(stmt))
+def undelivered_sweeps(session: Session) -> list[tuple[int, bool]]:
+    """(id, whether final) of the sweeps MLflow does not have everything of yet, oldest
+    first."""
+    stmt = select(Sweep.id, Sweep.status).where(Sweep.mlflow_done.is_(False)).order_by(Sweep.id)
+    return [(i, status in FINAL_SWEEP_STATUSES) for i, status in session.execute(stmt).all()]
 
 
 def run_state(session: Session, sweep_id: int, key: str) -> MlflowRun:

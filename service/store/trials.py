@@ -74,9 +74,10 @@ def set_trial_run(session: Session, sweep_id: int, key: str, run_id: str) -> Non
 def record_epoch(
     session: Session, sweep_id: int, number: int, epoch: int, metrics: dict[str, Any]
 ) -> EpochMetric:
-    """Store one epoch's finite metrics; an epoch reported again (a trial resumed from an
-    earlier checkpoint re-runs it) keeps its first report, as MLflow keeps a step's first
-    value, so the two never disagree."""
+    """Store one epoch's finite metrics, moving the trial's ``updated_at`` (the sweep's
+    version: :func:`~service.store.sweeps.sweep_version`); an epoch reported again (a trial
+    resumed from an earlier checkpoint re-runs it) keeps its first report, as MLflow keeps a
+    step's first value, so the two never disagree."""
     trial = _trial(session, sweep_id, number)
     row = session.scalar(
         select(EpochMetric).where(EpochMetric.trial_id == trial.id, EpochMetric.epoch == epoch)
@@ -84,6 +85,7 @@ def record_epoch(
     if row is None:
         row = EpochMetric(trial_id=trial.id, epoch=epoch, metrics=finite_metrics(metrics))
         session.add(row)
+        trial.updated_at = utcnow()
         session.flush()
     return row
 

@@ -255,13 +255,15 @@ class _PackRun:
 
     def _pictures(self) -> dict[str, bytes]:
         """Each new trial's augmentation picture; none for resumed trials, which sent theirs.
-        The picture is a function of the augmentation, seed and data alone, so this worker
+        The picture is a function of the augmentation, seed and data alone (the seed only with
+        augmentation on: without, every seed shows the same images twice), so this worker
         renders each once (about 0.3 s of CPU) for all its packs."""
         pictures: dict[str, bytes] = {}
         for number, cfg in zip(self.numbers, self.configs, strict=True):
             if number in self.resume:
                 continue
-            same = f"{cfg.augment.model_dump_json()} {cfg.seed} {cfg.data.model_dump_json()}"
+            seed = cfg.seed if cfg.augment.enabled else None
+            same = f"{cfg.augment.model_dump_json()} {seed} {cfg.data.model_dump_json()}"
             if same not in _RENDERED:
                 if len(_RENDERED) >= RENDERED_MAX:
                     _RENDERED.clear()

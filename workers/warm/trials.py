@@ -59,7 +59,7 @@ def _warm_up() -> None:
     matplotlib.use("Agg")  # what the samples picture draws with; no display here
     import matplotlib.pyplot
     import sklearn.datasets  # noqa: F401  (digits)
-    import torch  # noqa: F401
+    import torch._dynamo  # noqa: F401  (torch, and what every optimizer's constructor imports: 2-3 s)
 
     import toolbox.data
     import toolbox.packed  # a pack's members train in one worker
