@@ -40,7 +40,7 @@ from workers.errors import ClusterLostError, SinkUnavailableError
 from workers.events import KeepCheckpoints, SweepSink, SweepStatus
 from workers.spec import SweepSpec
 from workers.trial.board import StoppingBoard, board_name
-from workers.trial.pack import PackSetup, run_pack
+from workers.trial.pack import PICTURES_DIR, PackSetup, run_pack
 from workers.trial.setup import TrialSetup
 
 log = logging.getLogger(__name__)
@@ -133,8 +133,12 @@ def run_sweep(
             setup = trial_setup(spec, resources, data_dir, data_download)
             board = _board(spec, sweep_uid, progress)
             sizes = PackSizes(_local_dir(storage_path), setup, resources)
-            LIVE[sweep_uid] = LiveSweep(progress, PackPlanner(spec, sizes, cluster), board)
-            fn = trainable(spec, setup, resources, sweep_uid, progress.ended())
+            LIVE[sweep_uid] = LiveSweep(
+                progress, PackPlanner(spec, sizes, cluster, ray.available_resources), board
+            )
+            fn = trainable(
+                spec, setup, resources, sweep_uid, progress.ended(), _local_dir(storage_path)
+            )
             if not restore:
                 _write_format(storage_path, path)
             tuner = _tuner(spec, sweep_uid, storage_path, path, restore, fn)
@@ -296,12 +300,16 @@ def trainable(
     resources: TrialResources,
     sweep_uid: str,
     ended: frozenset[int] = frozenset(),
+    storage_dir: str | None = None,
 ) -> Any:
     """What Tune runs for ``spec``: ``run_pack`` bound to the sweep's setup (its board named
-    by ``sweep_uid``; the trials ``ended`` before this driver never trained again), asking for
-    each pack's ``resources``."""
+    by ``sweep_uid``; the trials ``ended`` before this driver never trained again; pictures
+    kept under a local ``storage_dir``), asking for each pack's ``resources``."""
     stopping = spec.early_stopping.type != "none"
-    pack_setup = PackSetup(setup, sweep_uid, early_stopping=stopping, ended=ended)
+    pictures = str(Path(storage_dir, PICTURES_DIR)) if storage_dir else None
+    pack_setup = PackSetup(
+        setup, sweep_uid, early_stopping=stopping, ended=ended, pictures_dir=pictures
+    )
     return tune.with_resources(
         tune.with_parameters(run_pack, setup=pack_setup), resources.as_tune()
     )

@@ -20,6 +20,7 @@ driver already holds as ended (``PackSetup.ended``: a resumed sweep's) is never 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -56,7 +57,12 @@ PACK_FILE = "pack_state.pt"
 PACK_VERSION = 2
 RENDERED_MAX = 256
 _RENDERED: dict[str, bytes] = {}
-"""Augmentation pictures this worker rendered, by augmentation, seed and data."""
+"""Augmentation pictures this worker rendered or read, by augmentation, seed and data."""
+PICTURES_DIR = "sweeps-pictures"
+"""Folder under a local storage path where workers keep the pictures they render, named by
+the hash of what they show, for every later worker of every sweep (at most
+:data:`PICTURES_KEPT`, the oldest removed first)."""
+PICTURES_KEPT = 2000
 CHECKPOINT_S = 1.0
 """The least time between two checkpoints of a pack (besides its first epoch's and last)."""
 SCRATCH = "sweeps-pack-checkpoints"
@@ -75,12 +81,15 @@ class PackSetup:
         early_stopping: whether trials are judged by the board after each epoch.
         ended: the trials that had ended when the driver started (a resumed sweep's): never
             trained again, whatever a restored checkpoint holds.
+        pictures_dir: where rendered augmentation pictures are kept for every worker
+            (:data:`PICTURES_DIR` under a local storage path), or None.
     """
 
     trial: TrialSetup
     sweep_uid: str
     early_stopping: bool
     ended: frozenset[int] = field(default_factory=frozenset)
+    pictures_dir: str | None = None
 
 
 @dataclass
@@ -256,8 +265,8 @@ class _PackRun:
     def _pictures(self) -> dict[str, bytes]:
         """Each new trial's augmentation picture; none for resumed trials, which sent theirs.
         The picture is a function of the augmentation, seed and data alone (the seed only with
-        augmentation on: without, every seed shows the same images twice), so this worker
-        renders each once (about 0.3 s of CPU) for all its packs."""
+        augmentation on: without, every seed shows the same images twice), so each is rendered
+        once (0.3-1 s of CPU) and kept, in this worker and under ``pictures_dir``."""
         pictures: dict[str, bytes] = {}
         for number, cfg in zip(self.numbers, self.configs, strict=True):
             if number in self.resume:
@@ -267,10 +276,35 @@ class _PackRun:
             if same not in _RENDERED:
                 if len(_RENDERED) >= RENDERED_MAX:
                     _RENDERED.clear()
-                _RENDERED[same] = samples_picture(cfg)
+                _RENDERED[same] = _kept_picture(self.setup.pictures_dir, same, cfg)
             if _RENDERED[same]:
                 pictures[str(number)] = _RENDERED[same]
         return pictures
+
+
+def _kept_picture(folder: str | None, same: str, cfg: TrialConfig) -> bytes:
+    """The picture of ``cfg`` (``same`` says what it shows): read from ``folder`` when a worker
+    rendered it before, else rendered and left there (written whole, by rename). A folder
+    that cannot be used only costs the rendering."""
+    if folder is None:
+        return samples_picture(cfg)
+    path = Path(folder, hashlib.sha256(same.encode()).hexdigest()[:32] + ".png")
+    with contextlib.suppress(OSError):
+        return path.read_bytes()
+    picture = samples_picture(cfg)
+    if not picture:
+        return picture
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_bytes(picture)
+        os.replace(tmp, path)
+        kept = sorted(path.parent.glob("*.png"), key=lambda p: p.stat().st_mtime)
+        for old in kept[: max(0, len(kept) - PICTURES_KEPT)]:
+            old.unlink(missing_ok=True)
+    except OSError as err:
+        log.warning("cannot keep the augmentation picture under %s: %s", folder, err)
+    return picture
 
 
 @contextlib.contextmanager
