@@ -82,9 +82,10 @@ def sweep_body(epochs: int, width: int, concurrency: int) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def embedded_stack(root: Path, warm_drivers: int) -> Iterator[Any]:
-    """The project's own stack (MLflow, Ray head, API) under ``root``, started; yields the
-    :class:`~service.cli.stack.Stack` (its ``settings`` are the ones in use)."""
+def embedded_stack(root: Path, warm_drivers: int | None) -> Iterator[Any]:
+    """The project's own stack (MLflow, Ray head, API) under ``root``, started (``warm_drivers``
+    None: the settings' default pool); yields the :class:`~service.cli.stack.Stack` (its
+    ``settings`` are the ones in use)."""
     from service.cli.stack import Stack, free_port
     from service.config import Settings
 

@@ -169,7 +169,7 @@ def main() -> None:
     rows: list[tuple[str, float, dict[str, float]]] = []
     with (
         tempfile.TemporaryDirectory(prefix="bench-study-") as tmp,
-        embedded_stack(Path(tmp), warm_drivers=1) as stack,
+        embedded_stack(Path(tmp), warm_drivers=None) as stack,  # as `sweeps up` starts it
     ):
         settings = stack.settings
         client = SweepsClient(settings.api_url, settings.api_token.get_secret_value())

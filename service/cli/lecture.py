@@ -151,13 +151,19 @@ def verdict(expect: str, rows: Mapping[str, Comparison], goal: str) -> str:
     ``expect`` ranks values best first in tiers: ``a > b`` claims ``a`` better than ``b``: it
     holds when the whole interval of their difference lies above 0, fails when it lies below.
     ``a >= b`` claims ``a`` as good as ``b`` or better: it holds when the interval lies above
-    ``-MARGIN``, fails when it lies below 0. Every value of a tier is judged against the next
-    value of its tier and every value of the next tier. The claim holds when every pair holds,
-    does not hold when any pair fails, and is undecided otherwise (more seeds would tell).
+    ``-MARGIN``, fails when it lies below 0. ``a, b`` claims nothing between ``a`` and ``b``
+    (``a, b > c``: each better than ``c``). Every value of a tier is judged against the next
+    value of its tier (unless a comma parts them) and every value of the next tier. The claim
+    holds when every pair holds, does not hold when any pair fails, and is undecided otherwise
+    (more seeds would tell).
     """
     if not expect:
         return "no expected order given"
-    tiers = [[v.strip() for v in tier.split(">=")] for tier in re.split(r">(?!=)", expect)]
+    chains = [
+        [[v.strip() for v in chain.split(">=")] for chain in tier.split(",")]
+        for tier in re.split(r">(?!=)", expect)
+    ]  # tier -> comma-separated chains -> values, each as good as the next or better
+    tiers = [[v for chain in tier for v in chain] for tier in chains]
     unknown = [v for tier in tiers for v in tier if v not in rows]
     if unknown:
         return f"not judged: no result for {', '.join(unknown)}"
@@ -165,7 +171,9 @@ def verdict(expect: str, rows: Mapping[str, Comparison], goal: str) -> str:
     if few:
         return f"not judged: fewer than {MIN_SEEDS} seeds for {', '.join(few)}"
     sign = 1.0 if goal == "maximize" else -1.0
-    pairs = [(a, b, ">=") for tier in tiers for a, b in itertools.pairwise(tier)]
+    pairs = [
+        (a, b, ">=") for tier in chains for chain in tier for a, b in itertools.pairwise(chain)
+    ]
     pairs += [(a, b, ">") for now, later in itertools.pairwise(tiers) for a in now for b in later]
     failed, open_, held = [], [], []
     for a, b, claim in pairs:
@@ -296,7 +304,8 @@ def page(outcomes: list[Outcome], when: str, where: str, minutes: float) -> str:
         f"the difference of means and its {CONFIDENCE:.0%} bootstrap interval over seeds "
         "(resampled in pairs: both values trained with the same seeds). `a > b` holds when "
         "the interval lies above 0 and fails when it lies below; `a >= b` (as good or better) "
-        f"holds when it lies above -{MARGIN:g} and fails when it lies below 0. A claim holds "
+        f"holds when it lies above -{MARGIN:g} and fails when it lies below 0; `a, b` claims "
+        "nothing between `a` and `b`. A claim holds "
         "when every pair holds, does not hold when one fails, and is otherwise undecided: "
         "more seeds would tell. The sweep files are in `examples/lecture/`.",
         "",

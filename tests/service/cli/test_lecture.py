@@ -70,6 +70,11 @@ def scores(level: float, jitter: float = 0.0) -> list[float]:
         ("a >= b > c", rows(a=scores(0.895), b=scores(0.9), c=scores(0.5)), "maximize", "holds"),
         ("a >= b > c", rows(a=scores(0.4), b=scores(0.9), c=scores(0.5)), "maximize",
          "does not hold on digits: a >= b: -0.500"),
+        # a comma claims nothing between its values: only each against the next tier
+        ("a, b > c", rows(a=scores(0.7), b=scores(0.9), c=scores(0.5)), "maximize",
+         "holds on digits: a > c: +0.200"),
+        ("a, b >= c > d", rows(a=scores(0.9), b=scores(0.6), c=scores(0.9), d=scores(0.5)),
+         "maximize", "does not hold on digits: b >= c: -0.300"),
         # a small difference drowned in noise that the seeds do not share: more seeds would tell
         ("a > b", rows(a=scores(0.905, 0.03), b=scores(0.9)), "maximize", "undecided on digits"),
         ("a > z", rows(a=scores(0.8)), "maximize", "not judged: no result for z"),
@@ -130,4 +135,4 @@ def test_seeds_replace_every_studys_own() -> None:
             seed_range(wrong)
     study = read_studies(LECTURE)[0].with_seeds([10, 11])
     assert study.spec["parameters"]["seed"] == [10, 11]
-    assert read_studies(LECTURE)[0].spec["parameters"]["seed"] == [0, 1, 2]
+    assert read_studies(LECTURE)[0].spec["parameters"]["seed"] == list(range(10))
