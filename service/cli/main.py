@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -53,6 +54,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went first (``sweeps watch 1 | head``)
+        _silence()
+        return 1
+
+
+def _say(text: str) -> None:
+    """Print ``text``; a reader that is gone (``make run | tee run.log``, whose Ctrl-C stops
+    ``tee`` first) never stops what follows: from then on, output goes nowhere."""
+    try:
+        console.print(text)
+    except OSError:  # BrokenPipeError, or a terminal that closed
+        _silence()
+
+
+def _silence() -> None:
+    """Point standard output at /dev/null: Python's own flush at exit would fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -275,7 +296,7 @@ def _embedded_stack() -> Iterator[tuple[Stack, Settings]]:
     finally:
         _ignore_stop_signals()
         try:
-            console.print("stopping the stack")
+            _say("stopping the stack")
             stack.stop()
         finally:
             for sig, handler in previous.items():

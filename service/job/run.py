@@ -73,8 +73,8 @@ def standby(settings: Settings, factory: sessionmaker[Session], job_id: str) -> 
     while True:
         try:
             with session_scope(factory) as session:
-                sweep_id = store.sweep_for_job(session, job_id)
-                waiting = sweep_id is None and store.standby_exists(session, job_id)
+                sweep_id, unclaimed = store.standby_poll(session, job_id)
+                waiting = sweep_id is None and unclaimed
             last_ok = time.monotonic()
         except StorageError as err:
             if time.monotonic() - last_ok > STANDBY_DB_PATIENCE_S:

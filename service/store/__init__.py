@@ -11,9 +11,8 @@ from service.store.standbys import (
     claim_standby,
     mark_standby_ready,
     remove_standby,
-    standby_exists,
+    standby_poll,
     standbys,
-    sweep_for_job,
 )
 from service.store.sweeps import (
     beat,
@@ -72,9 +71,8 @@ __all__ = [
     "request_cancel",
     "set_job",
     "set_trial_run",
-    "standby_exists",
+    "standby_poll",
     "standbys",
-    "sweep_for_job",
     "sweep_status",
     "sweep_version",
     "trial_counts",

@@ -59,14 +59,21 @@ def mark_standby_ready(session: Session, job_id: str) -> bool:
     return True
 
 
-def standby_exists(session: Session, job_id: str) -> bool:
-    """Whether ``job_id`` is still an unclaimed standby."""
-    return session.get(StandbyDriver, job_id) is not None
+def standby_poll(session: Session, job_id: str) -> tuple[int | None, bool]:
+    """(the id of the open sweep the Ray job ``job_id`` is to drive, or None; whether the job
+    is still an unclaimed standby), read in one statement.
 
-
-def sweep_for_job(session: Session, job_id: str) -> int | None:
-    """The id of the open sweep the Ray job ``job_id`` is to drive, if any."""
-    stmt = select(Sweep.id).where(
-        Sweep.ray_job_id == job_id, Sweep.status.not_in(FINAL_SWEEP_STATUSES)
+    A claim (:func:`claim_standby`) names the job on the sweep and deletes its row in one
+    transaction; two statements could see its commit between them (PostgreSQL's statements
+    each see what was committed before they began) and read the standby as neither claimed nor
+    a standby, so that it would retire from a sweep just handed to it.
+    """
+    sweep = (
+        select(Sweep.id)
+        .where(Sweep.ray_job_id == job_id, Sweep.status.not_in(FINAL_SWEEP_STATUSES))
+        .limit(1)
+        .scalar_subquery()
     )
-    return session.scalars(stmt).first()
+    unclaimed = select(StandbyDriver.job_id).where(StandbyDriver.job_id == job_id).exists()
+    sweep_id, waiting = session.execute(select(sweep, unclaimed)).one()
+    return sweep_id, bool(waiting)

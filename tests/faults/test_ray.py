@@ -123,8 +123,11 @@ def test_a_driver_killed_right_after_a_trial_stopped_early_never_revives_it(
     with the same curve, no epoch is stored after its end, and MLflow agrees with the
     database for every trial."""
     epochs = 60
+    # Each pack of two holds a good and a bad rate, judged in that order at every rung, so the
+    # bad one stops whichever pack runs ahead (a pack of the two bad ones, ahead all the way,
+    # would meet only its own values at each rung and never stop).
     body = long_body(
-        epochs, [0.05, 0.1, 1e-4, 3e-4], max_concurrent=2,
+        epochs, [0.05, 1e-4, 0.1, 3e-4], max_concurrent=2,
         early_stopping={"type": "asha", "grace_period": 2, "reduction_factor": 2},
     )  # fmt: skip
     settings = make_settings(tmp_path, ray_cluster, mlflow_server)

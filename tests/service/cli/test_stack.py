@@ -68,6 +68,17 @@ def test_up_listens_on_loopback_only_and_stops_everything_on(
 
 
 @pytest.mark.slow
+def test_up_stops_everything_when_its_reader_went_first(tmp_path: Path) -> None:
+    """``make run | tee run.log``, then Ctrl-C: ``tee`` dies first, so the line saying the stack
+    stops has no reader; the stack stops all the same."""
+    with _sweeps_up(tmp_path, piped=True) as up:
+        tree = _stack_processes(up, str(tmp_path))
+        assert up.stdout is not None
+        up.stdout.close()  # tee is gone
+        _stop_and_check(up, tree, signal.SIGINT, str(tmp_path))
+
+
+@pytest.mark.slow
 def test_the_tour_shows_the_toolbox_working_prints_links_that_answer_and_stops_on_sigint(
     tmp_path: Path,
 ) -> None:
@@ -124,11 +135,12 @@ def _printed_links(out: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _sweeps_up(
-    root: Path, args: tuple[str, ...] = ("up",), token: str | None = None
+    root: Path, args: tuple[str, ...] = ("up",), token: str | None = None, piped: bool = False
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``sweeps up`` (or ``sweeps *args``) started in ``root`` (its state under
     ``root/.sweeps``) on free ports with API token ``token``, once its API is ready and its
-    standby sweep job too; SIGKILLed with all it started if still running at the end."""
+    standby sweep job too; SIGKILLed with all it started if still running at the end. Its
+    output goes to ``root/up.log``, or with ``piped`` its standard output to a pipe."""
     token = token or secrets.token_hex(16)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SWEEPS_", "RAY_"))}
@@ -143,7 +155,11 @@ def _sweeps_up(
     log = root / "up.log"
     with open(log, "wb") as out, _default_dispositions():
         up = subprocess.Popen(
-            [str(SWEEPS), *args], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT
+            [str(SWEEPS), *args],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE if piped else out,
+            stderr=out if piped else subprocess.STDOUT,
         )
     tree: list[psutil.Process] = []
     try:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
@@ -307,3 +308,32 @@ def test_sweep_ended_stores_the_key_of_the_best_trial_it_names(factory) -> None:
     with session_scope(factory) as session:
         assert store.get_sweep(session, sink.sweep_id).best_trial_key == "trial-00002"
         assert store.get_sweep(session, nobody.sweep_id).best_trial_key is None
+
+
+def test_a_standby_polled_while_it_is_claimed_sees_itself_claimed_or_waiting_never_neither(
+    factory,
+) -> None:
+    """The claim commits from another connection right after the poll's first statement
+    (where a poll of two statements read the sweep, then the standby)."""
+    sweep_id = new_sweep(factory)
+    with session_scope(factory) as session:
+        store.add_standby(session, "standby-1")
+    armed = [True]
+
+    def claim_in_between(*_: object) -> None:
+        if armed[0]:
+            armed[0] = False
+            with session_scope(factory) as other:
+                assert store.claim_standby(other, sweep_id, "standby-1", None, count=False)
+
+    engine = factory.kw["bind"]
+    event.listen(engine, "after_cursor_execute", claim_in_between)
+    try:
+        with session_scope(factory) as session:
+            seen = store.standby_poll(session, "standby-1")
+    finally:
+        event.remove(engine, "after_cursor_execute", claim_in_between)
+    assert not armed[0]  # the claim landed during the poll
+    assert seen in ((None, True), (sweep_id, False))  # before the claim, or after it
+    with session_scope(factory) as session:
+        assert store.standby_poll(session, "standby-1") == (sweep_id, False)
