@@ -54,9 +54,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # the reader went first (``sweeps watch 1 | head``)
-        _silence()
-        return 1
 
 
 def _say(text: str) -> None:
@@ -64,7 +61,9 @@ def _say(text: str) -> None:
     ``tee`` first) never stops what follows: from then on, output goes nowhere."""
     try:
         console.print(text)
-    except OSError:  # BrokenPipeError, or a terminal that closed
+    except SystemExit:  # rich's answer to a broken pipe: output already goes to /dev/null
+        pass
+    except OSError:  # a terminal that closed
         _silence()
 
 
