@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import sys
 import time
@@ -58,21 +57,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _say(text: str) -> None:
     """Print ``text``; a reader that is gone (``make run | tee run.log``, whose Ctrl-C stops
-    ``tee`` first) never stops what follows: from then on, output goes nowhere."""
-    try:
+    ``tee`` first) never stops what follows. Rich answers a broken pipe by pointing standard
+    output at /dev/null and raising SystemExit."""
+    with contextlib.suppress(SystemExit, OSError):
         console.print(text)
-    except SystemExit:  # rich's answer to a broken pipe: output already goes to /dev/null
-        pass
-    except OSError:  # a terminal that closed
-        _silence()
-
-
-def _silence() -> None:
-    """Point standard output at /dev/null: Python's own flush at exit would fail again."""
-    with contextlib.suppress(OSError, ValueError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
 
 
 def _parser() -> argparse.ArgumentParser:
