@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from workers.events import KeepCheckpoints
+from workers.private_files import write_secret
 
 STATE_DIR = Path(".sweeps")
 """Where the embedded stack keeps its state (database, MLflow store, Tune experiments, logs)."""
@@ -119,6 +120,15 @@ class Settings(BaseSettings):
         cancel_grace_seconds: how long the driver gets to cancel before the API stops its job.
         monitor_interval_seconds: how often the API checks cancellations and vanished jobs.
         max_resumes: how many times a sweep whose job vanished is resubmitted.
+        ray_grace_seconds: how long Ray's Jobs API may stay unreachable before the open sweeps
+            fail; never while Ray's GCS answers (their drivers train on; see
+            :meth:`~service.dispatch.dispatcher.Dispatcher.reconcile`).
+        unschedulable_grace_seconds: how long an open sweep's trials may fit no node of the
+            cluster (nodes still joining, or Ray could not list them when it was submitted)
+            before it fails, naming the largest node.
+        lease_seconds: the term of the database lease that lets one API process at a time run
+            the background work (:mod:`service.dispatch.lease`); another takes over within it
+            when the holder dies.
         warm_drivers: standby sweep jobs kept started and waiting, so a submitted sweep skips
             the job's start-up (see :mod:`service.dispatch.standby`); None (the default) keeps
             one per CPU of the cluster (at least 1, at most 4); 0 starts a job per sweep on
@@ -170,6 +180,8 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(5.0, gt=0)
     stuck_after_seconds: float = Field(120.0, gt=0)
     ray_grace_seconds: float = Field(300.0, gt=0)
+    unschedulable_grace_seconds: float = Field(60.0, gt=0)
+    lease_seconds: float = Field(10.0, gt=0)
     tracking_backoff_seconds: float = Field(30.0, gt=0)
     tracking_plots_seconds: float = Field(10.0, gt=0)
     max_body_bytes: int = Field(1 << 20, ge=1024)
@@ -261,8 +273,8 @@ class Settings(BaseSettings):
         return self._zygote_socket("worker") if self.worker_zygote else None
 
     def _zygote_socket(self, kind: str) -> Path | None:
-        """Beside the database URL file (a directory only this user enters); None where the
-        path is too long for a Unix socket address."""
+        """Beside the database URL file (a private directory, :mod:`workers.private_files`);
+        None where the path is too long for a Unix socket address."""
         path = self.database_url_file.parent / f"{kind}-zygote.sock"
         return path if len(os.fsencode(path)) <= MAX_SOCKET_PATH else None
 
@@ -292,18 +304,15 @@ class Settings(BaseSettings):
 
 
 def write_database_url_file(settings: Settings) -> Path:
-    """Write ``settings.database_url`` to ``settings.database_url_file``, readable by this user
-    only (mode 0600, replaced atomically), where sweep jobs read it; return the path."""
-    path = settings.database_url_file
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.is_file() and path.read_text().strip() == settings.database_url:
-        return path
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(settings.database_url + "\n")
-    os.replace(tmp, path)
-    return path
+    """Write ``settings.database_url`` to ``settings.database_url_file`` (mode 0600, replaced
+    atomically, in a private directory: :func:`workers.private_files.write_secret`), where
+    sweep jobs read it; return the path.
+
+    Raises:
+        UnsafePathError: the file's directory is a symbolic link, another uid's, or writable by
+            others (the message says the fix).
+    """
+    return write_secret(settings.database_url_file, settings.database_url + "\n")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -23,3 +23,9 @@ class TrackingRejectedError(TrackingError):
 class ClusterLostError(SweepsError):
     """The Ray cluster the driver ran on went away (its head restarted, or it is unreachable):
     the driver gives up without ending the sweep, so that the sweep is resumed."""
+
+
+class UnsafePathError(SweepsError):
+    """A directory, secret file or socket is not this user's own (a symbolic link, another uid's,
+    open to others): nothing is written, bound or connected there; the message names the path
+    and the fix."""

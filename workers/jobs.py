@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+import grpc
 import httpx
 
 from workers.errors import RayJobsError
@@ -40,13 +41,23 @@ class JobClient(Protocol):
     :class:`~workers.errors.RayJobsError` when the cluster cannot be reached or refuses.
     """
 
-    def submit(self, entrypoint: str, submission_id: str, env_vars: dict[str, str]) -> str: ...
+    def submit(
+        self,
+        entrypoint: str,
+        submission_id: str,
+        env_vars: dict[str, str],
+        resources: dict[str, float] | None = None,
+    ) -> str: ...
 
     def status(self, job_id: str) -> JobState: ...
 
     def stop(self, job_id: str) -> bool: ...
 
     def nodes(self) -> list[Node]: ...
+
+    def logs(self, job_id: str) -> str: ...
+
+    def delete(self, job_id: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,12 @@ class Node:
 
     name: str
     resources: dict[str, float]
+
+    @property
+    def pin(self) -> str | None:
+        """The resource only this node's address has (``node:<ip>``), which places a job's
+        entrypoint on it; None when Ray lists none."""
+        return next((k for k in self.resources if k.startswith("node:") and "__" not in k), None)
 
 
 class RayJobs:
@@ -72,17 +89,27 @@ class RayJobs:
         self._http = httpx.Client(base_url=self.dashboard_url, headers=headers, timeout=timeout)
         atexit.register(self._http.close)
 
-    def submit(self, entrypoint: str, submission_id: str, env_vars: dict[str, str]) -> str:
+    def submit(
+        self,
+        entrypoint: str,
+        submission_id: str,
+        env_vars: dict[str, str],
+        resources: dict[str, float] | None = None,
+    ) -> str:
         """Start ``entrypoint`` (a shell command) as job ``submission_id``; returns the id.
 
         ``env_vars`` is the job's environment on top of the cluster's. Use absolute paths
-        (``sys.executable``): the job's PATH is the cluster's, not the caller's.
+        (``sys.executable``): the job's PATH is the cluster's, not the caller's. ``resources``
+        (``{"node:10.0.0.3": 0.01}``) places the entrypoint on a node that has them; without,
+        it runs on the head node.
         """
-        body = {
+        body: dict[str, Any] = {
             "entrypoint": entrypoint,
             "submission_id": submission_id,
             "runtime_env": {"env_vars": dict(env_vars)},
         }
+        if resources:
+            body["entrypoint_resources"] = dict(resources)
         what = f"submitting job {submission_id}"
         answer = self._request("POST", "/api/jobs/", what, body)
         if answer is None:  # the dashboard is up, its Jobs API not yet
@@ -116,9 +143,20 @@ class RayJobs:
         answer = self._request("GET", f"/api/jobs/{job_id}/logs", f"logs of job {job_id}")
         return str((answer or {}).get("logs", ""))
 
+    def delete(self, job_id: str) -> bool:
+        """Delete an ended job from the cluster's job table; False when it was not there."""
+        answer = self._request("DELETE", f"/api/jobs/{job_id}", f"deleting job {job_id}")
+        return bool(answer and answer.get("deleted"))
+
+    def job_ids(self) -> list[str]:
+        """The submission ids of every job the cluster's job table holds."""
+        answer = self._request("GET", "/api/jobs/", "listing the jobs")
+        jobs: list[dict[str, Any]] = answer if isinstance(answer, list) else []
+        return [str(j["submission_id"]) for j in jobs if j.get("submission_id")]
+
     def _request(
         self, method: str, path: str, what: str, body: dict[str, Any] | None = None
-    ) -> dict[str, Any] | None:
+    ) -> Any:
         """The JSON answer, or None when the job does not exist (404)."""
         try:
             r = self._http.request(method, path, json=body)
@@ -130,7 +168,26 @@ class RayJobs:
         if r.status_code != 200:
             raise RayJobsError(f"{what} failed: HTTP {r.status_code}: {r.text[:500]}")
         try:
-            answer: dict[str, Any] = r.json()
+            answer = r.json()
         except ValueError as err:
             raise RayJobsError(f"{what}: not JSON: {r.text[:200]}") from err
         return answer
+
+
+GCS_HEALTH = "/grpc.health.v1.Health/Check"
+"""The gRPC health check Ray's GCS serves (an empty request asks about the server)."""
+SERVING = b"\x08\x01"
+"""A ``HealthCheckResponse`` whose status is ``SERVING``."""
+
+
+def gcs_answers(address: str, timeout: float = TIMEOUT_S) -> bool:
+    """Whether the Ray GCS at ``address`` (host:port) answers its health check: alive and
+    serving, not merely accepting connections (a frozen GCS accepts them)."""
+    with grpc.insecure_channel(address) as channel:
+        check = channel.unary_unary(
+            GCS_HEALTH, request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
+        try:
+            return bool(check(b"", timeout=timeout) == SERVING)
+        except grpc.RpcError:
+            return False

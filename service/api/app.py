@@ -1,10 +1,11 @@
 """The FastAPI app factory: settings in, app out; nothing is built at import time.
 
 The lifespan creates the engine, brings the schema up to date (in the background while the
-database cannot be reached: the API starts anyway, and answers 503 meanwhile), builds the
-dispatcher and starts the monitor, whose first act is to reconcile the database with what Ray
-is really running, and the tracking sender; at shutdown it retires the warm standby drivers the
-monitor started.
+database cannot be reached: the API starts anyway, and answers 503 meanwhile) and builds the
+dispatcher; while this process holds the database's lease (:mod:`service.dispatch.lease`) it
+runs the monitor, whose first act is to reconcile the database with what Ray is really running,
+and the tracking sender; at shutdown the holder retires the warm standby drivers the monitor
+started.
 The docs (``/docs``, ``/redoc``) load Swagger UI and ReDoc from the API itself (fastapi-offline's
 copies, under ``/static-offline-docs``), not from a CDN: they work offline.
 Access control is one middleware (:class:`service.api.auth.BearerAuthMiddleware`); the body size
@@ -28,6 +29,7 @@ from service.api.routes import health, sweeps
 from service.api.views import Views
 from service.config import Settings, load_settings
 from service.dispatch.dispatcher import Dispatcher, make_job_client
+from service.dispatch.lease import LeasedWork, Work
 from service.dispatch.monitor import Monitor
 from service.dispatch.tracking import TrackingSender
 from service.store.db import Schema, make_engine, make_session_factory
@@ -42,7 +44,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
     Args:
         settings: the configuration; tests pass their own.
         background: run the monitor (reconciliation, liveness, cancel deadlines, standbys)
-            and the tracking sender (deliveries to MLflow).
+            and the tracking sender (deliveries to MLflow) while this process holds the lease.
     """
     settings = settings or load_settings()
 
@@ -57,18 +59,25 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         app.state.session_factory = factory
         app.state.views = Views(settings)
         app.state.dispatcher = dispatcher
-        loop = Monitor(dispatcher, settings.monitor_interval_seconds)
-        sender = TrackingSender(
-            factory,
-            MlflowRuns(settings.mlflow_tracking_uri),
-            backoff_s=(0.5, settings.tracking_backoff_seconds),
-            plots_every_s=settings.tracking_plots_seconds,
+
+        def background_work() -> list[Work]:
+            sender = TrackingSender(
+                factory,
+                MlflowRuns(settings.mlflow_tracking_uri),
+                backoff_s=(0.5, settings.tracking_backoff_seconds),
+                plots_every_s=settings.tracking_plots_seconds,
+            )
+            return [Monitor(dispatcher, settings.monitor_interval_seconds), sender]
+
+        # Standbys belong to the lease holder that started them.
+        lease = LeasedWork(
+            factory, settings.lease_seconds, background_work, dispatcher.retire_standbys
         )
+        app.state.lease = lease
 
         def start_background() -> None:
             if background:
-                loop.start()
-                sender.start()
+                lease.start()
 
         schema.ensure(on_ready=start_background)  # the API serves even while the database is down
         # What start-up made (modules, the app) lives as long as the process: out of the
@@ -81,15 +90,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         finally:
             gc.unfreeze()  # collectable again once the app is done (tests build many apps)
             schema.stop()
-            loop.stop()
-            sender.stop()
-            if (
-                background and schema.ready.is_set()
-            ):  # standbys belong to the loop that started them
-                try:
-                    dispatcher.retire_standbys()
-                except Exception:  # Ray or the database already gone: the standbys exit alone
-                    log.warning("could not retire the standby drivers", exc_info=True)
+            lease.stop()
             engine.dispose()
 
     app = FastAPIOffline(

@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _say(text: str) -> None:
-    """Print ``text``; a reader that is gone (``make run | tee run.log``, whose Ctrl-C stops
-    ``tee`` first) never stops what follows. Rich answers a broken pipe by pointing standard
-    output at /dev/null and raising SystemExit."""
+    """Print ``text``, or nothing where its reader is gone (``make run | tee run.log``, whose
+    Ctrl-C stops ``tee`` first: EPIPE, which rich answers with SystemExit; a closed terminal:
+    EIO)."""
     with contextlib.suppress(SystemExit, OSError):
         console.print(text)
 
@@ -283,8 +283,8 @@ def _embedded_stack() -> Iterator[tuple[Stack, Settings]]:
     finally:
         _ignore_stop_signals()
         try:
-            _say("stopping the stack")
-            stack.stop()
+            stack.stop()  # before any write: stdout may be a dead pipe or a hung-up terminal
+            _say("the stack stopped")
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

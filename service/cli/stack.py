@@ -27,6 +27,7 @@ from pydantic import SecretStr
 
 from service.config import STATE_DIR, Settings, is_loopback
 from service.errors import ServiceError
+from workers.private_files import private_dir, read_secret, write_secret
 
 BIN = Path(sys.executable).parent
 MLFLOW_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -154,6 +155,8 @@ class Stack:
         Raises:
             StackError: the settings would serve the API beyond loopback, or a process did not
                 start (whatever had started is stopped again).
+            UnsafePathError: the Ray token's folder or file is not this user's own (the message
+                says the fix).
         """
         if not is_loopback(self.settings.host):
             raise StackError(
@@ -174,11 +177,12 @@ class Stack:
         return self.settings
 
     def _token(self) -> SecretStr:
-        if not self.token_file.exists():
-            self.token_file.parent.mkdir(parents=True, exist_ok=True)
-            self.token_file.write_text(secrets.token_hex(32))
-            self.token_file.chmod(0o600)
-        return SecretStr(self.token_file.read_text().strip())
+        """Ray's token, from the token file; a fresh one is written there first if it is missing
+        (:mod:`workers.private_files`: a private folder, a file of mode 0600, no links)."""
+        private_dir(self.token_file.parent)
+        if not os.path.lexists(self.token_file):
+            write_secret(self.token_file, secrets.token_hex(32))
+        return SecretStr(read_secret(self.token_file).strip())
 
     def _ray_env(self) -> dict[str, str]:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_file)}

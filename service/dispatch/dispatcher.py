@@ -7,7 +7,9 @@ submitted, and until its submission returns the monitor leaves the sweep alone (
 the job yet). No lock is held and no transaction is open across a call to Ray: every decision
 is a compare-and-set in the database (:func:`service.store.set_job`, ``finish_sweep``), so the
 request handlers and the monitor thread may act on one sweep at once and only one wins. One API
-process per database is assumed (``uvicorn --workers 1``).
+process at a time runs the monitor (the database's lease, :mod:`service.dispatch.lease`); any
+process submits new sweeps, and the monitor leaves a pending sweep whose job Ray does not know
+yet alone for :data:`SUBMIT_GRACE`, since another process may be submitting it.
 """
 
 from __future__ import annotations
@@ -28,13 +30,16 @@ from service.store.db import session_scope
 from service.store.models import Sweep, utcnow
 from workers.errors import RayJobsError
 from workers.events import FINAL_SWEEP_STATUSES
-from workers.jobs import LIVE_JOB_STATES, JobClient, Node, RayJobs
+from workers.jobs import LIVE_JOB_STATES, JobClient, Node, RayJobs, gcs_answers
 
 log = logging.getLogger(__name__)
 SUBMIT_GRACE = timedelta(seconds=30)
-"""A new sweep without a job is left to the request that is submitting it for this long."""
+"""A new sweep without a job, or whose job Ray does not know, is left to the request that is
+submitting it for this long."""
 NODES_TTL_S = 30.0
 """How long the cluster's list of nodes is trusted when checking a sweep's resources."""
+NO_NODES_TTL_S = 2.0
+"""How long an empty listing (Ray could not say, or no node has joined yet) is kept."""
 
 
 def make_job_client(settings: Settings) -> JobClient:
@@ -56,12 +61,13 @@ class Dispatcher:
         self.factory = factory
         self.jobs = jobs
         write_database_url_file(settings)  # where jobs read it: never in their environment
-        self.standbys = StandbyPool(settings, factory, jobs, self.cluster_cpus)
+        self.standbys = StandbyPool(settings, factory, jobs, lambda: self._node_list)
         self._ray_down_since: float | None = None  # monotonic; None while Ray answers
         self._submitting: set[str] = set()  # job ids stored, their submission under way
         self._submitting_lock = threading.Lock()  # guards the set alone, never a network call
         self._node_list: list[Node] = []
         self._nodes_at = float("-inf")
+        self._misfit_since: dict[int, float] = {}  # sweep id -> when it first fit no node
 
     def submit(self, sweep_id: int) -> None:
         """Start a new sweep's first job: hand it to a live standby, or submit its own."""
@@ -88,6 +94,7 @@ class Dispatcher:
             job_id = job_id_of(sweep, sweep.resumes + int(count))
             if not store.set_job(session, sweep_id, old_job, job_id, count=count):
                 return  # someone else replaced or ended the sweep's job first
+            store.add_job(session, job_id, sweep_id)  # deleted from Ray once the sweep is done
             self._note_in(session, sweep_id, reason)
             with self._submitting_lock:  # Ray cannot know the job before it is submitted
                 self._submitting.add(job_id)
@@ -104,32 +111,43 @@ class Dispatcher:
 
     def check_fits(self, cpu: float, gpu: float | None) -> None:
         """Refuse a trial no live node can ever hold (nodes are asked at most every
-        :data:`NODES_TTL_S`; when Ray cannot say, the sweep is let through).
+        :data:`NODES_TTL_S`; when Ray cannot say, the sweep is let through, and the monitor
+        fails it after ``unschedulable_grace_seconds`` if it still fits no node).
 
         Raises:
             InputLimitError: naming the largest node.
         """
+        why = _misfit(self._nodes(), cpu, gpu)
+        if why is not None:
+            raise InputLimitError("resources_per_trial", f"{why}: ask for at most that")
+
+    def _fail_unschedulable(self) -> None:
+        """Fail the open sweeps whose trials have fit no listed node for
+        ``unschedulable_grace_seconds`` (nodes still joining get that long; a sweep admitted
+        while Ray could not list its nodes is judged here)."""
         nodes = self._nodes()
         if not nodes:
-            return
-        wanted = {"CPU": cpu, "GPU": gpu or 0.0}
-        if any(all(n.resources.get(k, 0.0) >= v for k, v in wanted.items()) for n in nodes):
-            return
-        big = max(nodes, key=lambda n: (n.resources.get("GPU", 0.0), n.resources.get("CPU", 0.0)))
-        has = f"CPU={big.resources.get('CPU', 0.0):g}, GPU={big.resources.get('GPU', 0.0):g}"
-        raise InputLimitError(
-            "resources_per_trial",
-            f"a trial asks for cpu={cpu:g}, gpu={gpu or 0:g}, more than any node of the cluster "
-            f"has; the largest node ({big.name}) has {has}: ask for at most that",
-        )
-
-    def cluster_cpus(self) -> float:
-        """The CPUs of the cluster's live nodes as last listed (0 before the first listing or
-        when Ray could not say); never asks Ray, so ``/readyz`` never waits on it."""
-        return sum(n.resources.get("CPU", 0.0) for n in self._node_list)
+            return  # Ray cannot say: the cluster's reachability is judged by reconcile
+        with session_scope(self.factory) as session:
+            wants = {
+                s.id: s.spec.get("resources_per_trial", {}) for s in store.open_sweeps(session)
+            }
+        now = time.monotonic()
+        grace = self.settings.unschedulable_grace_seconds
+        for sweep_id in self._misfit_since.keys() - wants.keys():
+            del self._misfit_since[sweep_id]
+        for sweep_id, want in wants.items():
+            why = _misfit(nodes, float(want.get("cpu", 1.0)), want.get("gpu"))
+            if why is None:
+                self._misfit_since.pop(sweep_id, None)
+                continue
+            since = self._misfit_since.setdefault(sweep_id, now)
+            if now - since >= grace:
+                self.fail(sweep_id, f"{why}, for {grace:.0f} s: no trial can ever start")
 
     def _nodes(self) -> list[Node]:
-        if time.monotonic() - self._nodes_at > NODES_TTL_S:
+        ttl = NODES_TTL_S if self._node_list else NO_NODES_TTL_S
+        if time.monotonic() - self._nodes_at > ttl:
             try:
                 self._node_list = self.jobs.nodes()
             except RayJobsError as err:
@@ -139,10 +157,10 @@ class Dispatcher:
         return self._node_list
 
     def keep_warm(self, *, check_jobs: bool = False) -> None:
-        """Keep the zygotes and standby drivers up (see :class:`~.standby.StandbyPool`), sized
-        to the cluster as last listed (listed again when older than :data:`NODES_TTL_S`)."""
-        if self.settings.warm_drivers is None:
-            self._nodes()
+        """Keep the zygotes and standby drivers up (see :class:`~.standby.StandbyPool`), on
+        and sized to the cluster as last listed (listed again when older than
+        :data:`NODES_TTL_S`)."""
+        self._nodes()
         self.standbys.keep_warm(check_jobs=check_jobs)
 
     def retire_standbys(self) -> None:
@@ -164,7 +182,9 @@ class Dispatcher:
 
     def reconcile(self) -> None:
         """Match every open sweep with its Ray job: leave, replace, fail or finish cancelling;
-        fail them all once Ray has been unreachable for ``ray_grace_seconds``."""
+        fail those whose trials fit no node for ``unschedulable_grace_seconds``; fail them all
+        once Ray's Jobs API has been unreachable for ``ray_grace_seconds`` and its GCS does not
+        answer either (while it does, the drivers train on and write to the database)."""
         with session_scope(self.factory) as session:
             ids = [s.id for s in store.open_sweeps(session)]
         for sweep_id in ids:
@@ -174,6 +194,7 @@ class Dispatcher:
                 self._ray_unreachable(err)
                 return
         self._ray_down_since = None
+        self._fail_unschedulable()
 
     def _ray_unreachable(self, err: Exception) -> None:
         now = time.monotonic()
@@ -181,6 +202,13 @@ class Dispatcher:
         down = now - self._ray_down_since
         log.warning("cannot reach Ray for %.0f s: %s", down, err)
         if down < self.settings.ray_grace_seconds:
+            return
+        if gcs_answers(self.settings.ray_address):
+            log.warning(
+                "Ray's Jobs API has not answered for %.0f s but its GCS at %s does: the open "
+                "sweeps' drivers train on; waiting for the Jobs API",
+                down, self.settings.ray_address,
+            )  # fmt: skip
             return
         with session_scope(self.factory) as session:
             ids = [s.id for s in store.open_sweeps(session)]
@@ -202,6 +230,8 @@ class Dispatcher:
             if job_id in self._submitting:
                 return  # being submitted right now
         state = self.jobs.status(job_id) if job_id else "missing"
+        if state == "missing" and status == "pending" and handed > utcnow() - SUBMIT_GRACE:
+            return  # another API process may be submitting it right now
         if state in LIVE_JOB_STATES:
             if job_id is not None and (silent := self._silent(status, beat, handed, job_id)):
                 # Stopped now, replaced once Ray reports it ended: never two drivers at once.
@@ -276,3 +306,19 @@ class Dispatcher:
             self.jobs.stop(job_id)
         except (DispatchError, RayJobsError) as err:
             log.warning("sweep %s: stopping %s failed: %s", sweep_id, job_id, err)
+
+
+def _misfit(nodes: list[Node], cpu: float, gpu: float | None) -> str | None:
+    """Why no node of ``nodes`` can hold a trial of ``cpu`` CPUs and ``gpu`` GPUs, naming the
+    largest; None when one can, or when there is no listing."""
+    wanted = {"CPU": cpu, "GPU": gpu or 0.0}
+    if not nodes or any(
+        all(n.resources.get(k, 0.0) >= v for k, v in wanted.items()) for n in nodes
+    ):
+        return None
+    big = max(nodes, key=lambda n: (n.resources.get("GPU", 0.0), n.resources.get("CPU", 0.0)))
+    has = f"CPU={big.resources.get('CPU', 0.0):g}, GPU={big.resources.get('GPU', 0.0):g}"
+    return (
+        f"a trial asks for cpu={cpu:g}, gpu={gpu or 0:g}, more than any node of the cluster "
+        f"has; the largest node ({big.name}) has {has}"
+    )

@@ -4,7 +4,8 @@ Runs in a daemon thread of the API process (the Jobs API client is synchronous).
 ``monitor_interval_seconds`` it stops the jobs of cancellations past their grace period and tops
 up the warm standby drivers; every ``RECONCILE_EVERY`` ticks it reconciles again (jobs that
 ended, drivers that stopped beating, a cluster that stopped answering; and the standbys' jobs),
-so a job that dies or hangs while the API runs is resumed without waiting for a restart.
+so a job that dies or hangs while the API runs is resumed without waiting for a restart, and
+deletes the Ray jobs that are done with (:mod:`~service.dispatch.janitor`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 from collections.abc import Callable
 
 from service.dispatch.dispatcher import Dispatcher
+from service.dispatch.janitor import Janitor
 from service.dispatch.loop import Loop
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,7 @@ class Monitor:
 
     def __init__(self, dispatcher: Dispatcher, interval: float) -> None:
         self.dispatcher = dispatcher
+        self.janitor = Janitor(dispatcher.factory, dispatcher.jobs)
         self._ticks = 0
         self.loop = Loop("sweeps-monitor", interval, self._tick)
 
@@ -41,6 +44,7 @@ class Monitor:
         self._ticks += 1
         if full:
             self._guard(self.dispatcher.reconcile)
+            self._guard(self.janitor.clear)
         self._guard(self.dispatcher.enforce_cancel_deadlines)
         self._guard(functools.partial(self.dispatcher.keep_warm, check_jobs=full))
 

@@ -5,8 +5,10 @@ A standby (:func:`~service.dispatch.commands.standby_command`) warms up, marks i
 ``standby_drivers`` ready and polls for a sweep whose ``ray_job_id`` names it; submitting a sweep
 claims one in a single transaction. With ``Settings.driver_zygote`` the pool also keeps one
 driver zygote job alive (:mod:`service.job.zygote`), from which every sweep job and standby
-forks its driver; standbys then cost a fork and are topped up whatever runs. Without it they are
-started only while no sweep is open. The pool keeps ``Settings.warm_drivers`` standbys, or one
+forks its driver, and a trial worker zygote on every node that runs trials (its job pinned to
+the node), from which the sweeps' Ray trial workers on that node fork; standbys then cost a
+fork and are topped up whatever runs. Without the driver zygote they are started only while no
+sweep is open. The pool keeps ``Settings.warm_drivers`` standbys, or one
 per CPU of the cluster. ARCHITECTURE.md ("Warm standby drivers") says why.
 """
 
@@ -31,7 +33,7 @@ from service.dispatch.commands import (
 from service.errors import DispatchError
 from service.store.db import session_scope
 from workers.errors import RayJobsError
-from workers.jobs import LIVE_JOB_STATES, JobClient
+from workers.jobs import LIVE_JOB_STATES, JobClient, Node
 
 log = logging.getLogger(__name__)
 JOB_PREFIX = "sweeps-standby-"
@@ -45,6 +47,8 @@ Ray job supervisor on the head node, whatever the cluster's size."""
 ZYGOTE_YOUNG_S = 30.0
 """A zygote that ends sooner than this after its start failed; its successor waits (doubling)."""
 ZYGOTE_MAX_BACKOFF_S = 600.0
+ZYGOTE_PIN = 0.001
+"""How much of its node's ``node:<ip>`` resource (1.0 in all) a worker zygote's job holds."""
 
 
 @dataclass(frozen=True)
@@ -67,18 +71,19 @@ class StandbyPool:
         settings: Settings,
         factory: sessionmaker[Session],
         jobs: JobClient,
-        cluster_cpus: Callable[[], float],
+        nodes: Callable[[], list[Node]],
     ) -> None:
+        """``nodes()``: the cluster's live nodes as last listed (never waits on Ray)."""
         self.settings = settings
         self.factory = factory
         self.jobs = jobs
-        self.cluster_cpus = cluster_cpus
-        # Zygote module -> this API's job of it; a restarted API starts its own, which takes
-        # the socket over from the old one.
+        self.nodes = nodes
+        # Zygote (driver, or worker@node:<ip>) -> this API's job of it; a restarted API starts
+        # its own, which take the sockets over from the old ones.
         self.zygotes: dict[str, str] = {}
         self._zygote_at = float("-inf")  # monotonic time of the driver zygote's submission
-        self._started: dict[str, float] = {}  # module -> when its zygote was last submitted
-        self._failures: dict[str, int] = {}  # module -> zygotes in a row that died young
+        self._started: dict[str, float] = {}  # zygote -> when its job was last submitted
+        self._failures: dict[str, int] = {}  # zygote -> its jobs in a row that died young
 
     @property
     def forks(self) -> bool:
@@ -90,7 +95,8 @@ class StandbyPool:
         :data:`MAX_AUTO_WARM` (1 when Ray cannot say)."""
         if self.settings.warm_drivers is not None:
             return self.settings.warm_drivers
-        return max(1, min(MAX_AUTO_WARM, int(self.cluster_cpus())))
+        cpus = sum(n.resources.get("CPU", 0.0) for n in self.nodes())
+        return max(1, min(MAX_AUTO_WARM, int(cpus)))
 
     def count(self) -> WarmCount:
         """The pool as the database records it."""
@@ -117,16 +123,11 @@ class StandbyPool:
             check_jobs: first ask Ray about the zygote's and every standby's job and drop those
                 that ended.
         """
-        wanted = [
-            module
-            for module, on in (
-                (DRIVER_ZYGOTE_MODULE, self.forks),
-                (WORKER_ZYGOTE_MODULE, self.settings.worker_zygote_socket is not None),
-            )
-            if on
-        ]
-        for module in wanted:
-            self._keep_zygote(module, check_jobs=check_jobs)
+        wanted = self._zygotes_wanted()
+        for gone in self.zygotes.keys() - wanted.keys():  # its node left, and the job with it
+            self.zygotes.pop(gone)
+        for name, (module, pin) in wanted.items():
+            self._keep_zygote(name, module, pin, check_jobs=check_jobs)
         with session_scope(self.factory) as session:
             ids = [d.job_id for d in store.standbys(session)]
             busy = bool(store.open_sweeps(session))
@@ -139,35 +140,56 @@ class StandbyPool:
         for _ in range(self.wanted() - len(ids)):
             self._start()
 
-    def _keep_zygote(self, module: str, *, check_jobs: bool) -> None:
-        """Start the zygote of ``module`` unless this API's is alive (asked when
-        ``check_jobs``); one that died young (it cannot listen where the settings say, say)
-        is started again ever later, up to :data:`ZYGOTE_MAX_BACKOFF_S` apart."""
-        known = self.zygotes.get(module)
+    def _zygotes_wanted(self) -> dict[str, tuple[str, dict[str, float] | None]]:
+        """Zygote name -> its module and where its job runs: the driver zygote beside the
+        sweep jobs (on the head, as every job without resources), and a trial worker zygote
+        on every node that offers CPUs or GPUs to trials, pinned there (``node:<ip>``)."""
+        wanted: dict[str, tuple[str, dict[str, float] | None]] = {}
+        if self.forks:
+            wanted["driver"] = (DRIVER_ZYGOTE_MODULE, None)
+        if self.settings.worker_zygote_socket is not None:
+            for node in self.nodes():
+                offers = node.resources.get("CPU", 0.0) + node.resources.get("GPU", 0.0) > 0
+                if offers and node.pin is not None:
+                    wanted[f"worker@{node.pin}"] = (WORKER_ZYGOTE_MODULE, {node.pin: ZYGOTE_PIN})
+        return wanted
+
+    def _keep_zygote(
+        self, name: str, module: str, pin: dict[str, float] | None, *, check_jobs: bool
+    ) -> None:
+        """Start zygote ``name`` (of ``module``, its job placed by ``pin``) unless this API's
+        is alive (asked when ``check_jobs``); one that died young (it cannot listen where the
+        settings say, say) is started again ever later, up to :data:`ZYGOTE_MAX_BACKOFF_S`
+        apart."""
+        known = self.zygotes.get(name)
         if known is not None and not (check_jobs and not self._job_alive(known)):
             return
         now = time.monotonic()
         if known is not None:
-            started = self._started.get(module, now)
+            started = self._started.get(name, now)
             young = now - started < ZYGOTE_YOUNG_S
-            self._failures[module] = self._failures.get(module, 0) + 1 if young else 0
-            self.zygotes.pop(module)
-        failures = self._failures.get(module, 0)
+            self._failures[name] = self._failures.get(name, 0) + 1 if young else 0
+            self.zygotes.pop(name)
+        failures = self._failures.get(name, 0)
         wait = min(ZYGOTE_MAX_BACKOFF_S, ZYGOTE_YOUNG_S * 2 ** (failures - 1)) if failures else 0
-        if now - self._started.get(module, float("-inf")) < wait:
+        if now - self._started.get(name, float("-inf")) < wait:
             return
         job_id = f"{ZYGOTE_PREFIX}{uuid.uuid4().hex[:12]}"
         command = zygote_command(self.settings.job_python, module, job_id)
+        with session_scope(self.factory) as session:
+            store.add_job(session, job_id)  # deleted from Ray once it ended
         try:
-            self.jobs.submit(command, job_id, self.settings.job_env())
+            self.jobs.submit(command, job_id, self.settings.job_env(), pin)
         except (DispatchError, RayJobsError) as err:
-            log.warning("starting zygote %s (%s) failed: %s", job_id, module, err)
+            log.warning("starting zygote %s (%s) failed: %s", job_id, name, err)
+            with session_scope(self.factory) as session:
+                store.forget_job(session, job_id)
             return
-        log.info("started zygote %s (%s)", job_id, module)
-        self.zygotes[module] = job_id
-        self._started[module] = time.monotonic()
+        log.info("started zygote %s (%s)", job_id, name)
+        self.zygotes[name] = job_id
+        self._started[name] = time.monotonic()
         if module == DRIVER_ZYGOTE_MODULE:  # what standbys fork from
-            self._zygote_at = self._started[module]
+            self._zygote_at = self._started[name]
 
     def _job_alive(self, job_id: str) -> bool:
         try:
@@ -208,6 +230,7 @@ class StandbyPool:
         job_id = f"{JOB_PREFIX}{uuid.uuid4().hex[:12]}"
         with session_scope(self.factory) as session:
             store.add_standby(session, job_id)
+            store.add_job(session, job_id)  # deleted from Ray once it ended or its sweep did
         env = self.settings.job_env()
         try:
             command = standby_command(self.settings.job_python, job_id, fork=self.forks)
@@ -216,5 +239,6 @@ class StandbyPool:
             log.warning("starting standby %s failed: %s", job_id, err)
             with session_scope(self.factory) as session:
                 store.remove_standby(session, job_id)
+                store.forget_job(session, job_id)
             return
         log.info("started standby driver %s", job_id)

@@ -2,10 +2,20 @@
 
 ``db`` (engine, schema migrations, the session scope), ``models`` (tables), and the state
 transitions and queries of each table (``sweeps``, ``trials``, ``standbys``; ``tracking`` for
-the MLflow sender), which every caller runs inside its own session. The package re-exports
-the functions of the first three: ``store.get_sweep(...)``.
+the MLflow sender; ``jobs`` and ``leases`` for the API's Ray jobs and its lease), which every
+caller runs inside its own session. The package re-exports the functions of the tables but
+``tracking``: ``store.get_sweep(...)``.
 """
 
+from service.store.jobs import (
+    JobRow,
+    add_job,
+    assign_job,
+    forget_job,
+    keep_driver_log,
+    recorded_jobs,
+)
+from service.store.leases import lease_holder, release_lease, take_lease
 from service.store.standbys import (
     add_standby,
     claim_standby,
@@ -47,7 +57,10 @@ from service.store.trials import (
 
 __all__ = [
     "Best",
+    "JobRow",
+    "add_job",
     "add_standby",
+    "assign_job",
     "beat",
     "best_trial",
     "body_hash",
@@ -57,8 +70,11 @@ __all__ = [
     "create_sweep",
     "find_replay",
     "finish_sweep",
+    "forget_job",
     "get_sweep",
     "get_trial",
+    "keep_driver_log",
+    "lease_holder",
     "list_sweeps",
     "list_trials",
     "mark_standby_ready",
@@ -67,6 +83,8 @@ __all__ = [
     "open_sweeps",
     "record_artifact",
     "record_epoch",
+    "recorded_jobs",
+    "release_lease",
     "remove_standby",
     "request_cancel",
     "set_job",
@@ -75,6 +93,7 @@ __all__ = [
     "standbys",
     "sweep_status",
     "sweep_version",
+    "take_lease",
     "trial_counts",
     "trial_outcomes",
     "upsert_trial",

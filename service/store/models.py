@@ -1,5 +1,6 @@
 """The tables: sweeps, their trials, each trial's per-epoch metrics and files for MLflow, what
-MLflow has been told of each run, and warm standby drivers.
+MLflow has been told of each run, warm standby drivers, the Ray jobs the API submitted and the
+API's lease on the database.
 
 Statuses are the strings of :mod:`workers.events`; the spec is stored as the validated JSON of
 :class:`workers.spec.SweepSpec`, so a resumed job rebuilds exactly what was accepted.
@@ -106,6 +107,8 @@ class Sweep(Base):
     """Everything about the sweep has reached MLflow, its parent run closed last."""
     mlflow_error: Mapped[str] = mapped_column(Text, default="")
     """Why the last delivery to MLflow failed; empty once one succeeds."""
+    driver_log: Mapped[str] = mapped_column(Text, default="")
+    """The tail of its last driver's log, kept when its Ray jobs are deleted (final sweeps)."""
 
     trials: Mapped[list[Trial]] = relationship(
         back_populates="sweep", order_by="Trial.number", cascade="all, delete-orphan"
@@ -213,3 +216,28 @@ class StandbyDriver(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     ready_at: Mapped[datetime | None]
     """When the job had imported the driver and joined the cluster; None while it starts."""
+
+
+class RayJob(Base):
+    """A Ray job the API submitted (a sweep's driver, a standby or a zygote), recorded before
+    its submission; the row goes when the job is deleted from Ray (``sweep_id`` set: once that
+    sweep is final and in MLflow; else once the job ended). See :mod:`service.dispatch.janitor`.
+    """
+
+    __tablename__ = "ray_jobs"
+
+    job_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    sweep_id: Mapped[int | None] = mapped_column(index=True)
+    """The sweep the job drives (a claimed standby's too); None for standbys and zygotes."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Lease(Base):
+    """Who runs the API's background work (dispatch monitor, tracking sender, standbys) on this
+    database: one API process at a time, renewed while it lives (:mod:`service.store.leases`)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime]

@@ -9,6 +9,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from service.store.db import affected
+from service.store.jobs import assign_job
 from service.store.models import StandbyDriver, Sweep, utcnow
 from service.store.sweeps import set_job
 from workers.events import FINAL_SWEEP_STATUSES
@@ -47,6 +48,7 @@ def claim_standby(
     if not affected(session, delete(StandbyDriver).where(StandbyDriver.job_id == job_id)):
         session.rollback()
         return False
+    assign_job(session, job_id, sweep_id)
     return True
 
 

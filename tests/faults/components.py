@@ -100,6 +100,16 @@ class PrivateRay:
         assert node.poll() is None, (self.root / f"node{len(self.nodes) - 1}.log").read_text()
         return node
 
+    def dashboard(self) -> int:
+        """The pid of the head's dashboard (Ray's Jobs API). Pause it (SIGSTOP) to make the
+        Jobs API unreachable while the GCS, raylet, jobs and drivers run on; killed, it takes
+        the head with it (``ray start --block`` stops the rest when one process dies)."""
+        assert self.head is not None
+        for pid, _, pgid in _processes():
+            if pgid == self.head.pid and b"dashboard/dashboard.py" in _cmdline(pid):
+                return pid
+        raise AssertionError("no dashboard process in the head's group")
+
     def kill(self) -> None:
         """The head and every node, and whatever they started (jobs' drivers and trial
         workers too, which name the cluster's token file in their environment), SIGKILLed."""
@@ -157,6 +167,13 @@ def workers_of(node: subprocess.Popen[bytes]) -> list[int]:
     own, so they are found by their parent, a process of the node's group)."""
     group = {pid for pid, _, pgid in _processes() if pgid == node.pid}
     return [pid for pid, ppid, pgid in _processes() if ppid in group and pgid != node.pid]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _processes() -> list[tuple[int, int, int]]:

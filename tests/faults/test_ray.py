@@ -67,6 +67,32 @@ def test_f7_a_ray_head_gone_for_good_fails_the_sweep_naming_ray_and_leaves_nothi
     assert "RUNNING" not in {r.info.status for r in [*parents, *children]}
 
 
+def test_a_ray_dashboard_paused_while_its_gcs_answers_never_fails_the_sweeps_it_runs(
+    tmp_path: Path, private_ray: Any, mlflow_server: Any
+) -> None:
+    """Ray's Jobs API (the dashboard) stops answering past the grace, the GCS answers: the
+    driver trains on and the sweep completes, every epoch in the database and in MLflow."""
+    cluster = private_ray(2)
+    epochs, grace = 300, 3.0
+    settings = make_settings(tmp_path, cluster, mlflow_server, ray_grace_seconds=grace)
+    with in_process(settings) as api:
+        sweep_id = api.submit(long_body(epochs, [0.02, 0.05], max_concurrent=2))
+        api.wait_epochs(sweep_id, 4)
+        dashboard = cluster.dashboard()
+        os.kill(dashboard, signal.SIGSTOP)
+        try:
+            time.sleep(grace + 15)  # past the grace, and two reconciliations (5 s timeouts)
+            assert api.sweep(sweep_id)["status"] == "running", "the sweep ended before the grace"
+            sweep = api.wait_final(sweep_id, timeout=600)
+        finally:
+            os.kill(dashboard, signal.SIGCONT)
+        assert sweep["status"] == "completed", sweep["message"]
+        sweep = api.wait_tracked(sweep_id)
+        trials = api.trials(sweep_id)
+    assert_curves_complete(trials, epochs)
+    assert_mlflow_matches(mlflow_server.uri, sweep, trials)
+
+
 def test_f8_a_hung_driver_is_found_by_its_heartbeat_and_replaced(
     tmp_path: Path, ray_cluster: Any, mlflow_server: Any
 ) -> None:

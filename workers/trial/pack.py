@@ -37,6 +37,7 @@ from ray import tune
 
 from toolbox.errors import DataUnavailableError
 from workers.events import finite_metrics
+from workers.private_files import private_dir
 from workers.results import EPOCH, NODE, PID, REPORTS, SAMPLES, STATES, trials_of
 from workers.trial.board import board_name
 from workers.trial.setup import (
@@ -313,10 +314,9 @@ def _scratch() -> Iterator[str]:
     of processes that no longer run (a worker killed mid-report) are removed first, so a kill
     leaves at most one checkpoint behind, until the next pack starts on the node."""
     global _SWEPT
-    root = Path(tempfile.gettempdir(), SCRATCH)
+    root = private_dir(Path(tempfile.gettempdir(), SCRATCH))  # in /tmp: anyone may take the name
     mine = root / str(os.getpid())
     if not _SWEPT:
-        root.mkdir(mode=0o700, exist_ok=True)
         for other in root.iterdir():
             if other.name.isdigit() and not _alive(int(other.name)):
                 shutil.rmtree(other, ignore_errors=True)

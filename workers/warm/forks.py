@@ -1,17 +1,17 @@
 """Fork servers ("zygotes") and their launchers: a process that imported what a kind of process
 needs once forks one child per request, in place of a Python started and importing it again.
 
-Standard library only, so a launcher starts in milliseconds. A launcher (:func:`launch`)
-connects to the zygote's Unix socket and sends its arguments, environment, working directory
-and standard streams (``SCM_RIGHTS``). The zygote (:func:`serve`) forks a child that takes them
-all, starts a session of its own, names itself as the cold-started process would be named in
-``/proc`` (``ps``, and whoever looks a process up by its command line), runs the zygote's
-``run(argv)`` and reports its exit status to the launcher, which exits with it. The launcher
-passes stop signals (SIGTERM, SIGINT, SIGHUP) on to the child and SIGKILLs it
-:data:`KILL_AFTER_S` later if it still runs; a child whose launcher dies kills itself. So the
+Standard library only (and :mod:`workers.private_files`), so a launcher starts in milliseconds.
+A launcher (:func:`launch`) connects to the zygote's Unix socket and sends its arguments,
+environment, working directory and standard streams (``SCM_RIGHTS``). The zygote (:func:`serve`)
+forks a child that takes them all, starts a session of its own, names itself as the cold-started
+process would be named in ``/proc`` (``ps``, and whoever looks a process up by its command
+line), runs the zygote's ``run(argv)`` and reports its exit status to the launcher, which exits
+with it. The launcher passes stop signals (SIGTERM, SIGINT, SIGHUP) on to the child and SIGKILLs
+it :data:`KILL_AFTER_S` later if it still runs; a child whose launcher dies kills itself. So the
 child is, to whoever started the launcher (Ray), that process: same pid to signal through, same
-log, same lifetime. The zygote's socket is a file in a directory only this user enters, and it
-serves only this user (``SO_PEERCRED``).
+log, same lifetime. The zygote's socket is a file in a directory only this user may change
+(checked on both sides), and it serves only this user (``SO_PEERCRED``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from workers.errors import UnsafePathError
+from workers.private_files import bind_socket, check_socket
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 2.0
@@ -69,6 +72,15 @@ def launch(path: str | None, argv: list[str]) -> int | None:
 
 
 def _connect(path: str) -> socket.socket | None:
+    """A connection to the zygote at ``path``; None where none answers, or where ``path`` is
+    not a socket of this user's in a private directory (a link, a file, another uid's)."""
+    try:
+        check_socket(Path(path))
+    except FileNotFoundError:
+        return None
+    except UnsafePathError as err:
+        print(f"launcher: no zygote: {err}", file=sys.stderr)
+        return None
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.settimeout(CONNECT_TIMEOUT_S)
     try:
@@ -112,6 +124,8 @@ def serve(path: Path, run: Callable[[list[str]], int], title: Title) -> int:
 
     Raises:
         RuntimeError: a thread runs besides this one.
+        UnsafePathError: ``path`` is not a socket of this user's (see
+            :func:`workers.private_files.bind_socket`).
     """
     if threading.active_count() != 1:  # a fork would copy locks that other threads hold
         raise RuntimeError(f"cannot serve forks with {threading.active_count()} threads")
@@ -137,14 +151,8 @@ def serve(path: Path, run: Callable[[list[str]], int], title: Title) -> int:
 
 
 def _listen(path: Path) -> socket.socket:
-    """Listen on a fresh socket, then move it onto ``path`` (replacing an older zygote's)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(tmp))
-    os.chmod(tmp, 0o600)
-    listener.listen(64)
-    os.replace(tmp, path)
+    """Listen on a fresh socket at ``path``, replacing an older zygote's (and nothing else)."""
+    listener = bind_socket(path)
     listener.settimeout(CHECK_EVERY_S)
     return listener
 

@@ -1,4 +1,4 @@
-"""``/sweeps``: submit, list, inspect and cancel sweeps and their trials."""
+"""``/sweeps``: submit, list, inspect and cancel sweeps, read their trials and driver logs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
@@ -33,7 +34,10 @@ from service.api.schemas import (
 )
 from service.api.views import Views
 from service.api.waiting import MAX_WAIT_S, wait_for_news
+from service.errors import DispatchError
 from service.store.db import session_scope
+from service.store.jobs import LOG_TAIL_CHARS
+from workers.errors import RayJobsError
 from workers.events import SweepStatus, TrialStatus
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"], responses=GUARDED)
@@ -162,6 +166,22 @@ def read_trial(
 ) -> TrialDetail:
     """One trial: its parameters, status and per-epoch curve."""
     return views.trial_detail(sweep, store.get_trial(session, sweep, number))
+
+
+@router.get(
+    "/{sweep_id}/log",
+    response_class=PlainTextResponse,
+    responses=ERRORS | {200: {"content": {"text/plain": {}}, "description": "the log's tail"}},
+)
+def read_log(sweep: SweepDep, dispatcher: DispatcherDep) -> str:
+    """The tail of the sweep's driver log: from Ray while its job is there, then as kept with
+    the sweep when its Ray jobs are deleted (once it is final and in MLflow)."""
+    if sweep.driver_log or sweep.ray_job_id is None:
+        return sweep.driver_log
+    try:
+        return dispatcher.jobs.logs(sweep.ray_job_id)[-LOG_TAIL_CHARS:]
+    except RayJobsError as err:
+        raise DispatchError(f"cannot read the driver's log from Ray: {err}") from err
 
 
 @router.post("/{sweep_id}/cancel", response_model=CancelPublic, responses=ERRORS)

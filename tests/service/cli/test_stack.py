@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import pty
 import re
 import secrets
 import signal
@@ -27,6 +28,7 @@ import pytest
 
 from service.cli.stack import Stack, StackError, free_port
 from service.config import Settings
+from workers.errors import UnsafePathError
 
 SWEEPS = Path(sys.executable).parent / "sweeps"
 START_TIMEOUT_S = 300.0
@@ -45,6 +47,16 @@ def test_stack_refuses_to_serve_the_api_beyond_loopback(tmp_path: Path) -> None:
     with pytest.raises(StackError, match=r"SWEEPS_HOST=0\.0\.0\.0"):
         stack.start()
     assert stack.procs == []
+
+
+def test_stack_writes_no_ray_token_through_a_link_and_starts_nothing(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"  # missing: a write through the link would create it
+    stack = Stack(Settings(api_token=secrets.token_hex(16)), state_dir=tmp_path / "state")
+    stack.token_file.parent.mkdir(parents=True, mode=0o700)
+    stack.token_file.symlink_to(victim)
+    with pytest.raises(UnsafePathError, match="is a symbolic link, not a secret file"):
+        stack.start()
+    assert stack.procs == [] and not victim.exists()
 
 
 @pytest.mark.slow
@@ -68,14 +80,18 @@ def test_up_listens_on_loopback_only_and_stops_everything_on(
 
 
 @pytest.mark.slow
-def test_up_stops_everything_when_its_reader_went_first(tmp_path: Path) -> None:
-    """``make run | tee run.log``, then Ctrl-C: ``tee`` dies first, so the line saying the stack
-    stops has no reader; the stack stops all the same."""
-    with _sweeps_up(tmp_path, piped=True) as up:
+@pytest.mark.parametrize("output", ["pipe", "terminal"])
+def test_up_stops_everything_when_its_output_went_first(tmp_path: Path, output: str) -> None:
+    """``make run | tee run.log``, then Ctrl-C: ``tee`` dies first (writes fail with EPIPE); or
+    the terminal closes, then SIGHUP (writes fail with EIO). The stack stops all the same."""
+    with _sweeps_up(tmp_path, output=output) as up:
         tree = _stack_processes(up, str(tmp_path))
-        assert up.stdout is not None
-        up.stdout.close()  # tee is gone
-        _stop_and_check(up, tree, signal.SIGINT, str(tmp_path))
+        if up.stdout is not None:
+            up.stdout.close()  # tee is gone
+        else:
+            os.close(up.terminal)  # type: ignore[attr-defined]
+        sig = signal.SIGINT if output == "pipe" else signal.SIGHUP
+        _stop_and_check(up, tree, sig, str(tmp_path))
 
 
 @pytest.mark.slow
@@ -135,12 +151,13 @@ def _printed_links(out: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _sweeps_up(
-    root: Path, args: tuple[str, ...] = ("up",), token: str | None = None, piped: bool = False
+    root: Path, args: tuple[str, ...] = ("up",), token: str | None = None, output: str = "log"
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``sweeps up`` (or ``sweeps *args``) started in ``root`` (its state under
     ``root/.sweeps``) on free ports with API token ``token``, once its API is ready and its
     standby sweep job too; SIGKILLed with all it started if still running at the end. Its
-    output goes to ``root/up.log``, or with ``piped`` its standard output to a pipe."""
+    output goes to ``root/up.log``; with ``output`` "pipe" its standard output goes to a pipe,
+    with "terminal" to a pseudo-terminal whose master end is ``proc.terminal``."""
     token = token or secrets.token_hex(16)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SWEEPS_", "RAY_"))}
@@ -153,14 +170,19 @@ def _sweeps_up(
         "SWEEPS_WARM_DRIVERS": "1",
     }
     log = root / "up.log"
+    master, slave = pty.openpty() if output == "terminal" else (-1, -1)
+    stdout = {"log": None, "pipe": subprocess.PIPE, "terminal": slave}[output]
     with open(log, "wb") as out, _default_dispositions():
         up = subprocess.Popen(
             [str(SWEEPS), *args],
             cwd=root,
             env=env,
-            stdout=subprocess.PIPE if piped else out,
-            stderr=out if piped else subprocess.STDOUT,
+            stdout=out if stdout is None else stdout,
+            stderr=out if stdout is not None else subprocess.STDOUT,
         )
+    if output == "terminal":
+        os.close(slave)
+        up.terminal = master  # type: ignore[attr-defined]
     tree: list[psutil.Process] = []
     try:
         _wait_warm(up, f"http://127.0.0.1:{port}", token, log)

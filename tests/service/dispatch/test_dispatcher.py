@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import store
 from service.config import Settings
 from service.dispatch.dispatcher import Dispatcher
+from service.errors import InputLimitError
 from service.store.db import init_db, make_engine, make_session_factory, session_scope
 from tests.service.helpers import make_settings
 from tests.specs import digits_body
@@ -32,8 +34,15 @@ class Jobs:
         self.hold, self.release, self.waiting = False, threading.Event(), threading.Event()
         self.down = False
         self.ended: JobState | None = None
+        self.node_list: list[Node] = []
 
-    def submit(self, entrypoint: str, submission_id: str, env_vars: dict[str, str]) -> str:
+    def submit(
+        self,
+        entrypoint: str,
+        submission_id: str,
+        env_vars: dict[str, str],
+        resources: dict[str, float] | None = None,
+    ) -> str:
         self._reach()
         if self.hold:
             self.waiting.set()
@@ -53,7 +62,15 @@ class Jobs:
 
     def nodes(self) -> list[Node]:
         self._reach()
-        return []
+        return self.node_list
+
+    def logs(self, job_id: str) -> str:
+        self._reach()
+        return ""
+
+    def delete(self, job_id: str) -> bool:
+        self._reach()
+        return True
 
     def _reach(self) -> None:
         if self.down:
@@ -65,7 +82,10 @@ def settings(tmp_path: Path) -> Settings:
     nowhere = SimpleNamespace(
         address="127.0.0.1:1", dashboard_url="http://127.0.0.1:1", token="t", uri="http://x"
     )
-    return make_settings(tmp_path, nowhere, nowhere, max_resumes=2, ray_grace_seconds=0.5)
+    return make_settings(
+        tmp_path, nowhere, nowhere, max_resumes=2, ray_grace_seconds=0.5,
+        unschedulable_grace_seconds=3.0,
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -76,8 +96,8 @@ def factory(settings: Settings) -> Iterator[sessionmaker[Session]]:
     engine.dispose()
 
 
-def new_sweep(factory: sessionmaker[Session]) -> int:
-    spec = SweepSpec.model_validate(digits_body({"optim.lr": [0.1]}))
+def new_sweep(factory: sessionmaker[Session], **kw: Any) -> int:
+    spec = SweepSpec.model_validate(digits_body({"optim.lr": [0.1]}) | kw)
     with session_scope(factory) as session:
         sweep, _ = store.create_sweep(session, spec)
         session.flush()
@@ -141,3 +161,31 @@ def test_a_cluster_unreachable_past_its_grace_fails_the_open_sweeps_naming_ray(
     status, _, message, _ = sweep_of(factory, sweep_id)
     assert status == "failed" and "Ray cluster at http://127.0.0.1:1" in message
     assert "unreachable" in message
+
+
+def test_a_sweep_admitted_while_ray_could_not_list_its_nodes_fails_after_the_grace_if_it_fits_none(
+    settings: Settings, factory: sessionmaker[Session]
+) -> None:
+    """Ray could not say at submission (no listing): the sweep is let through; once the nodes
+    are listed and none can hold a trial for the grace, it fails naming the largest node. A
+    sweep that fits is left alone."""
+    jobs = Jobs()
+    dispatcher = Dispatcher(settings, factory, jobs)
+    dispatcher.check_fits(200.0, None)  # no listing: admitted
+    huge = new_sweep(factory, resources_per_trial={"cpu": 200})
+    small = new_sweep(factory)
+    for sweep_id in (huge, small):
+        dispatcher.submit(sweep_id)
+    jobs.node_list = [Node("10.0.0.7", {"CPU": 2.0}), Node("10.0.0.8", {"CPU": 8.0})]
+    threading.Event().wait(2.1)  # the empty listing is asked again
+    dispatcher.reconcile()
+    assert sweep_of(factory, huge)[0] == "pending"  # nodes may still be joining
+    threading.Event().wait(settings.unschedulable_grace_seconds + 0.1)
+    dispatcher.reconcile()
+
+    status, _, message, _ = sweep_of(factory, huge)
+    assert status == "failed", message
+    assert "cpu=200" in message and "largest node (10.0.0.8) has CPU=8" in message
+    assert sweep_of(factory, small)[0] == "pending"
+    with pytest.raises(InputLimitError, match=r"largest node \(10.0.0.8\)"):
+        dispatcher.check_fits(200.0, None)  # listed now: refused at the door

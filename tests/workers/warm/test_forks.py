@@ -168,3 +168,55 @@ def start_zygote_replacing(sock: Path, inode: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-c", ZYGOTE, str(sock)])
     _wait(lambda: sock.exists() and sock.stat().st_ino != inode)
     return proc
+
+
+def _entry(path: Path) -> str | None:
+    """What is at ``path``: a link's target, a file's text, or None."""
+    if path.is_symlink():
+        return str(path.readlink())
+    return path.read_text() if path.exists() else None
+
+
+@pytest.mark.parametrize("unsafe", ["file", "link", "open directory"])
+def test_a_zygote_listens_in_place_of_nothing_but_an_older_socket(
+    sock: Path, tmp_path: Path, unsafe: str
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    if unsafe == "file":
+        sock.write_text("a file")
+    elif unsafe == "link":
+        sock.symlink_to(victim)
+    else:
+        tmp_path.chmod(0o777)
+    before = _entry(sock)
+    proc = subprocess.Popen([sys.executable, "-c", ZYGOTE, str(sock)], stderr=subprocess.PIPE)
+    try:
+        _, err = proc.communicate(timeout=20)  # a zygote that listens runs on
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and b"UnsafePathError" in err
+    assert _entry(sock) == before and victim.read_text() == "untouched"
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary left
+
+
+@pytest.mark.parametrize("unsafe", ["link", "open directory", "another user's socket"])
+def test_a_launcher_trusts_only_a_socket_of_its_user_in_a_private_directory(
+    zygote: subprocess.Popen[bytes], sock: Path, tmp_path: Path, unsafe: str
+) -> None:
+    path, refused = sock, sock
+    if unsafe == "link":  # to a zygote that would answer
+        path = refused = tmp_path / "elsewhere" / "z.sock"
+        path.parent.mkdir(mode=0o700)
+        path.symlink_to(sock)
+    elif unsafe == "open directory":
+        tmp_path.chmod(0o777)
+        refused = tmp_path
+    else:
+        try:
+            os.chown(sock, 65534, 65534)
+        except PermissionError:
+            pytest.skip("only root may give a file to another user")
+    proc = launcher(path, "exit", "0", stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == NO_ZYGOTE and f"launcher: no zygote: {refused} " in err
