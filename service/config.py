@@ -137,8 +137,12 @@ class Settings(BaseSettings):
             the driver once, :mod:`service.job.zygote`) instead of starting a Python each; a
             job that finds no zygote starts cold, as with False.
         worker_zygote: sweeps' Ray trial workers are forked from a trial worker zygote (a job
-            that imported Ray Tune, torch and the toolbox once, :mod:`workers.warm.trials`);
-            a worker that finds no zygote starts cold, as with False.
+            that imported Ray Tune, torch and the toolbox once, :mod:`workers.warm.trials`, one
+            on every node that runs trials); a worker that finds no zygote starts cold, as with
+            False.
+        zygote_dir: the directory, the same path on every node and private to each, where the
+            zygotes listen (default: beside ``database_url_file``, which suits one machine; in
+            a cluster, a node-local path such as ``/tmp/sweeps-zygotes``).
         max_body_bytes, rate_limit, max_open_sweeps, max_held_polls, max_wait_seconds,
             max_trial_epochs: the API's limits (see :mod:`service.api.limits`): request body
             size, requests per token or client address (``600/minute``), sweeps queued or
@@ -176,6 +180,7 @@ class Settings(BaseSettings):
     warm_drivers: int | None = Field(None, ge=0, le=16)
     driver_zygote: bool = True
     worker_zygote: bool = True
+    zygote_dir: Path | None = None
     db_patience_seconds: float = Field(300.0, gt=0)
     heartbeat_seconds: float = Field(5.0, gt=0)
     stuck_after_seconds: float = Field(120.0, gt=0)
@@ -273,9 +278,9 @@ class Settings(BaseSettings):
         return self._zygote_socket("worker") if self.worker_zygote else None
 
     def _zygote_socket(self, kind: str) -> Path | None:
-        """Beside the database URL file (a private directory, :mod:`workers.private_files`);
-        None where the path is too long for a Unix socket address."""
-        path = self.database_url_file.parent / f"{kind}-zygote.sock"
+        """In ``zygote_dir`` (a private directory, :mod:`workers.private_files`); None where
+        the path is too long for a Unix socket address."""
+        path = (self.zygote_dir or self.database_url_file.parent) / f"{kind}-zygote.sock"
         return path if len(os.fsencode(path)) <= MAX_SOCKET_PATH else None
 
     def zygote_env(self) -> dict[str, str]:

@@ -204,6 +204,24 @@ def trial_hosts(containers: list[dict[str, Any]]) -> set[str]:
     }
 
 
+def forked_trial_hosts(containers: list[dict[str, Any]]) -> set[str]:
+    """Names of the containers running a Ray worker (``ray::``, a trial's or an idle one) that
+    their own node's trial worker zygote forked: its parent is ``workers.warm.trials`` serving,
+    not a launcher."""
+    found = set()
+    for c in containers:
+        top = run("docker", "top", c["Id"], "-eo", "pid,ppid,args", check=False)
+        rows = [line.split(None, 2) for line in top.splitlines()[1:]]
+        args = {r[0]: r[2] if len(r) > 2 else "" for r in rows if len(r) >= 2}
+        parent = {r[0]: r[1] for r in rows if len(r) >= 2}
+        for pid, line in args.items():
+            zygote = args.get(parent[pid], "")
+            serving = "workers.warm.trials" in zygote and "--launch" not in zygote
+            if line.startswith("ray::") and serving:
+                found.add(c["Name"])
+    return found
+
+
 def network_with_subnet(name: str) -> str:
     """Create bridge network ``name`` on a subnet the engine picks; a fixed address on it
     needs the subnet stated, so it is created again with it. Returns the subnet."""

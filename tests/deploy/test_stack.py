@@ -26,6 +26,7 @@ from tests.deploy.stack import (
     Project,
     build_images,
     cpu_variant,
+    forked_trial_hosts,
     network_with_subnet,
     processes,
     run,
@@ -136,13 +137,17 @@ def wait_final(
     sweep_id: int,
     watch: list[dict[str, Any]] | None = None,
     seen: set[str] | None = None,
+    forked: set[str] | None = None,
 ) -> dict[str, Any]:
     """The sweep once final and MLflow has all of it; the containers of ``watch`` that ran
-    trials meanwhile are added to ``seen``."""
+    trials meanwhile are added to ``seen``, those whose trial workers their node's zygote
+    forked to ``forked``."""
     deadline = time.monotonic() + SWEEP_WITHIN
     while time.monotonic() < deadline:
         if watch is not None and seen is not None:
             seen |= trial_hosts(watch)
+        if watch is not None and forked is not None:
+            forked |= forked_trial_hosts(watch)
         s = sweep(stack, sweep_id)
         if s["status"] in FINAL and s["mlflow_pending"] == 0:
             return s
@@ -205,12 +210,15 @@ def test_requests_without_the_token_are_refused(stack: Stack) -> None:
 
 
 def test_a_sweep_runs_on_both_workers_and_reaches_mlflow(stack: Stack) -> None:
+    """And each worker's trial processes fork from that node's trial worker zygote."""
     s = submit(stack, "two-workers", trials=8, epochs=2)
     workers = stack.project.containers("ray-worker")
     assert len(workers) == 2
     seen: set[str] = set()
-    assert_complete(stack, wait_final(stack, s["id"], workers, seen))
+    forked: set[str] = set()
+    assert_complete(stack, wait_final(stack, s["id"], workers, seen, forked))
     assert seen == {w["Name"] for w in workers}, seen
+    assert forked == seen, forked
 
 
 def test_a_killed_worker_and_a_restarted_api_lose_nothing(stack: Stack) -> None:
