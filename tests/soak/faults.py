@@ -1,0 +1,133 @@
+"""The soak's fault injector: seeded, logged faults on the stack's real processes, overlapping.
+
+Each fault kind acts on one component and, for those with a duration, puts it back after it:
+a trial worker or a sweep driver SIGKILLed (Ray and the monitor recover them), the API killed
+and restarted, MLflow and PostgreSQL stopped and started, the Ray worker node killed and a new
+one joined, the Ray dashboard (Jobs API) paused. One fault of a kind at a time; kinds overlap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+KINDS = ("trial_worker", "driver", "api", "mlflow", "postgres", "ray_node", "dashboard")
+
+
+@dataclass
+class Fault:
+    """One fault as it happened: kind, what it hit, when it began and ended (monotonic s since
+    the soak started)."""
+
+    kind: str
+    target: str
+    began: float
+    ended: float = field(default=-1.0)
+
+
+class Injector:
+    """Fires a fault every ``gap`` seconds (drawn from ``rng``) until stopped: every kind
+    once, in a random order, then kinds drawn at random; a kind whose last fault is still on
+    is skipped. ``actions[kind]()`` injects and returns (target, restore or None)."""
+
+    def __init__(
+        self,
+        actions: dict[str, Callable[[], tuple[str, Callable[[], None] | None]]],
+        rng: random.Random,
+        log: Path,
+        gap: tuple[float, float] = (3.0, 9.0),
+        duration: tuple[float, float] = (3.0, 15.0),
+    ) -> None:
+        self.actions, self.rng, self.log = actions, rng, log
+        self.gap, self.duration = gap, duration
+        self.faults: list[Fault] = []
+        self.errors: list[str] = []
+        self._active: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._t0 = time.monotonic()
+        self._main = threading.Thread(target=self._run, name="soak-faults", daemon=True)
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._main.start()
+
+    def stop(self) -> None:
+        """No new fault; every fault on is put back (its restore runs at once)."""
+        self._stop.set()
+        self._main.join(60)
+        for t in self._threads:
+            t.join(120)
+
+    def _run(self) -> None:
+        order = list(self.actions)
+        self.rng.shuffle(order)
+        while not self._stop.wait(self.rng.uniform(*self.gap)):
+            kind = order.pop(0) if order else self.rng.choice(list(self.actions))
+            with self._lock:
+                if kind in self._active:
+                    continue
+                self._active.add(kind)
+            t = threading.Thread(target=self._fire, args=(kind,), name=f"fault-{kind}")
+            self._threads.append(t)
+            t.start()
+
+    def _fire(self, kind: str) -> None:
+        began = time.monotonic() - self._t0
+        try:
+            target, restore = self.actions[kind]()
+            fault = Fault(kind, target, began)
+            if restore is not None:
+                self._stop.wait(self.rng.uniform(*self.duration))
+                restore()
+            fault.ended = time.monotonic() - self._t0
+            with self._lock:
+                self.faults.append(fault)
+            with open(self.log, "a") as out:
+                out.write(json.dumps(asdict(fault)) + "\n")
+        except Exception as err:  # a fault that could not be injected is reported, not fatal
+            self.errors.append(f"{kind}: {err!r}")
+        finally:
+            with self._lock:
+                self._active.discard(kind)
+
+    def overlaps(self) -> list[tuple[str, str]]:
+        """Pairs of faults of different kinds that were on at the same time."""
+        spans = [f for f in self.faults if f.ended > f.began]
+        return [
+            (a.kind, b.kind)
+            for i, a in enumerate(spans)
+            for b in spans[i + 1 :]
+            if a.kind != b.kind and a.began < b.ended and b.began < a.ended
+        ]
+
+
+def kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def naming(marker: bytes, *, cmdline_has: bytes, exclude: bytes = b"\0\0") -> list[int]:
+    """Our processes whose environment or command line names ``marker`` and whose command
+    line contains ``cmdline_has`` (and not ``exclude``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes()
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if (marker in env or marker in args) and cmdline_has in args and exclude not in args:
+            found.append(int(entry.name))
+    return found

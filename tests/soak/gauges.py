@@ -1,0 +1,120 @@
+"""The soak's resource table: a row every few seconds of what a long-lived stack must keep
+bounded, and the flatness rule it is judged by."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+SERIES = (
+    "processes", "open_files", "api_rss_mb", "head_rss_mb", "state_mb", "ray_temp_mb",
+    "ray_jobs", "journal_backlog",
+)  # fmt: skip
+GROWTH = 0.10
+"""The most a series may grow from its second quarter to its last (their means)."""
+
+
+class Gauges:
+    """Samples ``read()`` (a value per name of :data:`SERIES`; None where it could not be
+    read then) every ``every`` seconds on a thread, with the time since start."""
+
+    def __init__(self, read: Callable[[], dict[str, float | None]], every: float = 5.0) -> None:
+        self.read, self.every = read, every
+        self.rows: list[dict[str, float | None]] = []
+        self.load_rows = 0  # rows sampled under load (before :meth:`drained` was called)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="soak-gauges", daemon=True)
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    def drained(self) -> None:
+        """The load ends: later rows show the drain, and are not judged."""
+        self.load_rows = len(self.rows)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            row = {"t_s": round(time.monotonic() - self._t0, 1), **self.read()}
+            self.rows.append(row)
+            self._stop.wait(self.every)
+
+    def not_flat(self, slack: dict[str, float]) -> dict[str, tuple[float, float]]:
+        """Series whose last quarter's mean under load exceeds their second quarter's by more
+        than :data:`GROWTH` and ``slack[name]`` (an absolute allowance for small counts):
+        name -> (second quarter's mean, last quarter's mean)."""
+        n = self.load_rows
+        grew = {}
+        for name in SERIES:
+            values = [r.get(name) for r in self.rows[:n]]
+            second = [v for v in values[n // 4 : n // 2] if v is not None]
+            last = [v for v in values[3 * n // 4 :] if v is not None]
+            if not second or not last:
+                grew[name] = (float("nan"), float("nan"))
+                continue
+            before, after = statistics.fmean(second), statistics.fmean(last)
+            if after > before * (1 + GROWTH) + slack.get(name, 0.0):
+                grew[name] = (before, after)
+        return grew
+
+    def table(self) -> str:
+        """The samples as a Markdown table."""
+        head = ["t_s", *SERIES]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for i, row in enumerate(self.rows):
+            if i == self.load_rows:
+                lines.append("| drain |" + " |" * len(SERIES))
+            cells = [_cell(row.get(name)) for name in head]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def _cell(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.0f}" if float(v).is_integer() or abs(v) >= 100 else f"{v:.1f}"
+
+
+def rss_mb(pids: list[int]) -> float:
+    """Resident memory of ``pids`` together (MiB)."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def open_files(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            continue
+    return total
+
+
+def disk_mb(*roots: Path) -> float:
+    """Bytes of the regular files under ``roots`` (MiB), links not followed."""
+    total = 0
+    for root in roots:
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                try:
+                    st = os.lstat(os.path.join(dirpath, name))
+                except OSError:
+                    continue
+                total += st.st_size
+    return total / (1 << 20)
