@@ -28,7 +28,7 @@ import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from workers.errors import UnsafePathError
 from workers.private_files import bind_socket, check_socket
@@ -115,12 +115,24 @@ Title = Callable[[list[str]], list[str]] | None
 """The command line a child shows in ``/proc``, from its arguments (None: the zygote's)."""
 
 
-def serve(path: Path, run: Callable[[list[str]], int], title: Title) -> int:
+class Tender(Protocol):
+    """Told of each child a zygote forks, and called between requests (at least every
+    :data:`CHECK_EVERY_S`): whatever the zygote keeps for its children."""
+
+    def forked(self, pid: int, argv: list[str]) -> None: ...
+
+    def tend(self) -> None: ...
+
+
+def serve(
+    path: Path, run: Callable[[list[str]], int], title: Title, tender: Tender | None = None
+) -> int:
     """Fork a child running ``run(argv)`` for each launcher, until the socket at ``path`` is
     another zygote's (the newest wins) or gone; then 0.
 
     ``title(argv)`` is the command line the child shows in ``/proc``. The caller has imported
     what children need and started no thread (a fork copies only the calling thread).
+    ``tender`` hears of every child and tends between requests.
 
     Raises:
         RuntimeError: a thread runs besides this one.
@@ -134,6 +146,8 @@ def serve(path: Path, run: Callable[[list[str]], int], title: Title) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
     log.info("zygote %s: ready on %s", os.getpid(), path)
     while True:
+        if tender is not None:
+            tender.tend()
         try:
             conn, _ = listener.accept()
         except TimeoutError:
@@ -143,7 +157,9 @@ def serve(path: Path, run: Callable[[list[str]], int], title: Title) -> int:
                 return 0
             continue
         try:
-            _fork(conn, listener, run, title)
+            pid, argv = _fork(conn, listener, run, title)
+            if tender is not None:
+                tender.forked(pid, argv)
         except OSError as err:  # that launcher went away, or asked wrongly: it starts cold
             log.warning("zygote %s: a launch failed: %s", os.getpid(), err)
         finally:
@@ -169,8 +185,8 @@ def _fork(
     listener: socket.socket,
     run: Callable[[list[str]], int],
     title: Title,
-) -> None:
-    """Read one launch request and fork its child."""
+) -> tuple[int, list[str]]:
+    """Read one launch request and fork its child; the child's pid and arguments."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
     if uid != os.getuid():
@@ -188,8 +204,10 @@ def _fork(
             raise OSError(f"expected 3 descriptors, got {len(fds)}")
         sys.stdout.flush()
         sys.stderr.flush()
-        if os.fork() == 0:
+        pid = os.fork()
+        if pid == 0:
             _child(conn, listener, request, fds, run, title)  # never returns
+        return pid, [str(a) for a in request["argv"]]
     finally:
         for fd in fds:
             os.close(fd)
