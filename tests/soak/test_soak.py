@@ -73,7 +73,8 @@ def _body(rng: random.Random, n: int) -> dict[str, Any]:
 
 class Submitter:
     """Submits a sweep every ``every`` seconds through the API, retrying one request (same
-    Idempotency-Key) through outages and 429s until it is stored."""
+    Idempotency-Key) through outages and 429s until it is stored: the API's limit on open
+    sweeps (6 here) keeps the stack busy, never drowning."""
 
     def __init__(self, http: httpx.Client, rng: random.Random, every: float = 1.0) -> None:
         self.http, self.rng, self.every = http, rng, every
@@ -127,6 +128,7 @@ def test_the_stack_survives_random_overlapping_faults_losing_nothing_with_flat_r
             public_url=f"http://127.0.0.1:{port}", warm_drivers=None, max_resumes=50,
             heartbeat_seconds=2, stuck_after_seconds=30, ray_grace_seconds=120,
             monitor_interval_seconds=1, lease_seconds=5, tracking_backoff_seconds=5,
+            max_open_sweeps=6,
         )  # fmt: skip
         api = Api(settings, tmp_path / "api.log")
         api.start()
@@ -179,9 +181,9 @@ def _soak(
 
     marker = str(url_file).encode()
     actions = {
-        # Forked or cold, a trial worker's environment names the database's URL file.
+        # Every process of the cluster names its token file (under root) in its environment.
         "trial_worker": lambda: one_of(
-            lambda: naming(marker, cmdline_has=b"ray::ImplicitFunc"), "trial worker"
+            lambda: naming(str(root).encode(), cmdline_has=b"ray::ImplicitFunc"), "trial worker"
         ),
         "driver": lambda: one_of(
             lambda: naming(marker, cmdline_has=b"service.job\0", exclude=b"--standby"), "driver"
