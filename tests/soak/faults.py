@@ -117,17 +117,34 @@ def kill(pid: int) -> None:
 
 
 def naming(marker: bytes, *, cmdline_has: bytes, exclude: bytes = b"\0\0") -> list[int]:
-    """Our processes whose environment or command line names ``marker`` and whose command
-    line contains ``cmdline_has`` (and not ``exclude``)."""
+    """Our processes whose command line contains ``cmdline_has`` (and not ``exclude``) and
+    whose environment or command line, or their parent's, names ``marker`` (a Ray worker that
+    retitles itself may overwrite its environment's copy in ``/proc``; its parent, a raylet or
+    a zygote, names the cluster's)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             args = (entry / "cmdline").read_bytes()
-            env = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if (marker in env or marker in args) and cmdline_has in args and exclude not in args:
+        if cmdline_has not in args or exclude in args:
+            continue
+        if _names(entry, marker) or _names(Path(f"/proc/{_ppid(entry)}"), marker):
             found.append(int(entry.name))
     return found
+
+
+def _names(entry: Path, marker: bytes) -> bool:
+    try:
+        return marker in (entry / "environ").read_bytes() + (entry / "cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _ppid(entry: Path) -> int:
+    try:
+        return int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
