@@ -15,7 +15,8 @@ SERIES = (
     "ray_jobs", "journal_backlog",
 )  # fmt: skip
 GROWTH = 0.10
-"""The most a series may grow from its second quarter to its last (their means)."""
+"""The most a series may grow from its second quarter to its last (their medians: an outage
+that lands in one quarter moves its mean, not its median)."""
 
 
 class Gauges:
@@ -34,8 +35,10 @@ class Gauges:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop sampling, with a last row taken now."""
         self._stop.set()
         self._thread.join(60)
+        self.rows.append({"t_s": round(time.monotonic() - self._t0, 1), **self.read()})
 
     def drained(self) -> None:
         """The load ends: later rows show the drain, and are not judged."""
@@ -48,9 +51,9 @@ class Gauges:
             self._stop.wait(self.every)
 
     def not_flat(self, slack: dict[str, float]) -> dict[str, tuple[float, float]]:
-        """Series whose last quarter's mean under load exceeds their second quarter's by more
+        """Series whose last quarter's median under load exceeds their second quarter's by more
         than :data:`GROWTH` and ``slack[name]`` (an absolute allowance for small counts):
-        name -> (second quarter's mean, last quarter's mean)."""
+        name -> (second quarter's median, last quarter's median)."""
         n = self.load_rows
         grew = {}
         for name in SERIES:
@@ -60,7 +63,7 @@ class Gauges:
             if not second or not last:
                 grew[name] = (float("nan"), float("nan"))
                 continue
-            before, after = statistics.fmean(second), statistics.fmean(last)
+            before, after = statistics.median(second), statistics.median(last)
             if after > before * (1 + GROWTH) + slack.get(name, 0.0):
                 grew[name] = (before, after)
         return grew

@@ -44,13 +44,23 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(0)]
 MINUTES = float(os.environ.get("SOAK_MINUTES", "5"))
 SEED = int(os.environ.get("SOAK_SEED", "22"))
 DRAIN_S = 900.0
-SLACK: dict[str, float] = {"processes": 3, "open_files": 60, "ray_jobs": 2, "journal_backlog": 3}
-"""Absolute allowances on top of 10% for series that count a few things (a sweep more or less
-in flight at the end of a quarter)."""
-UNBOUNDED = {"ray_temp_mb"}
-"""Series shown but not judged: Ray writes log files per worker process and per job (tens of
-kilobytes each) into its session folder and never removes them; nothing of the service bounds
-them yet (a known limit, ARCHITECTURE.md)."""
+SLACK: dict[str, float] = {
+    "processes": 10, "open_files": 150, "ray_jobs": 6, "journal_backlog": 6,
+}  # fmt: skip
+"""Absolute allowances on top of 10% for series that count things in flight: up to one batch
+of open sweeps (6, the API's limit here) more, with their processes and files, or finished but
+not yet in MLflow after an outage."""
+UNBOUNDED = {"ray_temp_mb", "state_mb"}
+"""Series shown but not judged: the state folder grows with the data the stack keeps (database
+rows, MLflow runs and pictures, each sweep's best checkpoint: retention's own tests judge what
+stays); Ray writes log files per job and per worker process into its session folder and never
+removes them (the worker zygote deletes its dead workers' files but for the newest 200; a known
+limit, ARCHITECTURE.md)."""
+AFTER_DRAIN = {"journal_backlog", "ray_jobs"}
+"""Series judged by where the drain leaves them, not by their quarters: in a few minutes one
+MLflow or API outage in the last quarter holds the MLflow backlog, and the Ray jobs that wait
+for it, up; what must hold is that nothing stays behind (backlog 0, no more jobs than the
+standbys and zygotes of the first quarter)."""
 
 
 def _body(rng: random.Random, n: int) -> dict[str, Any]:
@@ -185,9 +195,8 @@ def _soak(
         "trial_worker": lambda: one_of(
             lambda: naming(str(root).encode(), cmdline_has=b"ray::ImplicitFunc"), "trial worker"
         ),
-        "driver": lambda: one_of(
-            lambda: naming(marker, cmdline_has=b"service.job\0", exclude=b"--standby"), "driver"
-        ),
+        # A sweep job's driver, or a standby (which may be driving a sweep by now).
+        "driver": lambda: one_of(lambda: naming(marker, cmdline_has=b"service.job\0"), "driver"),
         "api": lambda: restarted(api.kill, api.start, "api"),
         "mlflow": lambda: restarted(mlflow.stop, mlflow.start, "mlflow"),
         "postgres": lambda: restarted(pg.stop, pg.start, "postgres"),
@@ -238,8 +247,12 @@ def _soak(
     experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
     running = client.search_runs(experiments, "attributes.status = 'RUNNING'", ViewType.ALL)
     assert not running, [r.info.run_id for r in running]
-    grew = {k: v for k, v in gauges.not_flat(SLACK).items() if k not in UNBOUNDED}
+    grew = {k: v for k, v in gauges.not_flat(SLACK).items() if k not in UNBOUNDED | AFTER_DRAIN}
     assert not grew, f"series that grew: {grew}"
+    last, first = gauges.rows[-1], gauges.rows[: max(1, gauges.load_rows // 4)]
+    assert last["journal_backlog"] == 0, last
+    started = max(r["ray_jobs"] or 0 for r in first)
+    assert last["ray_jobs"] is not None and last["ray_jobs"] <= started, (last, started)
     assert statuses.count("completed") >= len(statuses) // 2, statuses
 
 

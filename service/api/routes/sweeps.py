@@ -34,7 +34,6 @@ from service.api.schemas import (
 )
 from service.api.views import Views
 from service.api.waiting import MAX_WAIT_S, wait_for_news
-from service.errors import DispatchError
 from service.store.db import session_scope
 from service.store.jobs import LOG_TAIL_CHARS
 from workers.errors import RayJobsError
@@ -168,20 +167,24 @@ def read_trial(
     return views.trial_detail(sweep, store.get_trial(session, sweep, number))
 
 
-@router.get(
-    "/{sweep_id}/log",
-    response_class=PlainTextResponse,
-    responses=ERRORS | {200: {"content": {"text/plain": {}}, "description": "the log's tail"}},
-)
-def read_log(sweep: SweepDep, dispatcher: DispatcherDep) -> str:
-    """The tail of the sweep's driver log: from Ray while its job is there, then as kept with
-    the sweep when its Ray jobs are deleted (once it is final and in MLflow)."""
+LOG_ANSWER: dict[int | str, dict[str, object]] = {
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "the tail"}
+}
+
+
+@router.get("/{sweep_id}/log", response_model=None, responses=ERRORS | LOG_ANSWER)
+def read_log(sweep: SweepDep, dispatcher: DispatcherDep) -> PlainTextResponse:
+    """The tail of the sweep's driver log (text): from Ray while its job is there, then as kept
+    with the sweep when its Ray jobs are deleted (once it is final and in MLflow). While Ray
+    cannot be asked, a line that says so."""
     if sweep.driver_log or sweep.ray_job_id is None:
-        return sweep.driver_log
+        return PlainTextResponse(sweep.driver_log)
     try:
-        return dispatcher.jobs.logs(sweep.ray_job_id)[-LOG_TAIL_CHARS:]
+        return PlainTextResponse(dispatcher.jobs.logs(sweep.ray_job_id)[-LOG_TAIL_CHARS:])
     except RayJobsError as err:
-        raise DispatchError(f"cannot read the driver's log from Ray: {err}") from err
+        return PlainTextResponse(
+            f"(the driver's log is with Ray, which cannot be asked now: {err})\n"
+        )
 
 
 @router.post("/{sweep_id}/cancel", response_model=CancelPublic, responses=ERRORS)
