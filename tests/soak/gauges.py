@@ -15,8 +15,11 @@ SERIES = (
     "ray_jobs", "journal_backlog",
 )  # fmt: skip
 GROWTH = 0.10
-"""The most a series may grow from its second quarter to its last (their medians: an outage
-that lands in one quarter moves its mean, not its median)."""
+"""The most a series may grow from its second quarter to its last: their medians (an outage
+that lands in one quarter moves its mean, not its median), or for :data:`PEAKS` their maxima."""
+PEAKS = frozenset({"api_rss_mb", "head_rss_mb"})
+"""Memory, judged by its peaks: a restarted API grows by a one-time step when it first draws
+a sweep's pictures (matplotlib), whenever that falls; a leak raises the peak."""
 
 
 class Gauges:
@@ -51,9 +54,9 @@ class Gauges:
             self._stop.wait(self.every)
 
     def not_flat(self, slack: dict[str, float]) -> dict[str, tuple[float, float]]:
-        """Series whose last quarter's median under load exceeds their second quarter's by more
-        than :data:`GROWTH` and ``slack[name]`` (an absolute allowance for small counts):
-        name -> (second quarter's median, last quarter's median)."""
+        """Series whose last quarter's median (maximum, for :data:`PEAKS`) under load exceeds
+        their second quarter's by more than :data:`GROWTH` and ``slack[name]`` (an absolute
+        allowance for small counts): name -> (second quarter's, last quarter's)."""
         n = self.load_rows
         grew = {}
         for name in SERIES:
@@ -63,7 +66,8 @@ class Gauges:
             if not second or not last:
                 grew[name] = (float("nan"), float("nan"))
                 continue
-            before, after = statistics.median(second), statistics.median(last)
+            pick = max if name in PEAKS else statistics.median
+            before, after = pick(second), pick(last)
             if after > before * (1 + GROWTH) + slack.get(name, 0.0):
                 grew[name] = (before, after)
         return grew
