@@ -167,7 +167,18 @@ def _soak(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(node.pid, signal.SIGKILL)
         node.wait(30)
-        return f"node pid {node.pid}", lambda: ray.add_node(1)
+        return f"node pid {node.pid}", join
+
+    def join() -> None:
+        """A new worker node; again with other ports when the harness's free port was taken
+        meanwhile (the node then dies at start)."""
+        for attempt in range(3):
+            try:
+                ray.add_node(1)
+                return
+            except AssertionError:
+                if attempt == 2:
+                    raise
 
     def paused_dashboard() -> tuple[str, Any]:
         pid = ray.dashboard()
