@@ -4,8 +4,10 @@ keeps per job) stays bounded over a deployment's life.
 Every job the API submits is recorded first (:mod:`service.store.jobs`). A sweep's jobs are
 deleted once the sweep is final and MLflow has all of it, after the tail of its last driver's
 log is kept with the sweep (``GET /sweeps/{id}/log``); a standby's or a zygote's once it ended.
-A record Ray does not know is forgotten, once older than :data:`SUBMIT_GRACE_S` (its
-submission may be under way). Ray keeps a deleted job's log file on its node's disk.
+A record is forgotten once Ray does not know it and it is older than :data:`SUBMIT_GRACE_S`
+(its submission may be under way), never in the pass that deletes it: Ray's job manager may
+write an ended job's record once more just after (it is then deleted again). Ray keeps a
+deleted job's log file on its node's disk.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class Janitor:
             if state != "missing":
                 self.jobs.delete(row.job_id)
                 deleted += 1
+                continue  # forgotten once a later pass finds it gone: Ray may write it again
             with session_scope(self.factory) as session:
                 store.forget_job(session, row.job_id)
         if deleted:

@@ -16,7 +16,7 @@ from tests.faults.service import (
     in_process,
     long_body,
 )
-from tests.service.helpers import make_settings
+from tests.service.helpers import make_settings, wait_for
 from tests.specs import digits_body
 
 pytestmark = pytest.mark.slow
@@ -35,8 +35,8 @@ def test_f3_mlflow_stopped_for_a_minute_mid_sweep_ends_identical_to_the_database
         private_mlflow.stop()
         down_at, epochs_then = time.monotonic(), api.epochs(sweep_id)
         api.wait_epochs(sweep_id, epochs_then + 20, timeout=OUTAGE_S)  # training goes on
-        behind = api.sweep(sweep_id)
-        assert behind["mlflow_pending"] > 0 and "MLflow at" in behind["mlflow_error"]
+        told = lambda s: s["mlflow_pending"] > 0 and "MLflow at" in s["mlflow_error"]  # noqa: E731
+        wait_for(lambda: api.sweep(sweep_id), told, 30, "the outage shown on the sweep")
         time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
         private_mlflow.start()
         sweep = api.wait_final(sweep_id, timeout=600)

@@ -45,4 +45,5 @@ def test_a_done_sweeps_jobs_are_deleted_with_its_log_kept_and_an_ended_standbys_
         os.kill(pid, signal.SIGKILL)
         gone = lambda s: s == "missing"  # noqa: E731
         wait_for(lambda: jobs.status(standby), gone, 60, "the dead standby's job gone")
-        assert standby not in jobs.job_ids() and job not in jobs.job_ids()
+        both_gone = lambda ids: standby not in ids and job not in ids  # noqa: E731
+        wait_for(jobs.job_ids, both_gone, 60, "both jobs gone from Ray's job table")
