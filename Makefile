@@ -61,11 +61,13 @@ test: lint typecheck unit
 test-deploy: install
 	tests/deploy/run.sh
 
-# The embedded stack under random overlapping faults for SOAK_MINUTES (5, as in `make test`;
-# SOAK_MINUTES=60 for the long run), seeded by SOAK_SEED: nothing lost, resources flat.
+# The embedded stack, then the compose stack (as in `make test-deploy`), under random overlapping
+# faults for SOAK_MINUTES each (5, as in CI; SOAK_MINUTES=60 for the long run), seeded by
+# SOAK_SEED: nothing lost, resources flat.
 .PHONY: soak
 soak: install tools
 	$(BIN)/pytest tests/soak -s
+	tests/deploy/run.sh tests/deploy/test_soak.py
 
 bench: install
 	$(BIN)/python bench/bench_train_path.py

@@ -38,4 +38,5 @@ if ! docker info >/dev/null 2>&1; then
     fi
 fi
 
-.venv/bin/pytest -m deploy -p no:cacheprovider -s tests/deploy
+# Arguments: which tests (default: all of tests/deploy; `make soak` names the soak alone).
+.venv/bin/pytest -m deploy -p no:cacheprovider -s "${@:-tests/deploy}"

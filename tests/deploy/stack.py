@@ -14,11 +14,14 @@ import secrets
 import socket
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
+from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -232,3 +235,51 @@ def network_with_subnet(name: str) -> str:
     run("docker", "network", "rm", name)
     run("docker", "network", "create", "--subnet", subnet, name)
     return subnet
+
+
+HEALTHY_WITHIN = 420.0
+
+
+class Stack:
+    """The first machine's project (with the multi-node override) and its private network."""
+
+    def __init__(self, tmp: Path, **settings: str) -> None:
+        """``settings``: more values for the .env (``SWEEPS_*`` the compose file passes on)."""
+        self.name = f"sweepsdeploy{uuid.uuid4().hex[:6]}"
+        self.network = f"{self.name}-ray"
+        subnet = network_with_subnet(self.network)
+        head_ip = subnet.rsplit(".", 1)[0] + ".200"  # the engine hands out from the bottom
+        self.env = Env.generate(
+            tmp / ".env",
+            SWEEPS_RAY_NETWORK=self.network,
+            SWEEPS_RAY_HEAD_IP=head_ip,
+            SWEEPS_TUNE_STATE_VOLUME=f"{self.name}_tune-state",
+            **settings,
+        )
+        main = cpu_variant(DOCKER / "docker-compose.yml", tmp / "stack.yml")
+        self.project = Project(
+            self.name, [main, DOCKER / "docker-compose.multinode.yml"], self.env.path
+        )
+        remote = cpu_variant(DOCKER / "docker-compose.worker.yml", tmp / "worker.yml")
+        self.remote = Project(f"{self.name}remote", [remote], self.env.path)
+        v = self.env.values
+        self.api_url = f"http://127.0.0.1:{v['SWEEPS_API_PORT']}"
+        self.api = httpx.Client(
+            base_url=self.api_url,
+            timeout=90,
+            headers={"Authorization": f"Bearer {v['SWEEPS_API_TOKEN']}"},
+        )
+        self.mlflow = MlflowClient(f"http://127.0.0.1:{v['SWEEPS_MLFLOW_PORT']}")
+        self.healthy_after = 0.0
+
+    def up(self, *args: str) -> float:
+        start = time.monotonic()
+        self.project("up", "-d", "--no-build", *args)
+        self.healthy_after = time.monotonic() - start + self.project.wait_healthy(HEALTHY_WITHIN)
+        print(f"[deploy] up to healthy: {self.healthy_after:.0f} s", flush=True)
+        return self.healthy_after
+
+    def teardown(self) -> None:
+        self.remote("down", "-v", "--remove-orphans", check=False)
+        self.project("down", "-v", "--remove-orphans", check=False)
+        run("docker", "network", "rm", self.network, check=False)

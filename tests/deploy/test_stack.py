@@ -10,24 +10,19 @@ import itertools
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
 from mlflow.entities import ViewType
-from mlflow.tracking import MlflowClient
 
 from tests.deploy.stack import (
-    DOCKER,
+    HEALTHY_WITHIN,
     TEST_IMAGE,
-    Env,
-    Project,
+    Stack,
     build_images,
-    cpu_variant,
     forked_trial_hosts,
-    network_with_subnet,
     processes,
     run,
     trial_hosts,
@@ -36,52 +31,8 @@ from tests.deploy.stack import (
 # The first test also builds the images: from an engine without any, tens of minutes.
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(3600)]
 
-HEALTHY_WITHIN = 420.0
 SWEEP_WITHIN = 900.0
 FINAL = {"completed", "failed", "cancelled"}
-
-
-class Stack:
-    """The first machine's project (with the multi-node override) and its private network."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.name = f"sweepsdeploy{uuid.uuid4().hex[:6]}"
-        self.network = f"{self.name}-ray"
-        subnet = network_with_subnet(self.network)
-        head_ip = subnet.rsplit(".", 1)[0] + ".200"  # the engine hands out from the bottom
-        self.env = Env.generate(
-            tmp / ".env",
-            SWEEPS_RAY_NETWORK=self.network,
-            SWEEPS_RAY_HEAD_IP=head_ip,
-            SWEEPS_TUNE_STATE_VOLUME=f"{self.name}_tune-state",
-        )
-        main = cpu_variant(DOCKER / "docker-compose.yml", tmp / "stack.yml")
-        self.project = Project(
-            self.name, [main, DOCKER / "docker-compose.multinode.yml"], self.env.path
-        )
-        remote = cpu_variant(DOCKER / "docker-compose.worker.yml", tmp / "worker.yml")
-        self.remote = Project(f"{self.name}remote", [remote], self.env.path)
-        v = self.env.values
-        self.api_url = f"http://127.0.0.1:{v['SWEEPS_API_PORT']}"
-        self.api = httpx.Client(
-            base_url=self.api_url,
-            timeout=90,
-            headers={"Authorization": f"Bearer {v['SWEEPS_API_TOKEN']}"},
-        )
-        self.mlflow = MlflowClient(f"http://127.0.0.1:{v['SWEEPS_MLFLOW_PORT']}")
-        self.healthy_after = 0.0
-
-    def up(self, *args: str) -> float:
-        start = time.monotonic()
-        self.project("up", "-d", "--no-build", *args)
-        self.healthy_after = time.monotonic() - start + self.project.wait_healthy(HEALTHY_WITHIN)
-        print(f"[deploy] up to healthy: {self.healthy_after:.0f} s", flush=True)
-        return self.healthy_after
-
-    def teardown(self) -> None:
-        self.remote("down", "-v", "--remove-orphans", check=False)
-        self.project("down", "-v", "--remove-orphans", check=False)
-        run("docker", "network", "rm", self.network, check=False)
 
 
 @pytest.fixture(scope="module")

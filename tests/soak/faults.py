@@ -38,11 +38,17 @@ WEIGHTS = {"trial_worker": 3, "driver": 3, "dashboard": 2}
 process is (a weight of 1): outages every few seconds would leave the stack down more than up."""
 
 
+REST_S = 30.0
+"""How long a component is left alone after its last fault ended (its restart done): a
+restart takes tens of seconds here under load (MLflow's up to a minute), and a component hit
+again as soon as it is back would be down most of the time, which no deployment sees."""
+
+
 class Injector:
     """Fires a fault every ``gap`` seconds (drawn from ``rng``) until stopped: every kind
     once, in a random order, then kinds drawn at random by :data:`WEIGHTS`; a kind whose last
-    fault is still on is skipped. ``actions[kind]()`` injects and returns (target, restore or
-    None)."""
+    fault is still on, or ended less than :data:`REST_S` ago, is skipped. ``actions[kind]()``
+    injects and returns (target, restore or None)."""
 
     def __init__(
         self,
@@ -57,6 +63,7 @@ class Injector:
         self.faults: list[Fault] = []
         self.errors: list[str] = []
         self._active: set[str] = set()
+        self._back_at: dict[str, float] = {}  # kind -> when its last fault ended
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -82,7 +89,8 @@ class Injector:
             weights = [WEIGHTS.get(k, 1) for k in kinds]
             kind = order.pop(0) if order else self.rng.choices(kinds, weights)[0]
             with self._lock:
-                if kind in self._active:
+                rested = time.monotonic() - self._back_at.get(kind, -REST_S) >= REST_S
+                if kind in self._active or not rested:
                     continue
                 self._active.add(kind)
             t = threading.Thread(target=self._fire, args=(kind,), name=f"fault-{kind}")
@@ -107,6 +115,7 @@ class Injector:
         finally:
             with self._lock:
                 self._active.discard(kind)
+                self._back_at[kind] = time.monotonic()
 
     def overlaps(self) -> list[tuple[str, str]]:
         """Pairs of faults of different kinds that were on at the same time."""

@@ -11,15 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 SERIES = (
-    "processes", "open_files", "api_rss_mb", "head_rss_mb", "state_mb", "ray_temp_mb",
+    "processes", "open_files", "api_pss_mb", "head_pss_mb", "state_mb", "ray_temp_mb",
     "ray_jobs", "journal_backlog",
 )  # fmt: skip
 GROWTH = 0.10
 """The most a series may grow from its second quarter to its last: their medians (an outage
 that lands in one quarter moves its mean, not its median), or for :data:`PEAKS` their maxima."""
-PEAKS = frozenset({"api_rss_mb", "head_rss_mb"})
-"""Memory, judged by its peaks: a restarted API grows by a one-time step when it first draws
-a sweep's pictures (matplotlib), whenever that falls; a leak raises the peak."""
+PEAKS = frozenset({"api_pss_mb"})
+"""The API's memory, judged by its peaks: a restarted API grows by a one-time step when it
+first draws a sweep's pictures (matplotlib), whenever that falls; a leak raises the peak. The
+head's follows the drivers on it (open sweeps, standbys): a count, judged by its median."""
 
 
 class Gauges:
@@ -29,7 +30,8 @@ class Gauges:
     def __init__(self, read: Callable[[], dict[str, float | None]], every: float = 5.0) -> None:
         self.read, self.every = read, every
         self.rows: list[dict[str, float | None]] = []
-        self.load_rows = 0  # rows sampled under load (before :meth:`drained` was called)
+        self.warm_rows = 0  # rows sampled while the stack warmed up (before :meth:`warm`)
+        self.load_rows = 0  # rows sampled until the load ended (before :meth:`drained`)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="soak-gauges", daemon=True)
 
@@ -43,24 +45,34 @@ class Gauges:
         self._thread.join(60)
         self.rows.append({"t_s": round(time.monotonic() - self._t0, 1), **self.read()})
 
+    def warm(self) -> None:
+        """The stack is warm (every kind of fault seen, open sweeps at the limit): later rows
+        are judged."""
+        self.warm_rows = len(self.rows)
+
     def drained(self) -> None:
         """The load ends: later rows show the drain, and are not judged."""
         self.load_rows = len(self.rows)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            row = {"t_s": round(time.monotonic() - self._t0, 1), **self.read()}
+            row: dict[str, float | None] = {"t_s": round(time.monotonic() - self._t0, 1)}
+            try:
+                row |= self.read()
+            except Exception as err:  # a row that could not be read shows as dashes
+                print(f"soak: a row of the table could not be read: {err!r}", flush=True)
             self.rows.append(row)
             self._stop.wait(self.every)
 
     def not_flat(self, slack: dict[str, float]) -> dict[str, tuple[float, float]]:
-        """Series whose last quarter's median (maximum, for :data:`PEAKS`) under load exceeds
-        their second quarter's by more than :data:`GROWTH` and ``slack[name]`` (an absolute
-        allowance for small counts): name -> (second quarter's, last quarter's)."""
-        n = self.load_rows
+        """Series whose last quarter's median (maximum, for :data:`PEAKS`) under load, once
+        warm, exceeds their second quarter's by more than :data:`GROWTH` and ``slack[name]``
+        (an absolute allowance for counts): name -> (second quarter's, last quarter's)."""
+        judged = self.rows[self.warm_rows : self.load_rows]
+        n = len(judged)
         grew = {}
         for name in SERIES:
-            values = [r.get(name) for r in self.rows[:n]]
+            values = [r.get(name) for r in judged]
             second = [v for v in values[n // 4 : n // 2] if v is not None]
             last = [v for v in values[3 * n // 4 :] if v is not None]
             if not second or not last:
@@ -77,6 +89,8 @@ class Gauges:
         head = ["t_s", *SERIES]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for i, row in enumerate(self.rows):
+            if i == self.warm_rows and i:
+                lines.append("| warm |" + " |" * len(SERIES))
             if i == self.load_rows:
                 lines.append("| drain |" + " |" * len(SERIES))
             cells = [_cell(row.get(name)) for name in head]
@@ -90,13 +104,14 @@ def _cell(v: float | None) -> str:
     return f"{v:.0f}" if float(v).is_integer() or abs(v) >= 100 else f"{v:.1f}"
 
 
-def rss_mb(pids: list[int]) -> float:
-    """Resident memory of ``pids`` together (MiB)."""
+def pss_mb(pids: list[int]) -> float:
+    """Memory of ``pids`` together (MiB), each page shared by n processes counted 1/n times
+    (PSS: forked drivers and trial workers share their zygote's pages)."""
     total = 0
     for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1])
         except OSError:
             continue
