@@ -172,20 +172,6 @@ def test_a_sweep_runs_on_both_workers_and_reaches_mlflow(stack: Stack) -> None:
     assert forked == seen, forked
 
 
-def test_a_killed_worker_and_a_restarted_api_lose_nothing(stack: Stack) -> None:
-    s = submit(stack, "faults", trials=8, epochs=4)
-    victim = stack.project.containers("ray-worker")[0]
-    deadline = time.monotonic() + SWEEP_WITHIN
-    while victim["Name"] not in trial_hosts([victim]):
-        assert time.monotonic() < deadline, "no trial ever ran on the victim"
-        time.sleep(0.5)
-    run("docker", "kill", victim["Id"])
-    assert sweep(stack, s["id"])["status"] not in FINAL
-    stack.project("restart", "api")
-    stack.project.wait_healthy(HEALTHY_WITHIN, "api")  # the killed worker stays down
-    assert_complete(stack, wait_final(stack, s["id"]))
-
-
 def test_a_worker_of_another_machine_joins_by_the_documented_route(stack: Stack) -> None:
     stack.remote("up", "-d", "--no-build")
     stack.remote.wait_healthy(HEALTHY_WITHIN)
@@ -202,7 +188,7 @@ def test_a_worker_of_another_machine_joins_by_the_documented_route(stack: Stack)
 def test_down_and_up_keeps_sweeps_trials_and_mlflow_runs(stack: Stack) -> None:
     before = stack.api.get("/sweeps").json()
     trials_before = {s["id"]: trials(stack, s["id"]) for s in before["data"]}
-    assert before["count"] == 3
+    assert before["count"] == 2
     stack.project("down")
     stack.up("--scale", "ray-worker=1")
     after = stack.api.get("/sweeps").json()
