@@ -169,6 +169,11 @@ def workers_of(node: subprocess.Popen[bytes]) -> list[int]:
     return [pid for pid, ppid, pgid in _processes() if ppid in group and pgid != node.pid]
 
 
+def trial_workers_of(node: subprocess.Popen[bytes]) -> list[int]:
+    """The Tune trial actors (``ray::ImplicitFunc``) among a node's workers."""
+    return [pid for pid in workers_of(node) if _cmdline(pid).startswith(b"ray::ImplicitFunc")]
+
+
 def _cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults.components import trial_workers, workers_of
+from tests.faults.components import trial_workers, trial_workers_of, workers_of
 from tests.faults.service import (
     assert_curves_complete,
     assert_mlflow_matches,
@@ -63,8 +63,14 @@ def test_f2_a_worker_node_killed_mid_sweep_has_its_trials_rescheduled(
     settings = make_settings(tmp_path, cluster, mlflow_server)
     with in_process(settings) as api:
         sweep_id = api.submit(long_body(epochs, [0.02, 0.05], max_concurrent=2))
-        wait_for(lambda: api.trials(sweep_id), _both_train, 240, "both trials training")
-        assert workers_of(node), "no trial ran on the second node"
+        # The head's trial may end before the node's worker has started (a cold start on a
+        # loaded machine): what counts is a trial training while the node holds one.
+        wait_for(
+            lambda: (trial_workers_of(node), api.trials(sweep_id)),
+            lambda seen: bool(seen[0]) and _one_trains(seen[1], epochs),
+            240,
+            "a trial training on the second node",
+        )
         for pid in workers_of(node):
             os.kill(pid, signal.SIGKILL)  # the machine is gone, with the trial it trained
         os.killpg(node.pid, signal.SIGKILL)
@@ -77,10 +83,6 @@ def test_f2_a_worker_node_killed_mid_sweep_has_its_trials_rescheduled(
     assert_mlflow_matches(mlflow_server.uri, sweep, trials)
 
 
-def _both_train(trials: list[dict[str, Any]]) -> bool:
-    return len(trials) == 2 and all(t["curve"] and t["status"] == "running" for t in trials)
-
-
-def _one_trains(trials: list[dict[str, Any]]) -> bool:
+def _one_trains(trials: list[dict[str, Any]], epochs: int = 150) -> bool:
     """A trial is training with at least 30 epochs still to go."""
-    return any(t["status"] == "running" and 0 < len(t["curve"]) < 120 for t in trials)
+    return any(t["status"] == "running" and 0 < len(t["curve"]) < epochs - 30 for t in trials)
