@@ -61,6 +61,11 @@ test: lint typecheck unit
 test-deploy: install
 	tests/deploy/run.sh
 
+# The images `make test-deploy` builds first, alone (CI builds them while `make test` runs).
+.PHONY: deploy-images
+deploy-images: install
+	tests/deploy/run.sh --images
+
 # The embedded stack, then the compose stack (as in `make test-deploy`), under random overlapping
 # faults for SOAK_MINUTES each (5, as in CI; SOAK_MINUTES=60 for the long run), seeded by
 # SOAK_SEED: nothing lost, resources flat.

@@ -38,5 +38,10 @@ if ! docker info >/dev/null 2>&1; then
     fi
 fi
 
-# Arguments: which tests (default: all of tests/deploy; `make soak` names the soak alone).
-.venv/bin/pytest -m deploy -p no:cacheprovider -s "${@:-tests/deploy}"
+# Arguments: which tests (default: all of tests/deploy; `make soak` names the soak alone), or
+# --images to build the images and stop (`make deploy-images`).
+if [ "${1:-}" = --images ]; then
+    .venv/bin/python -m tests.deploy.stack
+else
+    .venv/bin/pytest -m deploy -p no:cacheprovider -s "${@:-tests/deploy}"
+fi

@@ -283,3 +283,7 @@ class Stack:
         self.remote("down", "-v", "--remove-orphans", check=False)
         self.project("down", "-v", "--remove-orphans", check=False)
         run("docker", "network", "rm", self.network, check=False)
+
+
+if __name__ == "__main__":  # `make deploy-images`: the images alone, for `make test-deploy`
+    build_images()

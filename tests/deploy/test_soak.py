@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.deploy.stack import HEALTHY_WITHIN, Stack, build_images, run
-from tests.soak.gauges import disk_mb, open_files, pss_mb
+from tests.soak.gauges import disk_mb, long_lived, open_files, pss_mb
 from tests.soak.run import SEED, Action, one_of, soak
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(0)]
@@ -117,7 +117,7 @@ def _read(stack: Stack) -> dict[str, float | None]:
         "processes": len(every),
         "open_files": open_files(every),
         "api_pss_mb": pss_mb(of("api")) or None,
-        "head_pss_mb": pss_mb(of("ray-head")) or None,
+        "head_pss_mb": pss_mb(long_lived(of("ray-head"))) or None,
         "state_mb": disk_mb(*(Path(m.strip()) for m in mounts)),
         "ray_temp_mb": disk_mb(*temps),
         "ray_jobs": _number(stack, "ray-head", "python", "-c", JOBS_PY),

@@ -20,7 +20,7 @@ that lands in one quarter moves its mean, not its median), or for :data:`PEAKS` 
 PEAKS = frozenset({"api_pss_mb"})
 """The API's memory, judged by its peaks: a restarted API grows by a one-time step when it
 first draws a sweep's pictures (matplotlib), whenever that falls; a leak raises the peak. The
-head's follows the drivers on it (open sweeps, standbys): a count, judged by its median."""
+head's is that of its long-lived processes (:func:`long_lived`), judged by its median."""
 
 
 class Gauges:
@@ -116,6 +116,26 @@ def pss_mb(pids: list[int]) -> float:
         except OSError:
             continue
     return total / 1024
+
+
+PER_SWEEP = (b"service.job\0", b"service.job.launch", b"ray::JobSupervisor")
+"""Command-line markers of the head's processes that live as long as one sweep (or standby):
+its driver, its job's launcher, Ray's supervisor of its job. As many run as sweeps are open
+(the API's limit bounds them, and the processes series counts them), each gone with its sweep."""
+
+
+def long_lived(pids: list[int]) -> list[int]:
+    """``pids`` but those of :data:`PER_SWEEP`: what a leak would live in (Ray's own processes,
+    the zygotes, the API)."""
+    kept = []
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if not any(marker in cmdline for marker in PER_SWEEP):
+            kept.append(pid)
+    return kept
 
 
 def open_files(pids: list[int]) -> int:

@@ -22,7 +22,7 @@ from tests.faults.components import (
 )
 from tests.service.helpers import Api, make_settings
 from tests.soak.faults import kill, naming
-from tests.soak.gauges import disk_mb, open_files, pss_mb
+from tests.soak.gauges import disk_mb, long_lived, open_files, pss_mb
 from tests.soak.run import SEED, one_of, soak
 from workers.errors import RayJobsError
 from workers.jobs import RayJobs
@@ -135,7 +135,7 @@ def _read(root: Path, pg: PrivatePostgres, ray: PrivateRay, api: Api) -> dict[st
         "processes": len(stack),
         "open_files": open_files(stack),
         "api_pss_mb": pss_mb([api.proc.pid]) if api.proc and api.proc.poll() is None else None,
-        "head_pss_mb": pss_mb(head),
+        "head_pss_mb": pss_mb(long_lived(head)),
         "state_mb": disk_mb(root, pg.dir),
         "ray_temp_mb": disk_mb(*(Path(d) for d in ray.temp_dirs)),
         "ray_jobs": jobs,

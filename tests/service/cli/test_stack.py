@@ -60,9 +60,14 @@ def test_stack_writes_no_ray_token_through_a_link_and_starts_nothing(tmp_path: P
 
 
 @pytest.mark.slow
-def test_up_listens_on_loopback_only_and_stops_everything_on_sigterm(tmp_path: Path) -> None:
-    """SIGINT and SIGHUP: the next test, with the output gone first as well."""
-    with _sweeps_up(tmp_path) as up:
+@pytest.mark.parametrize("output", ["pipe", "terminal"])
+def test_up_listens_on_loopback_only_and_stops_everything_when_its_output_went_first(
+    tmp_path: Path, output: str
+) -> None:
+    """``make run | tee run.log``, then Ctrl-C: ``tee`` dies first (writes fail with EPIPE); or
+    the terminal closes, then SIGHUP (writes fail with EIO). The stack stops all the same
+    (SIGTERM, with the output alive: the tour's test)."""
+    with _sweeps_up(tmp_path, output=output) as up:
         tree = _stack_processes(up, str(tmp_path))
         exposed = [
             f"{_describe(proc)} on {ip}:{port}"
@@ -71,17 +76,6 @@ def test_up_listens_on_loopback_only_and_stops_everything_on_sigterm(tmp_path: P
             if not _is_loopback(ip)
         ]
         assert not exposed, "the stack listens beyond loopback:\n" + "\n".join(exposed)
-
-        _stop_and_check(up, tree, signal.SIGTERM, str(tmp_path))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("output", ["pipe", "terminal"])
-def test_up_stops_everything_when_its_output_went_first(tmp_path: Path, output: str) -> None:
-    """``make run | tee run.log``, then Ctrl-C: ``tee`` dies first (writes fail with EPIPE); or
-    the terminal closes, then SIGHUP (writes fail with EIO). The stack stops all the same."""
-    with _sweeps_up(tmp_path, output=output) as up:
-        tree = _stack_processes(up, str(tmp_path))
         if up.stdout is not None:
             up.stdout.close()  # tee is gone
         else:
@@ -91,7 +85,7 @@ def test_up_stops_everything_when_its_output_went_first(tmp_path: Path, output: 
 
 
 @pytest.mark.slow
-def test_the_tour_shows_the_toolbox_working_prints_links_that_answer_and_stops_on_sigint(
+def test_the_tour_shows_the_toolbox_working_prints_links_that_answer_and_stops_on_sigterm(
     tmp_path: Path,
 ) -> None:
     """``make run``: the toolbox tour's best trial reaches 0.95, the summary says what helped."""
@@ -110,7 +104,7 @@ def test_the_tour_shows_the_toolbox_working_prints_links_that_answer_and_stops_o
             # demo prints them once MLflow has the whole sweep, pictures included
             assert answer.status_code == 200, f"{what}: {url} answered {answer.status_code}"
         assert demo.poll() is None, "`sweeps demo` exited after the sweep"
-        _stop_and_check(demo, _stack_processes(demo, str(tmp_path)), signal.SIGINT, str(tmp_path))
+        _stop_and_check(demo, _stack_processes(demo, str(tmp_path)), signal.SIGTERM, str(tmp_path))
     assert demo.returncode == 0, out
 
 
