@@ -50,9 +50,12 @@ class Janitor:
             state = self.jobs.status(row.job_id)
             if state in LIVE_JOB_STATES or (state == "missing" and row.age_s < SUBMIT_GRACE_S):
                 continue  # a driver exits just after its sweep ends; a submission is under way
-            if row.current and row.sweep_id is not None and state != "missing":
+            # A record Ray wrote again after the delete answers an empty log: the tail kept
+            # from the first pass stays.
+            sweep_id = row.sweep_id if row.current and state != "missing" else None
+            if sweep_id is not None and (tail := self.jobs.logs(row.job_id)):
                 with session_scope(self.factory) as session:
-                    store.keep_driver_log(session, row.sweep_id, self.jobs.logs(row.job_id))
+                    store.keep_driver_log(session, sweep_id, tail)
             if state != "missing":
                 self.jobs.delete(row.job_id)
                 deleted += 1
