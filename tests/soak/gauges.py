@@ -118,7 +118,7 @@ def pss_mb(pids: list[int]) -> float:
     return total / 1024
 
 
-PER_SWEEP = (b"service.job\0", b"service.job.launch", b"ray::JobSupervisor")
+PER_SWEEP = (b"service.job\0", b"service.job.launch", b"JobSupervisor")
 """Command-line markers of the head's processes that live as long as one sweep (or standby):
 its driver, its job's launcher, Ray's supervisor of its job. As many run as sweeps are open
 (the API's limit bounds them, and the processes series counts them), each gone with its sweep."""

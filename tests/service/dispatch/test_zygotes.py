@@ -64,11 +64,12 @@ def driver_of(settings: Settings, sweep_id: int) -> tuple[int, int]:
 
 def trial_workers(settings: Settings) -> list[tuple[int, int]]:
     """(pid, parent pid) of the Ray workers of this test's sweep jobs (their supervisors,
-    started by Ray for every job, excepted)."""
+    started by Ray for every job, excepted: ``ray::JobSupervisor``, or while it starts
+    ``ray::_ray_internal_job_actor_<job>:JobSupervisor.__init__``)."""
     return [
         (pid, ppid)
         for pid, ppid, args in ours(settings)
-        if args[0].startswith(b"ray::") and not args[0].startswith(b"ray::JobSupervisor")
+        if args[0].startswith(b"ray::") and b"JobSupervisor" not in args[0]
     ]
 
 
