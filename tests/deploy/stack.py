@@ -34,9 +34,6 @@ TEST_IMAGE = "toolbox-sweeps-test"
 """The app image is built under this name (tag cpu) and removed at the end; the base images
 and the dependency stage above stay, reused by the next run."""
 INPUTS_LABEL = "sweeps.test.inputs"
-BUILD_INPUTS = ("pyproject.toml", "README.md", "constraints.txt", "toolbox", "workers", "service",
-                "docker")  # fmt: skip
-"""What docker/Dockerfile copies into the images (the .dockerignore leaves caches out)."""
 SECRET_NAMES = ("SWEEPS_API_TOKEN", "SWEEPS_RAY_AUTH_TOKEN", "SWEEPS_POSTGRES_PASSWORD")
 
 
@@ -102,10 +99,17 @@ def build_images() -> None:
 
 
 def inputs_digest() -> str:
-    """A digest of what the images are built from (docker/Dockerfile's COPY sources): every
-    file's path and content, the wheelhouse's by path and size, caches left out."""
+    """A digest of what the images are built from, docker/Dockerfile and the sources of its
+    ``COPY`` lines: every file's path and content, the wheelhouse's by path and size, caches
+    left out (as the .dockerignore does)."""
+    dockerfile = DOCKER / "Dockerfile"
+    sources = [str(dockerfile.relative_to(ROOT))]
+    for line in dockerfile.read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(w.startswith("--") for w in words):
+            sources += [w.rstrip("/") for w in words[1:-1]]
     h = hashlib.sha256()
-    for top in BUILD_INPUTS:
+    for top in dict.fromkeys(sources):
         paths = [ROOT / top] if (ROOT / top).is_file() else sorted((ROOT / top).rglob("*"))
         for path in paths:
             if not path.is_file() or "__pycache__" in path.parts:

@@ -2,9 +2,8 @@
 ``tests/deploy``): the load, sweeps of mixed methods, sizes and early stopping submitted
 through the API; the run, ``SOAK_MINUTES`` of load, seeded faults and the resource table (5 in
 CI; ``SOAK_MINUTES=60`` for the long run), judged once :data:`WARMUP_S` of them passed, then the
-drain;
-and the verdict: every sweep final, every trial's epochs in the database and in MLflow exactly
-once, no MLflow run left RUNNING, the table flat. The table and the fault log are written
+drain; and the verdict: every sweep final, every trial's epochs in the database and in MLflow
+exactly once, no MLflow run left RUNNING, the table flat. The table and the fault log are written
 under the test's folder (the table printed)."""
 
 from __future__ import annotations
