@@ -62,14 +62,17 @@ def driver_of(settings: Settings, sweep_id: int) -> tuple[int, int]:
     raise AssertionError(f"no driver for sweep {sweep_id}")
 
 
-def trial_workers(settings: Settings) -> list[tuple[int, int]]:
-    """(pid, parent pid) of the Ray workers of this test's sweep jobs (their supervisors,
-    started by Ray for every job, excepted: ``ray::JobSupervisor``, or while it starts
-    ``ray::_ray_internal_job_actor_<job>:JobSupervisor.__init__``)."""
+def trial_workers(settings: Settings) -> list[tuple[bytes, bytes]]:
+    """(command line, parent's command line) of the Ray workers of this test's sweep jobs.
+    Excepted: the jobs' supervisors (``ray::JobSupervisor``, or while it starts
+    ``ray::_ray_internal_job_actor_<job>:JobSupervisor.__init__``) and the raylet's idle
+    pool workers (``ray::IDLE``, started by the raylet, never by a zygote)."""
     return [
-        (pid, ppid)
+        (cmdline(pid), cmdline(ppid))
         for pid, ppid, args in ours(settings)
-        if args[0].startswith(b"ray::") and b"JobSupervisor" not in args[0]
+        if args[0].startswith(b"ray::")
+        and b"JobSupervisor" not in args[0]
+        and not args[0].startswith(b"ray::IDLE")
     ]
 
 
@@ -87,11 +90,10 @@ def test_drivers_and_trial_workers_are_forked_and_a_killed_driver_takes_only_its
 
         driver, parent = wait_for(lambda: _try(driver_of, settings, first), bool, 120, "driver")
         assert b"service.job.zygote" in cmdline(parent)  # forked, not started
-        workers = wait_for(lambda: trial_workers(settings), bool, 120, "a trial worker")
         # A launcher that cannot reach the zygote starts its worker cold (seen once under
         # heavy load, cause not found): at least one worker must be a fork.
-        seen = [(cmdline(pid), cmdline(ppid)) for pid, ppid in workers]
-        assert any(b"workers.warm.trials" in parent for _, parent in seen), seen
+        forked = lambda seen: any(b"workers.warm.trials" in parent for _, parent in seen)  # noqa: E731
+        wait_for(lambda: trial_workers(settings), forked, 120, "a forked trial worker")
 
         os.kill(driver, signal.SIGKILL)  # a driver crashes: its sweep is resumed, alone
         ended = [
