@@ -23,6 +23,10 @@ if [ "${#token}" -lt "$min_length" ]; then
     exit 64
 fi
 export RAY_AUTH_MODE=token
+# No Prometheus reads Ray's metrics, and a node's dashboard agent kept a series per worker
+# process name it ever saw (every sweep's job supervisor has its own): memory without bound.
+# The embedded stack sets the same (service/cli/stack.py, RAY_NODE_ENV).
+export RAY_enable_metrics_collection=0
 
 role=${1:?usage: ray-node head | ray-node worker HEAD:PORT}
 shift

@@ -36,6 +36,7 @@ import pytest
 
 from service.cli.stack import (
     MLFLOW_ENV,
+    RAY_NODE_ENV,
     free_port,
     kill_environ_naming,
     kill_group,
@@ -98,7 +99,7 @@ def ray_cluster() -> Iterator[RayCluster]:
     path = f"{BIN}:{os.environ.get('PATH', '')}"
     # Without ray_head_env(): this process's ray.init would need Ray's single-machine mode set
     # before Ray is first imported (see service.cli.stack.RAY_LOOPBACK_ENV).
-    env = {**os.environ, **auth_env, "PATH": path}
+    env = {**os.environ, **RAY_NODE_ENV, **auth_env, "PATH": path}
     cmd = ray_head_command(port=port, dashboard_port=dash_port, temp_dir=Path(temp_dir), num_cpus=4)
     log = open(Path(temp_dir, "ray-start.log"), "wb")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(

@@ -96,10 +96,18 @@ node at the host's address: every process that joins a loopback cluster needs it
 any ``ray.init`` outside the cluster's own workers and jobs (which inherit it)."""
 
 
+RAY_NODE_ENV = {"RAY_enable_metrics_collection": "0"}
+"""Every Ray node's environment (docker/ray-node.sh sets the same). With metrics collection on,
+each node's dashboard agent keeps a Prometheus series per worker process name it ever saw, and
+every sweep's job supervisor has a name of its own: the head's agent grew by about 0.5 MB a
+sweep, without bound (bench/RESULTS.md). Nothing here reads Ray's metrics (no Prometheus)."""
+
+
 def ray_head_env() -> dict[str, str]:
     """The environment :func:`ray_head_command` needs on top of the caller's for a head that
     binds only loopback, and that no other Ray on this host can take a port from."""
     return {
+        **RAY_NODE_ENV,
         **RAY_LOOPBACK_ENV,
         # Metrics servers on fixed default ports (44227, 44217): taken free, as another Ray
         # here may hold the defaults.

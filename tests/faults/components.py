@@ -23,6 +23,7 @@ import psycopg
 from service.cli.stack import (
     BIN,
     MLFLOW_ENV,
+    RAY_NODE_ENV,
     free_port,
     mlflow_server_command,
     ray_head_command,
@@ -57,6 +58,7 @@ class PrivateRay:
         self.token_file.write_text(self.token)
         self.env = {
             **os.environ,
+            **RAY_NODE_ENV,
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(self.token_file),
             "PATH": f"{BIN}:{os.environ.get('PATH', '')}",

@@ -76,6 +76,8 @@ def test_up_listens_on_loopback_only_and_stops_everything_when_its_output_went_f
             if not _is_loopback(ip)
         ]
         assert not exposed, "the stack listens beyond loopback:\n" + "\n".join(exposed)
+        served = _worker_series(tree)
+        assert not served, f"Ray keeps per-process metrics series (memory without bound): {served}"
         if up.stdout is not None:
             up.stdout.close()  # tee is gone
         else:
@@ -248,6 +250,24 @@ def _bound_addresses(proc: psutil.Process) -> list[tuple[str, int]]:
             if c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM and not c.raddr)
         ]
     return []
+
+
+def _worker_series(tree: list[psutil.Process]) -> list[str]:
+    """The processes of ``tree`` whose ``/metrics`` page serves a series per Ray worker process
+    name, with the first: a Ray dashboard agent collecting metrics keeps one per name it ever saw
+    (``ray_component_rss_mb{Component="ray::..."}``), every sweep's job supervisor a name of
+    its own. (The dashboard's series of itself are a fixed few.)"""
+    found = []
+    for proc in tree:
+        for port in {port for _, port in _bound_addresses(proc)}:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+            except httpx.HTTPError:
+                continue
+            series = [s for s in page.text.splitlines() if 'Component="ray::' in s]
+            if series:
+                found.append(f"{_describe(proc)} on port {port}: {series[0]}")
+    return found
 
 
 def _is_loopback(ip: str) -> bool:
