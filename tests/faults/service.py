@@ -36,7 +36,12 @@ class Service:
         self.client = client
 
     def get(self, path: str, **params: Any) -> Any:
+        """The answer to ``GET path``, asked again after ``Retry-After`` while the API's rate
+        limit answers 429 (the soak's verdict reads hundreds of sweeps)."""
         r = self.client.get(path, params=params)
+        while r.status_code == 429:
+            time.sleep(float(r.headers.get("Retry-After", "1")))
+            r = self.client.get(path, params=params)
         assert r.status_code == 200, r.text
         return strict_json(r.text)
 
