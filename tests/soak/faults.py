@@ -46,9 +46,9 @@ again as soon as it is back would be down most of the time, which no deployment 
 
 GAP_S = (10.0, 20.0)
 """Seconds between two draws of a fault: about three faults a minute once the skipped draws
-are counted, a fault for every sweep or two on this stack. At 4-10 s (about five a minute, two
-faults a sweep) the 2-core machine took 139 sweeps an hour; without faults it takes 13 a
-minute."""
+are counted, one for every three sweeps on the 2-core machine (the 35-minute run: 106 faults,
+331 sweeps). At 4-10 s (about four a minute, two for every sweep) it took 139 sweeps an hour;
+without faults it takes 13 a minute."""
 
 
 class Injector:
